@@ -1,0 +1,130 @@
+"""ChatService: the one core that both front ends (the Gradio UI, later the OpenAI API) call.
+
+Owns: turning a system prompt + history + sampling into a backend request, accumulating the
+streamed text, and reporting progress (queue position, context trimming, stats) as ReplyUpdates.
+Invariant: knows no Gradio and no HTTP; every request carries its own cancel event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from localchat.backend import Backend, BackendError
+from localchat.presets import Preset, PresetProblem, load_presets, render_system_prompt
+from localchat.types import Chunk, LoadedInfo, LoadOptions, Message, SamplingParams, Usage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplyUpdate:
+    text: str  # the whole reply so far
+    notice: str = ""  # waiting in the queue, context trimmed
+    usage: Usage | None = None  # set on the final update
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.usage is not None or self.error is not None
+
+
+def format_stats(usage: Usage) -> str:
+    """The small line under each reply: tokens, speed, time to first token, why it ended."""
+    parts = [f"{usage.completion_tokens} tokens"]
+    if usage.tokens_per_second:
+        parts.append(f"{usage.tokens_per_second:.1f} tok/s")
+    if usage.time_to_first_token is not None:
+        parts.append(f"first token {usage.time_to_first_token:.2f} s")
+    reason = {"length": "stopped at the length limit", "cancelled": "stopped"}.get(usage.finish_reason)
+    if reason:
+        parts.append(reason)
+    return " · ".join(parts)
+
+
+def waiting_notice(position: int) -> str:
+    if position <= 0:
+        return "Starting…"
+    return f"Waiting for the model: {position} repl{'y' if position == 1 else 'ies'} ahead of yours"
+
+
+class ChatService:
+    def __init__(self, backend: Backend, presets_dir=None, now=datetime.now):
+        self.backend = backend
+        self.presets_dir = presets_dir
+        self._now = now
+        self.presets: list[Preset] = []
+        self.preset_problems: list[PresetProblem] = []
+        self.reload_presets()
+
+    # -- presets ------------------------------------------------------------------------------
+    def reload_presets(self) -> None:
+        if self.presets_dir is None:
+            return
+        self.presets, self.preset_problems = load_presets(self.presets_dir)
+        for problem in self.preset_problems:
+            (log.error if problem.fatal else log.warning)("preset %s", problem.message)
+
+    def preset(self, name: str) -> Preset | None:
+        return next((p for p in self.presets if p.name == name), None)
+
+    # -- replies ------------------------------------------------------------------------------
+    def messages_for(self, system_prompt: str, history: Sequence[Message]) -> list[Message]:
+        system = render_system_prompt(system_prompt, self._now()).strip()
+        return ([Message("system", system)] if system else []) + [m for m in history if m.role != "system"]
+
+    def complete(
+        self, messages: Sequence[Message], params: SamplingParams, cancel: threading.Event | None = None
+    ) -> Iterator[Chunk]:
+        """Stateless streaming completion of fully built messages (for the API)."""
+        return self.backend.stream(messages, params, cancel)
+
+    def reply(
+        self,
+        history: Sequence[Message],
+        system_prompt: str,
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[ReplyUpdate]:
+        """Stream the assistant's answer to `history` (which ends with the user's message)."""
+        text, notice = "", ""
+        stream = self.complete(self.messages_for(system_prompt, history), params, cancel)
+        try:
+            for chunk in stream:
+                if chunk.queue_position is not None:
+                    yield ReplyUpdate(text, waiting_notice(chunk.queue_position))
+                    continue
+                if chunk.fit is not None and chunk.fit.trimmed:
+                    notice = chunk.fit.describe()
+                text += chunk.text
+                if chunk.usage is not None:
+                    yield ReplyUpdate(text, notice, usage=chunk.usage)
+                    return
+                yield ReplyUpdate(text, notice)
+        except BackendError as exc:
+            yield ReplyUpdate(text, notice, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - the user sees one line, the log has the rest
+            log.exception("reply failed")
+            yield ReplyUpdate(text, notice, error=f"Something went wrong while answering: {exc}")
+        finally:
+            close = getattr(stream, "close", None)
+            if close:
+                close()
+
+    # -- models -------------------------------------------------------------------------------
+    def load(self, options: LoadOptions) -> LoadedInfo:
+        return self.backend.load(options.validate())
+
+    def status(self) -> str:
+        loading = getattr(self.backend, "loading", None)
+        info = self.backend.loaded()
+        if loading is not None:
+            now = f" (still answering with {info.name})" if info else ""
+            return f"Loading {loading.model}…{now}"
+        if info is None:
+            err = getattr(self.backend, "last_load_error", None)
+            return f"No model loaded. {err}" if err else "No model loaded: pick one and press Load"
+        return info.describe()

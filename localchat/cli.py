@@ -1,0 +1,33 @@
+"""Command-line entry: `localchat [flags]` (and `python app.py`) parse settings and serve."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import localchat  # noqa: F401 - sets the privacy switches before gradio/transformers load
+from localchat.settings import load_settings
+from localchat.types import InvalidValue
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except InvalidValue as exc:
+        print(f"localchat: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    import uvicorn
+
+    from localchat.server import build_app
+
+    app = build_app(settings)
+    print(f"localchat is starting on http://{settings.host}:{settings.port}  (Ctrl+C to stop)", flush=True)
+    uvicorn.run(app.api, host=settings.host, port=settings.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Everything that touches torch and transformers. Knows no UI and no HTTP."""

@@ -1,0 +1,186 @@
+"""TransformersBackend: the real Backend, over a model loaded in this process.
+
+Owns: the currently loaded model and the swap to a new one. Every load and every reply runs as a
+job on the single InferenceWorker; the generators handed to callers only wait on a queue.
+Invariant: a failed load leaves the previous model loaded; closing a reply's iterator cancels it.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import queue
+import threading
+import time
+from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+
+import torch
+
+from localchat.backend import ModelLoadFailed, NoModelLoaded, PromptTooLong, ServerBusy
+from localchat.engine import models
+from localchat.engine.generate import ContextOverflow, fit_to_window, prompt_ids, stream_reply
+from localchat.engine.loading import Loaded, LoadError, load_model
+from localchat.engine.scheduler import Busy, InferenceWorker
+from localchat.types import Chunk, LoadedInfo, LoadOptions, Message, ModelSpec, SamplingParams, Usage
+
+log = logging.getLogger(__name__)
+_DONE = object()
+POLL_SECONDS = 0.2
+
+
+class TransformersBackend:
+    def __init__(self, data_dir: Path, models_dir: Path | None = None, max_waiting: int = 32):
+        self.data_dir = data_dir
+        self.models_dir = models_dir or data_dir / "models"
+        self.worker = InferenceWorker(max_waiting=max_waiting)
+        self._current: Loaded | None = None
+        self.loading: LoadOptions | None = None  # set while a load is queued or running
+        self.last_load_error: str | None = None
+
+    # -- models -------------------------------------------------------------------------------
+    def available_models(self) -> list[ModelSpec]:
+        return models.discover(self.models_dir)
+
+    def loaded(self) -> LoadedInfo | None:
+        current = self._current
+        return current.info if current else None
+
+    def load(self, options: LoadOptions) -> LoadedInfo:
+        """Load and wait; raises ModelLoadFailed with one line, the old model still loaded."""
+        try:
+            return self.load_in_background(options).result()
+        except Busy as exc:
+            raise ServerBusy(str(exc)) from exc
+
+    def load_in_background(self, options: LoadOptions) -> Future:
+        """Queue a load on the worker; replies queued after it run on the new model."""
+
+        def job() -> LoadedInfo:
+            try:
+                real = replace(options, model=models.materialize(options.model, self.data_dir))
+                new = load_model(real, self.data_dir / "cache" / "gguf-dequantized")
+            except LoadError as exc:
+                raise ModelLoadFailed(str(exc)) from exc
+            except Exception as exc:  # noqa: BLE001 - a load must never take the app down
+                log.exception("load failed")
+                raise ModelLoadFailed(f"Could not load {options.model}: {exc}".splitlines()[0]) from exc
+            new.info = replace(new.info, options=options)  # keep the reference the user chose
+            old, self._current = self._current, new
+            del old
+            _free_memory()
+            log.info("loaded %s", new.info.describe())
+            return new.info
+
+        def done(future: Future) -> None:
+            self.loading = None
+            exc = future.exception()
+            self.last_load_error = str(exc) if exc else None
+
+        self.loading = options
+        try:
+            future = self.worker.submit(job)
+        except Busy:
+            self.loading = None
+            raise
+        future.add_done_callback(done)
+        return future
+
+    def unload(self) -> None:
+        def job() -> None:
+            self._current = None
+            _free_memory()
+
+        self.worker.call(job)
+
+    # -- replies ------------------------------------------------------------------------------
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        current = self._require()
+        return self.worker.call(lambda: len(prompt_ids(current.tokenizer, messages)))
+
+    def stream(
+        self, messages: Sequence[Message], params: SamplingParams, cancel: threading.Event | None = None
+    ) -> Iterator[Chunk]:
+        cancel = cancel or threading.Event()
+        params.validate()
+        out: queue.Queue = queue.Queue()
+        submitted = time.perf_counter()
+
+        def job() -> Usage:
+            started = time.perf_counter()
+            current = self._require()  # checked when the job runs: a reply queued behind a load waits
+            try:
+                ids, fit = fit_to_window(current.tokenizer, messages, current.info.context_length, params.max_new_tokens)
+            except ContextOverflow as exc:
+                raise PromptTooLong(f"The conversation does not fit the context window: {exc}") from exc
+            if fit.trimmed:
+                out.put(Chunk(fit=fit))
+            decoded = stream_reply(
+                current.model,
+                current.tokenizer,
+                ids,
+                params,
+                current.info.context_length,
+                cancel,
+                lambda text: out.put(Chunk(text=text)),
+            )
+            first = decoded.first_token_at
+            speed = None
+            if first is not None and decoded.completion_tokens > 1 and decoded.finished_at > first:
+                speed = (decoded.completion_tokens - 1) / (decoded.finished_at - first)
+            return Usage(
+                prompt_tokens=len(ids),
+                completion_tokens=decoded.completion_tokens,
+                time_to_first_token=None if first is None else first - submitted,
+                tokens_per_second=speed,
+                finish_reason=decoded.finish_reason,
+                queue_seconds=started - submitted,
+            )
+
+        try:
+            future = self.worker.submit(job, cancel)
+        except Busy as exc:
+            raise ServerBusy(f"The model is busy: {exc}") from exc
+        future.add_done_callback(lambda _: out.put(_DONE))
+        try:
+            last_position = self.worker.position(future)
+            if last_position:
+                yield Chunk(queue_position=last_position)
+            while True:
+                try:
+                    item = out.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    position = self.worker.position(future)
+                    if position != last_position and position is not None:
+                        yield Chunk(queue_position=position)
+                    last_position = position
+                    continue
+                if item is _DONE:
+                    break
+                yield item
+            if future.cancelled():
+                yield Chunk(usage=Usage(finish_reason="cancelled", queue_seconds=time.perf_counter() - submitted))
+                return
+            exc = future.exception()
+            if exc is not None:
+                raise exc
+            yield Chunk(usage=future.result())
+        finally:
+            cancel.set()  # a closed iterator (Stop, dropped connection) ends the generation
+
+    def _require(self) -> Loaded:
+        current = self._current
+        if current is None:
+            raise NoModelLoaded("No model is loaded yet; pick one and press Load")
+        return current
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

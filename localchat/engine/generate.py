@@ -1,0 +1,263 @@
+"""Prompt building, context fitting and streamed decoding for one reply.
+
+Owns: the chat template (or a plain fallback for base models), fitting a conversation into the
+context window, SamplingParams -> generate() kwargs, stop strings and cancellation.
+Invariant: every function that touches torch here is called on the inference worker thread only;
+`emit` callbacks only put text on a queue.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from localchat.types import ContextFit, FinishReason, Message, SamplingParams
+
+FALLBACK_SYSTEM = "The following is a conversation between a helpful assistant and a user."
+FALLBACK_STOPS = ("\nUser:", "\nuser:")
+
+
+class ContextOverflow(ValueError):
+    """The prompt cannot fit even after trimming (e.g. the system prompt alone is too long)."""
+
+
+def uses_fallback(tokenizer: Any) -> bool:
+    return not getattr(tokenizer, "chat_template", None)
+
+
+def fallback_prompt(messages: Sequence[Message]) -> str:
+    """A plain transcript that base models continue naturally; generation stops at the next 'User:'."""
+    system = [m.content for m in messages if m.role == "system" and m.content.strip()]
+    lines = [("\n".join(system) or FALLBACK_SYSTEM).strip(), ""]
+    for m in messages:
+        if m.role != "system":
+            lines.append(f"{'User' if m.role == 'user' else 'Assistant'}: {m.content.strip()}")
+    lines.append("Assistant:")
+    return "\n".join(lines)
+
+
+def _template(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+    dicts = [{"role": m.role, "content": m.content} for m in messages]
+    try:
+        out = tokenizer.apply_chat_template(dicts, add_generation_prompt=True, tokenize=True, return_dict=True)
+    except Exception:
+        # Some templates (e.g. Gemma) reject a system role: fold it into the first user turn.
+        if not dicts or dicts[0]["role"] != "system" or len(dicts) < 2:
+            raise
+        merged = [{"role": dicts[1]["role"], "content": f"{dicts[0]['content']}\n\n{dicts[1]['content']}"}]
+        out = tokenizer.apply_chat_template(
+            merged + dicts[2:], add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+    return list(out["input_ids"])
+
+
+def prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+    if uses_fallback(tokenizer):
+        return list(tokenizer(fallback_prompt(messages))["input_ids"])
+    return _template(tokenizer, messages)
+
+
+def fit_to_window(
+    tokenizer: Any, messages: Sequence[Message], window: int, max_new_tokens: int
+) -> tuple[list[int], ContextFit]:
+    """Drop the oldest turns (never the system prompt) until prompt + reply room fits the window.
+
+    Reply room is max_new_tokens but at most half the window, so a long max_new_tokens never
+    pushes the whole conversation out. If the last message alone is too long, its start is cut.
+    """
+    budget = window - min(max_new_tokens, window // 2)
+    system = [m for m in messages if m.role == "system"]
+    turns = [m for m in messages if m.role != "system"]
+    if not turns:
+        raise ContextOverflow("there is no message to answer")
+
+    def ids_for(drop: int) -> list[int]:
+        kept = turns[drop:]
+        while len(kept) > 1 and kept[0].role == "assistant":
+            kept = kept[1:]  # keep roles alternating from a user turn
+        return prompt_ids(tokenizer, system + kept)
+
+    ids = ids_for(0)
+    if len(ids) <= budget:
+        return ids, ContextFit()
+    lo, hi = 1, len(turns) - 1  # smallest drop count that fits, by bisection (fit is monotonic)
+    best: tuple[int, list[int]] | None = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        candidate = ids_for(mid)
+        if len(candidate) <= budget:
+            best, hi = (mid, candidate), mid - 1
+        else:
+            lo = mid + 1
+    if best is not None:
+        dropped = best[0]
+        kept = turns[dropped:]
+        while len(kept) > 1 and kept[0].role == "assistant":
+            kept, dropped = kept[1:], dropped + 1
+        return best[1], ContextFit(dropped_messages=dropped)
+    last = turns[-1]
+    overhead = len(prompt_ids(tokenizer, [*system, Message(last.role, "")]))
+    room = budget - overhead - 2
+    if room < 8:
+        raise ContextOverflow(
+            f"the system prompt alone takes {overhead} of the {window} tokens in the context window; "
+            "shorten it or load the model with a longer context"
+        )
+    content_ids = tokenizer(last.content, add_special_tokens=False)["input_ids"]
+    while True:
+        tail = tokenizer.decode(content_ids[-room:], skip_special_tokens=True)
+        ids = prompt_ids(tokenizer, [*system, Message(last.role, tail)])
+        if len(ids) <= budget or room <= 8:
+            break
+        room -= max(1, len(ids) - budget)
+    return ids, ContextFit(dropped_messages=len(turns) - 1, truncated_last_message=True)
+
+
+def generation_kwargs(params: SamplingParams, tokenizer: Any) -> dict[str, Any]:
+    """SamplingParams -> generate() keyword arguments (greedy when temperature is 0)."""
+    kw: dict[str, Any] = {
+        "max_new_tokens": params.max_new_tokens,
+        "repetition_penalty": params.repetition_penalty,
+        "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    }
+    if params.temperature == 0:
+        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None, min_p=None)
+    else:
+        kw.update(
+            do_sample=True,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            min_p=params.min_p or None,
+        )
+    return kw
+
+
+class StopStringFilter:
+    """Accumulates decoded text; emits only what cannot be the start of a stop string."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(s for s in stops if s)
+        self.text = ""
+        self.emitted = 0
+        self.hit = False
+
+    def feed(self, text: str) -> str:
+        """Take the whole text decoded so far; return the new safe part."""
+        self.text = text
+        for s in self.stops:
+            at = text.find(s)
+            if at != -1:
+                self.hit = True
+                text = text[:at]
+        end = len(text)
+        if not self.hit:
+            for s in self.stops:
+                for k in range(min(len(s) - 1, len(text)), 0, -1):
+                    if text.endswith(s[:k]):
+                        end = min(end, len(text) - k)
+                        break
+        if text.endswith("\ufffd") and not self.hit:
+            end = min(end, len(text) - 1)  # half of a multi-byte character: wait for the rest
+        end = max(end, self.emitted)
+        new, self.emitted = text[self.emitted : end], end
+        return new
+
+    def flush(self) -> str:
+        """At the end, release held-back text unless a stop string cut it off."""
+        if self.hit:
+            return ""
+        rest, self.emitted = self.text[self.emitted :].rstrip("\ufffd"), len(self.text)
+        return rest
+
+
+class _Streamer(BaseStreamer):
+    """Called by generate() on the worker thread with each new token."""
+
+    def __init__(self, tokenizer: Any, stops: StopStringFilter, emit: Callable[[str], None]):
+        self.tokenizer, self.stops, self.emit = tokenizer, stops, emit
+        self.ids: list[int] = []
+        self.prompt_seen = False
+        self.first_token_at: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.ids.extend(value.reshape(-1).tolist())
+        new = self.stops.feed(self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip())
+        if new:
+            self.emit(new)
+
+    def end(self) -> None:
+        rest = self.stops.flush()
+        if rest:
+            self.emit(rest)
+
+
+class _Halt(StoppingCriteria):
+    def __init__(self, cancel: threading.Event, stops: StopStringFilter):
+        self.cancel, self.stops = cancel, stops
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        done = self.cancel.is_set() or self.stops.hit
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    completion_tokens: int
+    finish_reason: FinishReason
+    first_token_at: float | None
+    finished_at: float
+
+
+def stream_reply(
+    model: Any,
+    tokenizer: Any,
+    ids: list[int],
+    params: SamplingParams,
+    window: int,
+    cancel: threading.Event,
+    emit: Callable[[str], None],
+) -> Decoded:
+    """Generate one reply for prompt `ids`, calling emit(text_delta) as text becomes final."""
+    stops = StopStringFilter(params.stop + (FALLBACK_STOPS if uses_fallback(tokenizer) else ()))
+    streamer = _Streamer(tokenizer, stops, emit)
+    kwargs = generation_kwargs(params, tokenizer)
+    room = window - len(ids)
+    kwargs["max_new_tokens"] = max(1, min(params.max_new_tokens, room))
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    with torch.inference_mode():
+        model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_Halt(cancel, stops)]),
+            **kwargs,
+        )
+    n = len(streamer.ids)
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        eos_ids.add(tokenizer.eos_token_id)
+    reason: FinishReason
+    if cancel.is_set():
+        reason = "cancelled"
+    elif stops.hit or (streamer.ids and streamer.ids[-1] in eos_ids):
+        reason = "stop"
+    else:
+        reason = "length" if n >= kwargs["max_new_tokens"] else "stop"
+    return Decoded(n, reason, streamer.first_token_at, time.perf_counter())

@@ -1,0 +1,76 @@
+"""build_app(settings) -> a FastAPI app with the Gradio UI mounted at / and /health beside it.
+
+Owns: building every object of a running server (backend, chat service, UI) and passing them in;
+there is no module-level state. Invariant: Gradio's share links are never offered.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from fastapi import FastAPI
+
+from localchat.backend import Backend
+from localchat.chat import ChatService
+from localchat.settings import Settings
+from localchat.types import LoadOptions
+from localchat.ui.app import CSS, THEME, ChatUI
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class App:
+    api: FastAPI
+    service: ChatService
+    backend: Backend
+
+
+def startup_options(settings: Settings) -> LoadOptions:
+    return LoadOptions(
+        model=settings.model,
+        device=settings.device,  # type: ignore[arg-type]
+        dtype=settings.dtype,
+        quantization=settings.quantization,  # type: ignore[arg-type]
+        context_length=settings.context_length,
+    ).validate()
+
+
+def build_app(settings: Settings, backend: Backend | None = None) -> App:
+    settings.data.mkdir(parents=True, exist_ok=True)
+    if backend is None:
+        from localchat.engine.backend import TransformersBackend
+
+        backend = TransformersBackend(settings.data, settings.models, max_waiting=settings.max_waiting)
+    service = ChatService(backend, settings.presets)
+    if settings.load_on_start and backend.loaded() is None:
+        loader: Any = getattr(backend, "load_in_background", None)
+        if loader is not None:
+            loader(startup_options(settings))  # the page comes up at once and shows the loading
+        else:
+            backend.load(startup_options(settings))
+
+    api = FastAPI(title="localchat", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @api.get("/health")
+    def health() -> dict[str, Any]:
+        info = backend.loaded()
+        return {"status": "ok", "model": info.name if info else None, "loading": service.status()}
+
+    demo = ChatUI(service, settings).build()
+    demo.queue(default_concurrency_limit=None)
+    api = gr.mount_gradio_app(
+        api,
+        demo,
+        path="/",
+        theme=THEME,
+        css=CSS,
+        footer_links=[],
+        show_error=True,
+        pwa=False,
+        mcp_server=False,
+    )
+    return App(api=api, service=service, backend=backend)

@@ -1,0 +1,161 @@
+"""One Settings object built from, in rising priority: defaults, a YAML config file, LOCALCHAT_*
+environment variables, and command-line flags.
+
+Invariant: every setting is declared once in SETTINGS as (name, default, help); the CLI flags, the
+environment names and the config-file keys are all derived from that table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from localchat.types import DEVICES, DTYPES, QUANTIZATIONS, InvalidValue
+
+
+def default_data_dir() -> Path:
+    """Per-platform user data folder: XDG on Linux, Application Support on macOS, LOCALAPPDATA."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")) / "localchat"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "localchat"
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "localchat"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 7860
+    data_dir: Path | None = None
+    models_dir: Path | None = None
+    presets_dir: Path | None = None
+    model: str = "bundled:smollm2-135m-instruct"
+    device: str = "auto"
+    dtype: str = "auto"
+    quantization: str = "none"
+    context_length: int | None = None
+    preset: str = "Balanced"
+    max_waiting: int = 32
+    load_on_start: bool = True
+    log_level: str = "info"
+
+    @property
+    def data(self) -> Path:
+        return (self.data_dir or default_data_dir()).expanduser()
+
+    @property
+    def models(self) -> Path:
+        return (self.models_dir or self.data / "models").expanduser()
+
+    @property
+    def presets(self) -> Path:
+        return (self.presets_dir or Path(__file__).resolve().parent.parent / "presets").expanduser()
+
+    def validate(self) -> Settings:
+        checks = [
+            (0 < self.port < 65536, "port must be between 1 and 65535"),
+            (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
+            (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}"),
+            (self.quantization in QUANTIZATIONS, f"quantization must be one of {', '.join(QUANTIZATIONS)}"),
+            (self.context_length is None or self.context_length >= 64, "context length must be >= 64"),
+            (self.max_waiting >= 1, "max waiting must be at least 1"),
+        ]
+        for ok, why in checks:
+            if not ok:
+                raise InvalidValue(why)
+        return self
+
+
+HELP: dict[str, str] = {
+    "host": "address to serve on; 127.0.0.1 keeps the app on this machine only",
+    "port": "port for the web UI (and /health)",
+    "data_dir": f"where localchat keeps its data and caches (default {default_data_dir()})",
+    "models_dir": "a folder of transformers model folders and .gguf files to offer (default DATA_DIR/models)",
+    "presets_dir": "folder of preset YAML files (default: the presets/ folder shipped with localchat)",
+    "model": "model to load at start: bundled:smollm2-135m-instruct, bundled:gemma3-270m-base, "
+    "a folder, a .gguf file, or a Hub id already in the local Hugging Face cache",
+    "device": "auto (CUDA when present, else CPU), cuda, or cpu",
+    "dtype": "weights dtype: auto (fp32 on CPU, bf16/fp16 on CUDA), float32, bfloat16, float16",
+    "quantization": "none, 8bit or 4bit (bitsandbytes; works on CUDA and on CPU)",
+    "context_length": "cap the model's context window in tokens (less memory; default: the model's own)",
+    "preset": "name of the preset selected when the page opens",
+    "max_waiting": "how many replies may wait for the model before new ones are told it is busy",
+    "load_on_start": "load the model when the server starts (--no-load-on-start to pick one in the UI)",
+    "log_level": "debug, info, warning or error",
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    if value is None or value == "":
+        return None if "None" in str(kind) else value
+    if "Path" in str(kind):
+        return Path(str(value)).expanduser()
+    if "int" in str(kind):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise InvalidValue(f"{name} must be a whole number, not {value!r}") from None
+    if "bool" in str(kind):
+        if isinstance(value, bool):
+            return value
+        return str(value).strip().lower() in ("1", "true", "yes", "on")
+    return str(value)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="localchat",
+        description="localchat: a private, offline chat with a local model, for you and your household. "
+        "Every flag can also be set as an environment variable LOCALCHAT_<FLAG> (e.g. LOCALCHAT_PORT=8080) "
+        "or as a key in the config file.",
+    )
+    p.add_argument("--config", type=Path, help="YAML config file (default DATA_DIR/config.yaml if it exists)")
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool",):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=HELP[f.name])
+        else:
+            p.add_argument(flag, default=None, help=HELP[f.name], metavar=f.name.upper())
+    return p
+
+
+def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Build Settings from defaults < config file < LOCALCHAT_* env < CLI flags."""
+    environ = dict(os.environ if environ is None else environ)
+    args = parser().parse_args(argv)
+    names = [f.name for f in fields(Settings)]
+    values: dict[str, Any] = {}
+    cli = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    env = {n: environ[f"LOCALCHAT_{n.upper()}"] for n in names if f"LOCALCHAT_{n.upper()}" in environ}
+    data_dir = cli.get("data_dir") or env.get("data_dir")
+    config_path = args.config or environ.get("LOCALCHAT_CONFIG")
+    if config_path is None:
+        candidate = Path(data_dir or default_data_dir()).expanduser() / "config.yaml"
+        config_path = candidate if candidate.exists() else None
+    if config_path is not None:
+        values.update(_read_config(Path(config_path), names))
+    values.update(env)
+    values.update(cli)
+    settings = replace(Settings(), **{k: _coerce(k, v) for k, v in values.items()})
+    return settings.validate()
+
+
+def _read_config(path: Path, names: list[str]) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidValue(f"config file {path}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise InvalidValue(f"config file {path} must be a mapping of setting: value")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise InvalidValue(f"config file {path}: unknown settings {', '.join(unknown)}")
+    return data

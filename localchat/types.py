@@ -1,0 +1,169 @@
+"""Plain values shared by every layer: messages, sampling, load options, stream chunks.
+
+Invariant: these are frozen dataclasses with no torch, gradio or fastapi imports, and every
+range check for sampling and loading lives here (in `validate`), nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+Role = Literal["system", "user", "assistant"]
+Quantization = Literal["none", "8bit", "4bit"]
+Device = Literal["auto", "cuda", "cpu"]
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+QUANTIZATIONS: tuple[str, ...] = ("none", "8bit", "4bit")
+DEVICES: tuple[str, ...] = ("auto", "cuda", "cpu")
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+QUANT_TYPES_4BIT: tuple[str, ...] = ("nf4", "fp4")
+
+
+class InvalidValue(ValueError):
+    """A user-supplied value is out of range; the message is shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one reply. temperature 0 means greedy decoding."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 40
+    min_p: float = 0.0
+    repetition_penalty: float = 1.1
+    max_new_tokens: int = 512
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def validate(self) -> SamplingParams:
+        checks = [
+            (0.0 <= self.temperature <= 5.0, "temperature must be between 0 and 5"),
+            (0.0 < self.top_p <= 1.0, "top_p must be above 0 and at most 1"),
+            (self.top_k >= 0, "top_k must be 0 (off) or more"),
+            (0.0 <= self.min_p < 1.0, "min_p must be at least 0 and below 1"),
+            (0.5 <= self.repetition_penalty <= 2.5, "repetition_penalty must be between 0.5 and 2.5"),
+            (1 <= self.max_new_tokens <= 32768, "max_new_tokens must be between 1 and 32768"),
+            (self.seed is None or self.seed >= 0, "seed must be empty or a non-negative integer"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty text"),
+        ]
+        for ok, why in checks:
+            if not ok:
+                raise InvalidValue(why)
+        return self
+
+    def with_(self, **changes: object) -> SamplingParams:
+        return replace(self, **changes).validate()
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What to load and how. `model` is a folder, a .gguf file, or a Hub id in the local cache."""
+
+    model: str
+    device: Device = "auto"
+    dtype: str = "auto"
+    quantization: Quantization = "none"
+    quant_type_4bit: str = "nf4"
+    compute_dtype: str = "auto"
+    double_quant: bool = True
+    context_length: int | None = None  # cap the model's window (saves memory, tests trimming)
+
+    def validate(self) -> LoadOptions:
+        checks = [
+            (bool(self.model and self.model.strip()), "choose a model to load"),
+            (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
+            (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}"),
+            (self.quantization in QUANTIZATIONS, f"quantization must be one of {', '.join(QUANTIZATIONS)}"),
+            (self.quant_type_4bit in QUANT_TYPES_4BIT, "4-bit type must be nf4 or fp4"),
+            (self.compute_dtype in DTYPES, f"compute dtype must be one of {', '.join(DTYPES)}"),
+            (self.context_length is None or self.context_length >= 64, "context length must be at least 64 tokens"),
+        ]
+        for ok, why in checks:
+            if not ok:
+                raise InvalidValue(why)
+        return self
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model the picker can offer. `source` says where it was found."""
+
+    id: str  # what goes into LoadOptions.model
+    name: str
+    source: Literal["bundled", "folder", "gguf", "hf-cache"]
+    size_bytes: int | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_to_first_token: float | None = None  # seconds from submit to first text
+    tokens_per_second: float | None = None  # decode speed after the first token
+    finish_reason: FinishReason = "stop"
+    queue_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ContextFit:
+    """What had to go so the conversation fits the model's context window."""
+
+    dropped_messages: int = 0
+    truncated_last_message: bool = False
+
+    @property
+    def trimmed(self) -> bool:
+        return self.dropped_messages > 0 or self.truncated_last_message
+
+    def describe(self) -> str:
+        parts = []
+        if self.dropped_messages:
+            s = "" if self.dropped_messages == 1 else "s"
+            parts.append(f"the {self.dropped_messages} oldest message{s} were left out")
+        if self.truncated_last_message:
+            parts.append("the start of your message was cut")
+        return "To fit the model's context window, " + " and ".join(parts) + "." if parts else ""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One streamed piece of a reply. The last chunk has `usage` set (and maybe finish info)."""
+
+    text: str = ""
+    usage: Usage | None = None
+    fit: ContextFit | None = None
+    queue_position: int | None = None  # set while waiting: requests ahead of this one
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadedInfo:
+    """What the status line shows about the loaded model."""
+
+    options: LoadOptions
+    name: str
+    device: str
+    dtype: str
+    quantization: str
+    memory_bytes: int
+    context_length: int
+    load_seconds: float
+    has_chat_template: bool
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        mem = self.memory_bytes / 2**20
+        quant = "" if self.quantization == "none" else f" · {self.quantization}"
+        return (
+            f"{self.name} · {self.device} · {self.dtype}{quant} · {mem:,.0f} MiB · "
+            f"context {self.context_length:,} tokens · loaded in {self.load_seconds:.1f} s"
+        )

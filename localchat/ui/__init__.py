@@ -1,0 +1,1 @@
+"""The Gradio front end: Blocks, and adapters between Gradio values and core types."""

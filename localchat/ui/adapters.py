@@ -1,0 +1,110 @@
+"""Pure functions between Gradio values and core types; no Gradio import, so they unit-test fast.
+
+Invariant: the conversation of one browser tab is a list of Turn dicts kept in gr.State; the
+Chatbot shows `render(turns)`, one chat bubble per turn, so Chatbot event indexes are turn indexes.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import TypedDict
+
+from localchat.chat import ReplyUpdate, format_stats
+from localchat.types import InvalidValue, Message, SamplingParams
+
+SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "max_new_tokens",
+    "seed",
+    "stop",
+)
+
+
+class Turn(TypedDict):
+    role: str  # "user" | "assistant"
+    content: str
+    stats: str  # the small line under a reply; "" for user turns
+
+
+def to_messages(turns: list[Turn]) -> list[Message]:
+    return [Message(t["role"], t["content"]) for t in turns if t["content"] or t["role"] == "user"]  # type: ignore[arg-type]
+
+
+def render(turns: list[Turn]) -> list[dict[str, str]]:
+    """Chatbot value: each reply followed by its stats line in small print."""
+    shown = []
+    for t in turns:
+        content = t["content"]
+        if t["role"] == "assistant" and t["stats"]:
+            content = f"{content}\n\n<sub>{html.escape(t['stats'])}</sub>" if content else f"*{t['stats']}*"
+        shown.append({"role": t["role"], "content": content})
+    return shown
+
+
+def apply_update(turns: list[Turn], update: ReplyUpdate) -> list[Turn]:
+    """Put a streamed update into the last (assistant) turn."""
+    stats = update.notice
+    if update.usage is not None:
+        stats = format_stats(update.usage) + (f" · {update.notice}" if update.notice else "")
+    if update.error:
+        stats = f"⚠ {update.error}"
+    last: Turn = {"role": "assistant", "content": update.text, "stats": stats}
+    return [*turns[:-1], last]
+
+
+def parse_stop(text: str) -> tuple[str, ...]:
+    """One stop string per line; `\\n` and `\\t` may be typed as escapes."""
+    out = []
+    for line in (text or "").splitlines():
+        if line.strip():
+            out.append(line.replace("\\n", "\n").replace("\\t", "\t"))
+    return tuple(out)
+
+
+def format_stop(stop: tuple[str, ...]) -> str:
+    return "\n".join(s.replace("\n", "\\n").replace("\t", "\\t") for s in stop)
+
+
+def sampling_from_ui(values: dict[str, object]) -> SamplingParams:
+    """Slider/textbox values -> validated SamplingParams; raises InvalidValue with a clear line."""
+    try:
+        seed_raw = values.get("seed")
+        seed = None if seed_raw in (None, "", -1) else int(seed_raw)  # type: ignore[arg-type]
+        return SamplingParams(
+            temperature=float(values["temperature"]),  # type: ignore[arg-type]
+            top_p=float(values["top_p"]),  # type: ignore[arg-type]
+            top_k=int(values["top_k"]),  # type: ignore[arg-type]
+            min_p=float(values["min_p"]),  # type: ignore[arg-type]
+            repetition_penalty=float(values["repetition_penalty"]),  # type: ignore[arg-type]
+            max_new_tokens=int(values["max_new_tokens"]),  # type: ignore[arg-type]
+            seed=seed,
+            stop=parse_stop(str(values.get("stop") or "")),
+        ).validate()
+    except (TypeError, ValueError, KeyError) as exc:
+        if isinstance(exc, InvalidValue):
+            raise
+        raise InvalidValue(f"a sampling value is not a number: {exc}") from exc
+
+
+def sampling_to_ui(params: SamplingParams) -> list[object]:
+    return [
+        params.temperature,
+        params.top_p,
+        params.top_k,
+        params.min_p,
+        params.repetition_penalty,
+        params.max_new_tokens,
+        -1 if params.seed is None else params.seed,
+        format_stop(params.stop),
+    ]
+
+
+def last_user_index(turns: list[Turn], upto: int) -> int | None:
+    for i in range(min(upto, len(turns) - 1), -1, -1):
+        if turns[i]["role"] == "user":
+            return i
+    return None

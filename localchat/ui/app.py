@@ -1,0 +1,275 @@
+"""The Gradio Blocks of the chat page: chat, model picker, sampling, system prompt, presets.
+
+Owns: layout and event wiring only; every decision goes to ChatService, every value conversion to
+ui.adapters. Invariant: handlers never touch torch; Stop sets the cancel event of this browser
+tab's reply only (keyed by Gradio's session hash), never anyone else's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import gradio as gr
+
+from localchat.chat import ChatService
+from localchat.settings import Settings
+from localchat.types import DEVICES, DTYPES, QUANTIZATIONS, InvalidValue, LoadOptions, SamplingParams
+from localchat.ui.adapters import (
+    SAMPLING_FIELDS,
+    Turn,
+    apply_update,
+    last_user_index,
+    render,
+    sampling_from_ui,
+    sampling_to_ui,
+    to_messages,
+)
+
+CSS = """
+.lc-status { font-size: 0.85em; opacity: 0.85; }
+.lc-status p { margin: 0; }
+#lc-input textarea { font-size: 16px; }  /* 16px stops iOS zooming into the field */
+footer { display: none !important; }
+"""
+
+THEME = gr.themes.Soft(  # system fonts only: no request to Google Fonts
+    font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
+    font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
+)
+
+
+class ChatUI:
+    def __init__(self, service: ChatService, settings: Settings):
+        self.service = service
+        self.settings = settings
+        self._cancels: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    # -- handlers -----------------------------------------------------------------------------
+    def stop(self, request: gr.Request) -> None:
+        with self._lock:
+            event = self._cancels.get(request.session_hash or "")
+        if event is not None:
+            event.set()
+
+    def respond(
+        self, turns: list[Turn], system_prompt: str, *sampling: object, request: gr.Request
+    ) -> Iterator[tuple]:
+        """Stream a reply to the conversation, which must end with the user's message."""
+        if not turns or turns[-1]["role"] != "user":
+            yield render(turns), turns, *_buttons(False)
+            return
+        try:
+            params = sampling_from_ui(dict(zip(SAMPLING_FIELDS, sampling, strict=True)))
+        except InvalidValue as exc:
+            gr.Warning(str(exc))
+            yield render(turns), turns, *_buttons(False)
+            return
+        cancel = threading.Event()
+        key = request.session_hash or ""
+        with self._lock:
+            self._cancels[key] = cancel
+        turns = [*turns, Turn(role="assistant", content="", stats="")]
+        yield render(turns), turns, *_buttons(True)
+        try:
+            for update in self.service.reply(to_messages(turns[:-1]), system_prompt, params, cancel):
+                turns = apply_update(turns, update)
+                yield render(turns), turns, *_buttons(not update.done)
+        finally:
+            cancel.set()
+            with self._lock:
+                if self._cancels.get(key) is cancel:
+                    del self._cancels[key]
+        yield render(turns), turns, *_buttons(False)
+
+    @staticmethod
+    def add_user(text: str, turns: list[Turn]) -> tuple:
+        text = (text or "").strip()
+        if not text:
+            return gr.update(), turns, render(turns)
+        turns = [*turns, Turn(role="user", content=text, stats="")]
+        return "", turns, render(turns)
+
+    @staticmethod
+    def retry(turns: list[Turn], data: gr.RetryData) -> tuple:
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        at = last_user_index(turns, index)
+        turns = turns if at is None else turns[: at + 1]
+        return turns, render(turns)
+
+    @staticmethod
+    def undo(turns: list[Turn], data: gr.UndoData) -> tuple:
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        at = last_user_index(turns, index)
+        if at is None:
+            return turns, render(turns), gr.update()
+        text = turns[at]["content"]
+        turns = turns[:at]
+        return turns, render(turns), text
+
+    @staticmethod
+    def edit(turns: list[Turn], data: gr.EditData) -> tuple:
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        if index >= len(turns) or turns[index]["role"] != "user":
+            return turns, render(turns)
+        turns = [*turns[:index], Turn(role="user", content=str(data.value), stats="")]
+        return turns, render(turns)
+
+    def choose_preset(self, name: str) -> list:
+        preset = self.service.preset(name)
+        if preset is None:
+            return [gr.update()] * (2 + len(SAMPLING_FIELDS))
+        return [preset.system_prompt, f"*{preset.description}*", *sampling_to_ui(preset.sampling)]
+
+    def load_model(
+        self, model: str, quantization: str, device: str, dtype: str, context: float | None
+    ) -> Iterator[str]:
+        try:
+            options = LoadOptions(
+                model=(model or "").strip(),
+                device=device,  # type: ignore[arg-type]
+                dtype=dtype,
+                quantization=quantization,  # type: ignore[arg-type]
+                context_length=int(context) if context else None,
+            ).validate()
+        except InvalidValue as exc:
+            yield f"⚠ {exc}"
+            return
+        yield f"Loading {options.model}… this can take a minute."
+        try:
+            info = self.service.load(options)
+        except Exception as exc:  # noqa: BLE001 - one line to the user; the old model stays loaded
+            current = self.service.backend.loaded()
+            still = f" Still using {current.name}." if current else ""
+            gr.Warning(str(exc))
+            yield f"⚠ {exc}.{still}"
+            return
+        yield f"✓ {info.describe()}"
+
+    def status(self) -> tuple:
+        loading = getattr(self.service.backend, "loading", None) is not None
+        return self.service.status(), gr.Timer(active=loading)
+
+    def model_choices(self) -> list[tuple[str, str]]:
+        specs = self.service.backend.available_models()
+        return [(_label(s.name, s.size_bytes, s.note), s.id) for s in specs]
+
+    # -- layout -------------------------------------------------------------------------------
+    def build(self) -> gr.Blocks:
+        presets = self.service.presets
+        default = self.service.preset(self.settings.preset) or (presets[0] if presets else None)
+        params = default.sampling if default else SamplingParams()
+        with gr.Blocks(title="localchat", fill_height=True) as demo:
+            turns = gr.State([])
+            with gr.Sidebar(label="Settings", open=False, width=340):
+                preset = gr.Dropdown(
+                    [p.name for p in presets],
+                    value=default.name if default else None,
+                    label="Preset",
+                    elem_id="lc-preset",
+                )
+                preset_note = gr.Markdown(f"*{default.description}*" if default else "")
+                system = gr.Textbox(
+                    default.system_prompt if default else "",
+                    label="System prompt",
+                    lines=3,
+                    info="{date}, {time} and {weekday} are filled in for you",
+                    elem_id="lc-system",
+                )
+                with gr.Accordion("Sampling", open=False, elem_id="lc-sampling"):
+                    sliders = _sampling_controls(params)
+                with gr.Accordion("Model", open=False, elem_id="lc-model"):
+                    picker = gr.Dropdown(
+                        self.model_choices(),
+                        value=self.settings.model,
+                        label="Model",
+                        info="Pick one, or type a folder, a .gguf file, or a cached Hub id",
+                        allow_custom_value=True,
+                        elem_id="lc-model-picker",
+                    )
+                    quant = gr.Radio(list(QUANTIZATIONS), value=self.settings.quantization, label="Quantization")
+                    device = gr.Radio(list(DEVICES), value=self.settings.device, label="Device")
+                    dtype = gr.Dropdown(list(DTYPES), value=self.settings.dtype, label="Weights dtype")
+                    context = gr.Number(
+                        self.settings.context_length, label="Context length (tokens, empty = model's own)"
+                    )
+                    load = gr.Button("Load model", variant="primary", elem_id="lc-load")
+                if self.service.preset_problems:
+                    gr.Markdown(
+                        "**Some presets have problems:**\n"
+                        + "\n".join(f"- {p.message}" for p in self.service.preset_problems),
+                        elem_id="lc-preset-problems",
+                    )
+            status = gr.Markdown(self.service.status(), elem_classes="lc-status", elem_id="lc-status")
+            chatbot = gr.Chatbot(
+                [],
+                label="localchat",
+                show_label=False,
+                editable="user",
+                buttons=["copy"],
+                scale=1,
+                height="70vh",
+                placeholder="**Ask anything.** Everything stays on this machine.",
+                latex_delimiters=[
+                    {"left": "$$", "right": "$$", "display": True},
+                    {"left": "\\(", "right": "\\)", "display": False},
+                    {"left": "\\[", "right": "\\]", "display": True},
+                ],
+                elem_id="lc-chat",
+            )
+            with gr.Row(equal_height=True):
+                box = gr.Textbox(
+                    placeholder="Message localchat…",
+                    show_label=False,
+                    lines=1,
+                    max_lines=8,
+                    scale=8,
+                    autofocus=True,
+                    elem_id="lc-input",
+                )
+                send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="lc-send")
+                stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, visible=False, elem_id="lc-stop")
+            timer = gr.Timer(1.5, active=self.service.status().startswith("Loading"))
+
+            reply_in = [turns, system, *sliders]
+            reply_out = [chatbot, turns, send, stop]
+            go = {"fn": self.respond, "inputs": reply_in, "outputs": reply_out, "concurrency_limit": None}
+            for trigger in (box.submit, send.click):
+                trigger(self.add_user, [box, turns], [box, turns, chatbot], queue=False).then(**go)
+            stop.click(self.stop, None, None, queue=False)
+            chatbot.retry(self.retry, [turns], [turns, chatbot], queue=False).then(**go)
+            chatbot.undo(self.undo, [turns], [turns, chatbot, box], queue=False)
+            chatbot.edit(self.edit, [turns], [turns, chatbot], queue=False).then(**go)
+            chatbot.clear(lambda: ([], []), None, [turns, chatbot], queue=False)
+            preset.change(self.choose_preset, [preset], [system, preset_note, *sliders], queue=False)
+            load.click(
+                self.load_model, [picker, quant, device, dtype, context], [status], concurrency_limit=None
+            ).then(lambda: gr.Dropdown(choices=self.model_choices()), None, [picker], queue=False)
+            timer.tick(self.status, None, [status, timer], queue=False)
+            demo.load(self.status, None, [status, timer], queue=False)
+        return demo
+
+
+def _buttons(generating: bool) -> tuple:
+    return gr.Button(visible=not generating), gr.Button(visible=generating)
+
+
+def _label(name: str, size: int | None, note: str) -> str:
+    extra = [f"{size / 2**20:,.0f} MB"] if size else []
+    extra += [note] if note else []
+    return f"{name} ({', '.join(extra)})" if extra else name
+
+
+def _sampling_controls(p: SamplingParams) -> list[gr.components.Component]:
+    seed = -1 if p.seed is None else p.seed
+    return [
+        gr.Slider(0, 2, p.temperature, step=0.05, label="Temperature", info="0 = always the most likely word"),
+        gr.Slider(0.05, 1, p.top_p, step=0.01, label="Top-p"),
+        gr.Slider(0, 200, p.top_k, step=1, label="Top-k", info="0 = off"),
+        gr.Slider(0, 0.5, p.min_p, step=0.01, label="Min-p"),
+        gr.Slider(1, 2, p.repetition_penalty, step=0.01, label="Repetition penalty"),
+        gr.Slider(16, 4096, p.max_new_tokens, step=16, label="Max new tokens"),
+        gr.Number(seed, label="Seed", info="-1 = random", precision=0),
+        gr.Textbox(p.stop and "\n".join(p.stop) or "", label="Stop strings", info="one per line", lines=2),
+    ]
