@@ -53,13 +53,25 @@ class ChatUI:
         if event is not None:
             event.set()
 
-    def respond(
-        self, turns: list[Turn], system_prompt: str, *sampling: object, request: gr.Request
+    def respond(  # noqa: PLR0913 - one argument per UI control, as Gradio passes them
+        self,
+        turns: list[Turn],
+        system_prompt: str,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        min_p: float,
+        repetition_penalty: float,
+        max_new_tokens: int,
+        seed: int,
+        stop: str,
+        request: gr.Request,
     ) -> Iterator[tuple]:
         """Stream a reply to the conversation, which must end with the user's message."""
         if not turns or turns[-1]["role"] != "user":
             yield render(turns), turns, *_buttons(False)
             return
+        sampling = (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens, seed, stop)
         try:
             params = sampling_from_ui(dict(zip(SAMPLING_FIELDS, sampling, strict=True)))
         except InvalidValue as exc:
@@ -234,21 +246,33 @@ class ChatUI:
 
             reply_in = [turns, system, *sliders]
             reply_out = [chatbot, turns, send, stop]
+            # Send and Enter run the same two steps; only Send's are named for gradio_client users.
             go = {"fn": self.respond, "inputs": reply_in, "outputs": reply_out, "concurrency_limit": None}
-            for trigger in (box.submit, send.click):
-                trigger(self.add_user, [box, turns], [box, turns, chatbot], queue=False).then(**go)
-            stop.click(self.stop, None, None, queue=False)
-            chatbot.retry(self.retry, [turns], [turns, chatbot], queue=False).then(**go)
-            chatbot.undo(self.undo, [turns], [turns, chatbot, box], queue=False)
-            chatbot.edit(self.edit, [turns], [turns, chatbot], queue=False).then(**go)
-            chatbot.clear(lambda: ([], []), None, [turns, chatbot], queue=False)
-            preset.change(self.choose_preset, [preset], [system, preset_note, *sliders], queue=False)
+            send.click(self.add_user, [box, turns], [box, turns, chatbot], queue=False, api_name="add_user").then(
+                **go, api_name="respond"
+            )
+            box.submit(self.add_user, [box, turns], [box, turns, chatbot], queue=False, **_hidden).then(
+                **go, **_hidden
+            )
+            stop.click(self.stop, None, None, queue=False, api_name="stop")
+            chatbot.retry(self.retry, [turns], [turns, chatbot], queue=False, **_hidden).then(**go, **_hidden)
+            chatbot.undo(self.undo, [turns], [turns, chatbot, box], queue=False, **_hidden)
+            chatbot.edit(self.edit, [turns], [turns, chatbot], queue=False, **_hidden).then(**go, **_hidden)
+            chatbot.clear(lambda: ([], []), None, [turns, chatbot], queue=False, api_name="clear")
+            preset.change(self.choose_preset, [preset], [system, preset_note, *sliders], queue=False, **_hidden)
             load.click(
-                self.load_model, [picker, quant, device, dtype, context], [status], concurrency_limit=None
-            ).then(lambda: gr.Dropdown(choices=self.model_choices()), None, [picker], queue=False)
-            timer.tick(self.status, None, [status, timer], queue=False)
-            demo.load(self.status, None, [status, timer], queue=False)
+                self.load_model,
+                [picker, quant, device, dtype, context],
+                [status],
+                concurrency_limit=None,
+                api_name="load_model",
+            ).then(lambda: gr.Dropdown(choices=self.model_choices()), None, [picker], queue=False, **_hidden)
+            timer.tick(self.status, None, [status, timer], queue=False, **_hidden)
+            demo.load(self.status, None, [status, timer], queue=False, **_hidden)
         return demo
+
+
+_hidden: dict = {"api_visibility": "private"}
 
 
 def _buttons(generating: bool) -> tuple:

