@@ -126,9 +126,10 @@ class ContextFit:
 
     def describe(self) -> str:
         parts = []
-        if self.dropped_messages:
-            s = "" if self.dropped_messages == 1 else "s"
-            parts.append(f"the {self.dropped_messages} oldest message{s} were left out")
+        if self.dropped_messages == 1:
+            parts.append("the oldest message was left out")
+        elif self.dropped_messages:
+            parts.append(f"the {self.dropped_messages} oldest messages were left out")
         if self.truncated_last_message:
             parts.append("the start of your message was cut")
         return "To fit the model's context window, " + " and ".join(parts) + "." if parts else ""

@@ -148,6 +148,21 @@ def dequantized_gguf_folder(resolved: ResolvedModel, cache_root: Path) -> Path:
     return target
 
 
+def _check_architecture(source: str) -> None:
+    """Fail early and plainly for a model transformers cannot run as a chat (text-generation) model."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=True)
+    except ValueError as exc:
+        raise LoadError(
+            f"{Path(source).name}: this model architecture is not supported by the installed transformers"
+        ) from exc
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise LoadError(f"{Path(source).name}: a {config.model_type} model cannot generate text, so it cannot chat")
+
+
 def _cache_fits(resolved: ResolvedModel, cache_root: Path) -> bool:
     """A dequantized copy is ~4-8x the GGUF; keep it only where the disk has plenty of room."""
     if _gguf_cache_dir(resolved, cache_root).exists():
@@ -195,8 +210,10 @@ def load_model(options: LoadOptions, cache_root: Path) -> Loaded:
         if qconfig is not None:
             kwargs["quantization_config"] = qconfig
         local_only = {"local_files_only": True}
-        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, **local_only)
+        if gguf_file is None:
+            _check_architecture(source)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **local_only)
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, **local_only)
         model.eval()
     except LoadError:
         raise

@@ -41,17 +41,21 @@ class InferenceWorker:
         self._lock = threading.Lock()
         self._seq = itertools.count()
         self._running = False
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, fn: Callable[[], Any], cancel: threading.Event | None = None) -> Future:
         """Queue fn; raises Busy when max_waiting jobs are already waiting."""
         with self._lock:
+            if self._closed:
+                raise Busy("the server is shutting down")
             if len(self._waiting) >= self.max_waiting:
-                raise Busy(f"{len(self._waiting)} requests are already waiting; try again in a moment")
+                n = len(self._waiting)
+                raise Busy(f"{n} {'reply is' if n == 1 else 'replies are'} already waiting; try again in a moment")
             job = _Job(next(self._seq), fn, Future(), cancel)
             self._waiting.append(job)
-        self._jobs.put(job)
+            self._jobs.put(job)  # under the lock, so queue order is submission (seq) order
         return job.future
 
     def position(self, future: Future) -> int | None:
@@ -100,5 +104,7 @@ class InferenceWorker:
                     self._running = False
 
     def close(self) -> None:
-        self._jobs.put(None)
+        with self._lock:  # jobs already queued still run; later submits get Busy instead of hanging
+            self._closed = True
+            self._jobs.put(None)
         self._thread.join(timeout=10)

@@ -1,0 +1,136 @@
+"""TransformersBackend on a tiny real model: one inference thread, per-request cancel, queueing."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from localchat.backend import NoModelLoaded, ServerBusy
+from localchat.engine.backend import TransformersBackend
+from localchat.types import LoadOptions, Message, SamplingParams
+
+HI = [Message("user", "hi")]
+
+
+def test_every_torch_op_runs_on_the_worker_thread(tiny_backend):
+    threads: set[int] = set()
+    model = tiny_backend._current.model
+    hook = model.register_forward_pre_hook(lambda *_: threads.add(threading.get_ident()))
+    try:
+        results: list[int] = []
+
+        def ask() -> None:
+            chunks = list(tiny_backend.stream(HI, SamplingParams(temperature=0, max_new_tokens=8)))
+            results.append(chunks[-1].usage.completion_tokens)
+
+        callers = [threading.Thread(target=ask) for _ in range(3)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(60)
+    finally:
+        hook.remove()
+    assert results == [8, 8, 8]
+    assert threads == {tiny_backend.worker._thread.ident}
+
+
+def test_closing_one_stream_cancels_only_that_reply(tiny_backend):
+    long = SamplingParams(temperature=0, max_new_tokens=400)
+    first = tiny_backend.stream(HI, long)
+    next(first)  # the first reply is generating
+    second_chunks: list = []
+    second_done = threading.Event()
+
+    def second() -> None:
+        second_chunks.extend(tiny_backend.stream(HI, SamplingParams(temperature=0, max_new_tokens=20)))
+        second_done.set()
+
+    t = threading.Thread(target=second)
+    t.start()
+    first.close()  # the user pressed Stop (or the connection dropped)
+    t.join(60)
+    assert second_done.is_set()
+    assert second_chunks[-1].usage.finish_reason == "length"
+    assert second_chunks[-1].usage.completion_tokens == 20
+
+
+def test_cancel_event_stops_the_reply_early(tiny_backend):
+    cancel = threading.Event()
+    chunks = []
+    for chunk in tiny_backend.stream(HI, SamplingParams(temperature=0, max_new_tokens=400), cancel):
+        chunks.append(chunk)
+        if chunk.text:
+            cancel.set()
+    usage = chunks[-1].usage
+    assert usage.finish_reason == "cancelled" and usage.completion_tokens < 50
+
+
+def test_waiting_requests_see_their_queue_position(tiny_backend):
+    gate = threading.Event()
+    tiny_backend.worker.submit(lambda: gate.wait(30))  # the model is busy with someone else
+    try:
+        stream = tiny_backend.stream(HI, SamplingParams(temperature=0, max_new_tokens=3))
+        first = next(stream)
+        assert first.queue_position == 1
+    finally:
+        gate.set()
+    rest = list(stream)
+    assert rest[-1].usage.completion_tokens == 3 and rest[-1].usage.queue_seconds > 0
+
+
+def test_busy_when_too_many_are_waiting(tmp_path: Path, tiny_model: Path):
+    backend = TransformersBackend(tmp_path, max_waiting=1)
+    try:
+        backend.load(LoadOptions(model=str(tiny_model), device="cpu"))
+        gate, started = threading.Event(), threading.Event()
+        backend.worker.submit(lambda: (started.set(), gate.wait(30)))
+        assert started.wait(10)
+        waiting = backend.stream(HI, SamplingParams(max_new_tokens=2))
+        next(waiting)  # queued: position chunk
+        with pytest.raises(ServerBusy, match="busy"):
+            next(backend.stream(HI, SamplingParams(max_new_tokens=2)))
+        gate.set()
+        assert list(waiting)[-1].usage is not None
+    finally:
+        backend.close()
+
+
+def test_no_model_loaded_is_a_clear_error(tmp_path: Path):
+    backend = TransformersBackend(tmp_path)
+    try:
+        with pytest.raises(NoModelLoaded, match="No model is loaded"):
+            list(backend.stream(HI, SamplingParams()))
+    finally:
+        backend.close()
+
+
+def test_a_reply_sent_during_a_load_waits_for_the_new_model(tmp_path: Path, tiny_model: Path, tiny_base_model: Path):
+    backend = TransformersBackend(tmp_path)
+    try:
+        backend.load_in_background(LoadOptions(model=str(tiny_model), device="cpu"))
+        assert backend.loading is not None or backend.loaded() is not None
+        chunks = list(backend.stream(HI, SamplingParams(temperature=0, max_new_tokens=4)))
+        assert chunks[-1].usage.completion_tokens == 4
+        assert backend.loaded().name == "tiny-llama" and backend.loading is None
+        info = backend.load(LoadOptions(model=str(tiny_base_model), device="cpu"))
+        assert info.name == "tiny-base" and not info.has_chat_template
+    finally:
+        backend.close()
+
+
+def test_discovers_models_in_the_models_folder(tmp_path: Path, tiny_model: Path):
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model, models / "my-tiny")
+    (models / "other.gguf").write_bytes(b"GGUF")
+    (models / "notes").mkdir()
+    backend = TransformersBackend(tmp_path, models_dir=models)
+    try:
+        found = {(m.name, m.source) for m in backend.available_models()}
+    finally:
+        backend.close()
+    assert ("my-tiny", "folder") in found and ("other", "gguf") in found
+    assert not any(name == "notes" for name, _ in found)

@@ -1,0 +1,121 @@
+"""Loading: model references, device/dtype choice, bitsandbytes config, and clear failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import torch
+
+from localchat.backend import ModelLoadFailed
+from localchat.engine.loading import LoadError, load_model, pick_device, pick_dtype, quantization_config, resolve_model
+from localchat.types import LoadOptions, Message, SamplingParams
+
+
+def test_resolve_folder_gguf_file_and_gguf_folder(tmp_path: Path, tiny_model: Path):
+    assert resolve_model(str(tiny_model)).gguf_file is None
+    gguf = tmp_path / "m" / "model.Q4.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF")
+    r = resolve_model(str(gguf))
+    assert (r.path, r.gguf_file, r.name) == (str(gguf.parent.resolve()), "model.Q4.gguf", "model.Q4")
+    assert resolve_model(str(gguf.parent)).gguf_file == "model.Q4.gguf"  # a folder with one .gguf
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("/nope/model.gguf", "not found"),
+        ("/nope/folder/", "not found"),
+        ("someone/not-downloaded", "not in the local Hugging Face cache"),
+        ("justaword", "Model not found"),
+    ],
+)
+def test_resolve_errors_are_one_clear_line(ref: str, message: str, tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(LoadError, match=message) as err:
+        resolve_model(ref)
+    assert "\n" not in str(err.value)
+
+
+def test_resolve_rejects_non_model_files_and_folders(tmp_path: Path):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(LoadError, match="not a .gguf"):
+        resolve_model(str(tmp_path / "notes.txt"))
+    with pytest.raises(LoadError, match="not a model folder"):
+        resolve_model(str(tmp_path))
+
+
+def test_hub_id_from_local_cache_loads_offline(tmp_path: Path, tiny_model: Path, monkeypatch):
+    hub = tmp_path / "hub"
+    snap = hub / "models--family--tiny" / "snapshots" / "0123abc"
+    shutil.copytree(tiny_model, snap)
+    (hub / "models--family--tiny" / "refs").mkdir()
+    (hub / "models--family--tiny" / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    loaded = load_model(LoadOptions(model="family/tiny", device="cpu"), tmp_path / "cache")
+    assert loaded.info.name == "tiny" and loaded.info.context_length == 512
+
+
+def test_device_and_dtype_choice():
+    assert pick_device("cpu") == "cpu"
+    assert pick_dtype("auto", "cpu") == torch.float32  # measured faster than bf16 on CPU
+    assert pick_dtype("bfloat16", "cpu") == torch.bfloat16
+    if not torch.cuda.is_available():
+        assert pick_device("auto") == "cpu"
+        with pytest.raises(LoadError, match="CUDA was asked for"):
+            pick_device("cuda")
+
+
+def test_quantization_config_is_built_in_one_place():
+    assert quantization_config(LoadOptions("m"), "cpu") is None
+    q8 = quantization_config(LoadOptions("m", quantization="8bit"), "cpu")
+    assert q8.load_in_8bit and not q8.load_in_4bit
+    q4 = quantization_config(LoadOptions("m", quantization="4bit", quant_type_4bit="fp4", double_quant=False), "cpu")
+    assert q4.load_in_4bit and q4.bnb_4bit_quant_type == "fp4" and not q4.bnb_4bit_use_double_quant
+    assert q4.bnb_4bit_compute_dtype == torch.bfloat16
+    q4b = quantization_config(LoadOptions("m", quantization="4bit", compute_dtype="float32"), "cpu")
+    assert q4b.bnb_4bit_compute_dtype == torch.float32 and q4b.bnb_4bit_quant_type == "nf4"
+
+
+def test_corrupt_gguf_gives_a_clear_error(tmp_path: Path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"this is not a gguf file at all" * 100)
+    with pytest.raises(LoadError, match="broken.gguf looks damaged or is not a valid model file") as err:
+        load_model(LoadOptions(model=str(bad), device="cpu"), tmp_path / "cache")
+    assert "\n" not in str(err.value)
+
+
+def test_unsupported_architecture_gives_a_clear_error(tmp_path: Path):
+    folder = tmp_path / "alien"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "alien-net-9000"}))
+    with pytest.raises(LoadError, match="not supported"):
+        load_model(LoadOptions(model=str(folder), device="cpu"), tmp_path / "cache")
+
+
+def test_context_length_option_caps_the_window(tmp_path: Path, tiny_model: Path):
+    loaded = load_model(LoadOptions(model=str(tiny_model), device="cpu", context_length=128), tmp_path)
+    assert loaded.info.context_length == 128
+
+
+def test_failed_load_keeps_the_previous_model(tiny_backend, tmp_path: Path):
+    before = tiny_backend.loaded()
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"\x00" * 1000)
+    with pytest.raises(ModelLoadFailed, match="broken.gguf"):
+        tiny_backend.load(LoadOptions(model=str(bad), device="cpu"))
+    assert tiny_backend.loaded() == before
+    chunks = list(tiny_backend.stream([Message("user", "hi")], SamplingParams(temperature=0, max_new_tokens=5)))
+    assert chunks[-1].usage.completion_tokens == 5
+
+
+@pytest.mark.parametrize("quant", ["8bit", "4bit"])
+def test_bitsandbytes_on_cpu_with_a_tiny_model(tmp_path: Path, tiny_model: Path, quant: str):
+    loaded = load_model(LoadOptions(model=str(tiny_model), device="cpu", quantization=quant), tmp_path)
+    assert loaded.info.quantization == quant
+    names = {type(m).__name__ for m in loaded.model.modules()}
+    assert ("Linear8bitLt" if quant == "8bit" else "Linear4bit") in names
