@@ -34,7 +34,7 @@ class ReplyUpdate:
 
 def format_stats(usage: Usage) -> str:
     """The small line under each reply: tokens, speed, time to first token, why it ended."""
-    parts = [f"{usage.completion_tokens} tokens"]
+    parts = [f"{usage.completion_tokens} token{'' if usage.completion_tokens == 1 else 's'}"]
     if usage.tokens_per_second:
         parts.append(f"{usage.tokens_per_second:.1f} tok/s")
     if usage.time_to_first_token is not None:
@@ -91,8 +91,9 @@ class ChatService:
     ) -> Iterator[ReplyUpdate]:
         """Stream the assistant's answer to `history` (which ends with the user's message)."""
         text, notice = "", ""
-        stream = self.complete(self.messages_for(system_prompt, history), params, cancel)
-        try:
+        stream = None
+        try:  # a backend may raise when called, not only while iterating
+            stream = self.complete(self.messages_for(system_prompt, history), params, cancel)
             for chunk in stream:
                 if chunk.queue_position is not None:
                     yield ReplyUpdate(text, waiting_notice(chunk.queue_position))
@@ -100,6 +101,9 @@ class ChatService:
                 if chunk.fit is not None and chunk.fit.trimmed:
                     notice = chunk.fit.describe()
                 text += chunk.text
+                if chunk.error is not None:
+                    yield ReplyUpdate(text, notice, error=chunk.error)
+                    return
                 if chunk.usage is not None:
                     yield ReplyUpdate(text, notice, usage=chunk.usage)
                     return

@@ -28,6 +28,9 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "localchat"
 
 
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -65,6 +68,7 @@ class Settings:
             (self.quantization in QUANTIZATIONS, f"quantization must be one of {', '.join(QUANTIZATIONS)}"),
             (self.context_length is None or self.context_length >= 64, "context length must be >= 64"),
             (self.max_waiting >= 1, "max waiting must be at least 1"),
+            (self.log_level.lower() in LOG_LEVELS, f"log level must be one of {', '.join(LOG_LEVELS)}"),
         ]
         for ok, why in checks:
             if not ok:
@@ -91,13 +95,19 @@ HELP: dict[str, str] = {
 }
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 def _coerce(name: str, value: Any) -> Any:
     kind = {f.name: f.type for f in fields(Settings)}[name]
-    if value is None or value == "":
-        return None if "None" in str(kind) else value
+    if (value is None or value == "") and "None" in str(kind):
+        return None
     if "Path" in str(kind):
         return Path(str(value)).expanduser()
     if "int" in str(kind):
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise InvalidValue(f"{name} must be a whole number, not {value!r}")
         try:
             return int(value)
         except (TypeError, ValueError):
@@ -105,7 +115,12 @@ def _coerce(name: str, value: Any) -> Any:
     if "bool" in str(kind):
         if isinstance(value, bool):
             return value
-        return str(value).strip().lower() in ("1", "true", "yes", "on")
+        text = str(value).strip().lower()
+        if text not in _TRUE + _FALSE:  # a typo must not silently turn a setting off
+            raise InvalidValue(f"{name} must be true or false, not {value!r}")
+        return text in _TRUE
+    if value is None:
+        raise InvalidValue(f"{name} must not be empty")
     return str(value)
 
 

@@ -164,7 +164,4 @@ class LoadedInfo:
     def describe(self) -> str:
         mem = self.memory_bytes / 2**20
         quant = "" if self.quantization == "none" else f" · {self.quantization}"
-        return (
-            f"{self.name} · {self.device} · {self.dtype}{quant} · {mem:,.0f} MiB · "
-            f"context {self.context_length:,} tokens · loaded in {self.load_seconds:.1f} s"
-        )
+        return f"{self.name} · {self.device} · {self.dtype}{quant} · {mem:,.0f} MiB · {self.context_length:,}-token context"

@@ -67,7 +67,8 @@ class TransformersBackend:
             except Exception as exc:  # noqa: BLE001 - a load must never take the app down
                 log.exception("load failed")
                 raise ModelLoadFailed(f"Could not load {options.model}: {exc}".splitlines()[0]) from exc
-            new.info = replace(new.info, options=options)  # keep the reference the user chose
+            name = models.DISPLAY_NAMES.get(options.model, new.info.name)
+            new.info = replace(new.info, options=options, name=name)  # keep the reference the user chose
             old, self._current = self._current, new
             del old
             _free_memory()

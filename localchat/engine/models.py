@@ -20,6 +20,7 @@ SMOLLM2 = "bundled:smollm2-135m-instruct"
 GEMMA3 = "bundled:gemma3-270m-base"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL = SMOLLM2
+DISPLAY_NAMES = {SMOLLM2: "SmolLM2 135M Instruct", GEMMA3: "Gemma 3 270M base"}
 
 
 def _package_dir(name: str) -> Path | None:

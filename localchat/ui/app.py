@@ -19,6 +19,7 @@ from localchat.ui.adapters import (
     SAMPLING_FIELDS,
     Turn,
     apply_update,
+    format_stop,
     last_user_index,
     render,
     sampling_from_ui,
@@ -49,7 +50,7 @@ class ChatUI:
     # -- handlers -----------------------------------------------------------------------------
     def stop(self, request: gr.Request) -> None:
         with self._lock:
-            event = self._cancels.get(request.session_hash or "")
+            event = self._cancels.get(_key(request))
         if event is not None:
             event.set()
 
@@ -79,7 +80,7 @@ class ChatUI:
             yield render(turns), turns, *_buttons(False)
             return
         cancel = threading.Event()
-        key = request.session_hash or ""
+        key = _key(request)
         with self._lock:
             self._cancels[key] = cancel
         turns = [*turns, Turn(role="assistant", content="", stats="")]
@@ -95,11 +96,13 @@ class ChatUI:
                     del self._cancels[key]
         yield render(turns), turns, *_buttons(False)
 
-    @staticmethod
-    def add_user(text: str, turns: list[Turn]) -> tuple:
+    def add_user(self, text: str, turns: list[Turn], request: gr.Request | None = None) -> tuple:
         text = (text or "").strip()
         if not text:
             return gr.update(), turns, render(turns)
+        if request is not None and _key(request) in self._cancels:
+            gr.Info("Your previous reply is still being written: wait for it or press Stop")
+            return gr.update(), turns, render(turns)  # the text stays in the box
         turns = [*turns, Turn(role="user", content=text, stats="")]
         return "", turns, render(turns)
 
@@ -155,9 +158,9 @@ class ChatUI:
             current = self.service.backend.loaded()
             still = f" Still using {current.name}." if current else ""
             gr.Warning(str(exc))
-            yield f"⚠ {exc}.{still}"
+            yield f"⚠ {str(exc).rstrip('.')}.{still}"
             return
-        yield f"✓ {info.describe()}"
+        yield f"✓ Loaded in {info.load_seconds:.1f} s: {info.describe()}"
 
     def status(self) -> tuple:
         loading = getattr(self.service.backend, "loading", None) is not None
@@ -275,6 +278,11 @@ class ChatUI:
 _hidden: dict = {"api_visibility": "private"}
 
 
+def _key(request: gr.Request) -> str:
+    """Which browser tab a reply belongs to; Gradio gives each page load its own session hash."""
+    return request.session_hash or f"request-{id(request)}"
+
+
 def _buttons(generating: bool) -> tuple:
     return gr.Button(visible=not generating), gr.Button(visible=generating)
 
@@ -293,7 +301,7 @@ def _sampling_controls(p: SamplingParams) -> list[gr.components.Component]:
         gr.Slider(0, 200, p.top_k, step=1, label="Top-k", info="0 = off"),
         gr.Slider(0, 0.5, p.min_p, step=0.01, label="Min-p"),
         gr.Slider(1, 2, p.repetition_penalty, step=0.01, label="Repetition penalty"),
-        gr.Slider(16, 4096, p.max_new_tokens, step=16, label="Max new tokens"),
+        gr.Slider(1, 4096, p.max_new_tokens, step=1, label="Max new tokens"),
         gr.Number(seed, label="Seed", info="-1 = random", precision=0),
-        gr.Textbox(p.stop and "\n".join(p.stop) or "", label="Stop strings", info="one per line", lines=2),
+        gr.Textbox(format_stop(p.stop), label="Stop strings", info="one per line; \\n for a line break", lines=2),
     ]

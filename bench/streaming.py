@@ -1,0 +1,128 @@
+"""Benchmark: how much does localchat's streaming cost compared with raw `model.generate`?
+
+Measured in one run on the bundled SmolLM2-135M-Instruct, greedy, fixed length (no early EOS):
+  1. baseline   raw model.generate on the main thread, no streamer
+  2. engine     TransformersBackend.stream (worker thread, streamer, queue) in-process
+  3. ui         the real app in a subprocess, streamed through its Gradio endpoint (gradio_client)
+and, per quantization (fp32, bf16, 8-bit, 4-bit), load time and raw decode speed.
+Prints medians and ratios against the baseline. Run: python bench/streaming.py [--runs 5] [--tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import localchat  # noqa: E402,F401 - offline/privacy switches first
+
+PROMPT = "Write a short story about a lighthouse keeper and a cat."
+
+
+def raw_generate(model, tokenizer, tokens: int) -> float:
+    import torch
+
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+    n = out.shape[1] - ids["input_ids"].shape[1]
+    return n / (time.perf_counter() - start)
+
+
+def engine_stream(backend, tokens: int) -> float:
+    from localchat.types import Message, SamplingParams
+
+    params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=tokens)
+    start = time.perf_counter()
+    chunks = list(backend.stream([Message("user", PROMPT)], params, threading.Event()))
+    return chunks[-1].usage.completion_tokens / (time.perf_counter() - start)
+
+
+def ui_stream(url: str, tokens: int) -> tuple[float, int]:
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    client.predict(PROMPT, api_name="/add_user")
+    start = time.perf_counter()
+    job = client.submit("", 0, 1.0, 0, 0.0, 1.0, tokens, -1, "", api_name="/respond")
+    updates = sum(1 for _ in job)
+    elapsed = time.perf_counter() - start
+    stats = job.outputs()[-1][0][-1]["content"][0]["text"].rsplit("<sub>", 1)[-1]
+    completion = int(stats.split(" tokens")[0])
+    return completion / elapsed, updates
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--skip-quant", action="store_true", help="only the streaming comparison, fp32")
+    args = ap.parse_args()
+
+    from conftest import start_app
+
+    from localchat.engine.backend import TransformersBackend
+    from localchat.engine.models import SMOLLM2
+    from localchat.types import LoadOptions
+
+    data = Path(tempfile.mkdtemp(prefix="localchat-bench-"))
+    rows: list[tuple[str, float, float]] = []
+    configs = [("fp32", "float32", "none")]
+    if not args.skip_quant:
+        configs += [("bf16", "bfloat16", "none"), ("8-bit", "auto", "8bit"), ("4-bit nf4", "auto", "4bit")]
+    baseline = engine = 0.0
+    for label, dtype, quant in configs:
+        backend = TransformersBackend(data)
+        info = backend.load(LoadOptions(model=SMOLLM2, device="cpu", dtype=dtype, quantization=quant))
+        current = backend._current
+        raw = median(
+            [backend.worker.call(lambda c=current: raw_generate(c.model, c.tokenizer, args.tokens)) for _ in range(args.runs)]
+        )
+        rows.append((label, info.load_seconds, raw))
+        if label == "fp32":
+            # baseline on the main thread, as a plain script would do it
+            raw_generate(current.model, current.tokenizer, 8)
+            baseline = median([raw_generate(current.model, current.tokenizer, args.tokens) for _ in range(args.runs)])
+            engine_stream(backend, 8)
+            engine = median([engine_stream(backend, args.tokens) for _ in range(args.runs)])
+        backend.close()
+        del backend, current
+
+    app = start_app(data)
+    try:
+        ui_stream(app.url, 8)
+        ui_runs = [ui_stream(app.url, args.tokens) for _ in range(args.runs)]
+    finally:
+        app.process.terminate()
+        app.process.wait(15)
+    ui = median([r[0] for r in ui_runs])
+    updates = median([r[1] for r in ui_runs])
+
+    print(f"\nSmolLM2-135M-Instruct on CPU, {args.tokens} new tokens, greedy, median of {args.runs}\n")
+    print(f"{'path':<36}{'tok/s':>8}{'vs raw':>9}")
+    print(f"{'raw model.generate (baseline)':<36}{baseline:>8.1f}{1.0:>9.2f}")
+    print(f"{'engine: backend.stream':<36}{engine:>8.1f}{engine / baseline:>9.2f}")
+    print(f"{'ui: app + Gradio stream (client)':<36}{ui:>8.1f}{ui / baseline:>9.2f}   ({updates:.0f} updates)")
+    print(f"\n{'load option':<14}{'load s':>8}{'tok/s':>8}{'vs fp32':>9}")
+    fp32 = rows[0][2]
+    for label, load_s, raw in rows:
+        print(f"{label:<14}{load_s:>8.1f}{raw:>8.1f}{raw / fp32:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()

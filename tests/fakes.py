@@ -1,0 +1,147 @@
+"""FakeBackend: the Backend protocol with canned replies, for fast UI and service tests.
+
+No torch, no threads of its own: `stream` yields the reply word by word on the caller's thread,
+records every call, honours the cancel event, and can be told to fail.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from localchat.backend import BackendError, ModelLoadFailed, NoModelLoaded
+from localchat.types import Chunk, ContextFit, LoadedInfo, LoadOptions, Message, ModelSpec, SamplingParams, Usage
+
+DEFAULT_REPLY = "Hello there, how can I help you today?"
+DEFAULT_MODELS = ("fake-small", "fake-large")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One `stream` call as the backend saw it."""
+
+    messages: list[Message]
+    params: SamplingParams
+    cancel: threading.Event | None
+
+
+def words(text: str) -> list[str]:
+    """Split into chunks that join back to `text`: each word keeps the space before it."""
+    parts = text.split(" ")
+    return [parts[0], *(" " + p for p in parts[1:])] if text else []
+
+
+class FakeBackend:
+    def __init__(
+        self,
+        reply: str | Callable[[Sequence[Message]], str] = DEFAULT_REPLY,
+        *,
+        delay: float = 0.0,
+        models: Sequence[str] = DEFAULT_MODELS,
+        model: str | None = DEFAULT_MODELS[0],
+        error: BackendError | None = None,
+        error_after: int = 0,
+        fit: ContextFit | None = None,
+        queue_positions: Sequence[int] = (),
+        context_length: int = 2048,
+    ):
+        self.reply = reply  # text, or a function of the messages
+        self.delay = delay  # seconds to wait before each chunk (cancel cuts the wait short)
+        self.models = list(models)
+        self.error = error  # raised after `error_after` text chunks
+        self.error_after = error_after
+        self.fit = fit  # sent before the text, as the real backend does when it trims
+        self.queue_positions = list(queue_positions)  # sent before anything else
+        self.context_length = context_length
+        self.calls: list[Call] = []
+        self.loads: list[LoadOptions] = []
+        self.loading: LoadOptions | None = None
+        self.last_load_error: str | None = None
+        self.closed = False
+        self._info: LoadedInfo | None = self._info_for(LoadOptions(model=model)) if model else None
+
+    # -- replies ------------------------------------------------------------------------------
+    def stream(
+        self, messages: Sequence[Message], params: SamplingParams, cancel: threading.Event | None = None
+    ) -> Iterator[Chunk]:
+        self.calls.append(Call(list(messages), params, cancel))
+        return self._stream(list(messages), params, cancel or threading.Event())
+
+    def _stream(self, messages: list[Message], params: SamplingParams, cancel: threading.Event) -> Iterator[Chunk]:
+        submitted = time.perf_counter()
+        for position in self.queue_positions:
+            yield Chunk(queue_position=position)
+        if self._info is None:
+            raise NoModelLoaded("No model is loaded yet; pick one and press Load")
+        if self.fit is not None:
+            yield Chunk(fit=self.fit)
+        text = self.reply(messages) if callable(self.reply) else self.reply
+        pieces = words(text)
+        sent, first_at, reason = 0, None, "stop"
+        try:
+            for piece in pieces:
+                if self.error is not None and sent >= self.error_after:
+                    raise self.error
+                if sent >= params.max_new_tokens:
+                    reason = "length"
+                    break
+                if cancel.wait(self.delay) if self.delay else cancel.is_set():
+                    reason = "cancelled"
+                    break
+                first_at = first_at or time.perf_counter()
+                sent += 1
+                yield Chunk(text=piece)
+            else:
+                if self.error is not None:
+                    raise self.error
+        except GeneratorExit:
+            cancel.set()  # closing the iterator cancels, as the protocol says
+            raise
+        end = time.perf_counter()
+        speed = (sent - 1) / (end - first_at) if first_at and sent > 1 and end > first_at else None
+        yield Chunk(
+            usage=Usage(
+                prompt_tokens=self.count_tokens(messages),
+                completion_tokens=sent,
+                time_to_first_token=None if first_at is None else first_at - submitted,
+                tokens_per_second=speed,
+                finish_reason=reason,  # type: ignore[arg-type]
+            )
+        )
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return sum(3 + len(m.content.split()) for m in messages)
+
+    # -- models -------------------------------------------------------------------------------
+    def load(self, options: LoadOptions) -> LoadedInfo:
+        self.loads.append(options)
+        if options.model not in self.models:
+            self.last_load_error = f"Could not load {options.model}: no such model"
+            raise ModelLoadFailed(self.last_load_error)
+        self._info = self._info_for(options)
+        self.last_load_error = None
+        return self._info
+
+    def loaded(self) -> LoadedInfo | None:
+        return self._info
+
+    def available_models(self) -> list[ModelSpec]:
+        return [ModelSpec(id=m, name=m, source="folder", size_bytes=100 * 2**20) for m in self.models]
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _info_for(self, options: LoadOptions) -> LoadedInfo:
+        return LoadedInfo(
+            options=options,
+            name=options.model,
+            device="cpu",
+            dtype="float32",
+            quantization=options.quantization,
+            memory_bytes=100 * 2**20,
+            context_length=options.context_length or self.context_length,
+            load_seconds=0.5,
+            has_chat_template=True,
+        )

@@ -1,0 +1,280 @@
+"""ChatService over FakeBackend: prompt building, streamed updates, notices, errors, status lines."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from fakes import FakeBackend
+
+from localchat.backend import ModelLoadFailed, NoModelLoaded, PromptTooLong, ServerBusy
+from localchat.chat import ChatService, ReplyUpdate, format_stats, waiting_notice
+from localchat.types import Chunk, ContextFit, InvalidValue, LoadOptions, Message, SamplingParams, Usage
+
+SHIPPED_PRESETS = Path(__file__).resolve().parent.parent / "presets"
+NOW = datetime(2024, 3, 5, 14, 7)  # a Tuesday
+HISTORY = [Message("user", "Hi"), Message("assistant", "Hello!"), Message("user", "What day is it?")]
+PARAMS = SamplingParams(temperature=0.3, max_new_tokens=64)
+
+
+def make(backend: FakeBackend | None = None, presets_dir: Path | None = None) -> tuple[ChatService, FakeBackend]:
+    backend = backend or FakeBackend()
+    return ChatService(backend, presets_dir, now=lambda: NOW), backend
+
+
+def collect(service: ChatService, history: Sequence[Message] = HISTORY, system: str = "", **kw) -> list[ReplyUpdate]:
+    return list(service.reply(history, system, kw.pop("params", PARAMS), **kw))
+
+
+# -- prompt building ----------------------------------------------------------------------------
+def test_system_prompt_is_rendered_with_the_injected_clock_and_history_passed_through() -> None:
+    service, backend = make()
+    collect(service, system="Today is {weekday}, {date}, {time}. Keep {braces}.")
+    call = backend.calls[0]
+    assert call.messages[0] == Message("system", "Today is Tuesday, 5 March 2024, 14:07. Keep {braces}.")
+    assert call.messages[1:] == HISTORY
+    assert call.params is PARAMS
+
+
+def test_empty_system_prompt_sends_no_system_message() -> None:
+    service, backend = make()
+    collect(service, system="   \n")
+    assert backend.calls[0].messages == HISTORY
+
+
+def test_system_messages_in_history_are_replaced_by_the_system_prompt() -> None:
+    service, _ = make()
+    messages = service.messages_for("Be brief.", [Message("system", "old"), *HISTORY])
+    assert messages == [Message("system", "Be brief."), *HISTORY]
+
+
+def test_complete_is_the_backend_stream() -> None:
+    service, backend = make(FakeBackend("a b"))
+    chunks = list(service.complete(HISTORY, PARAMS))
+    assert "".join(c.text for c in chunks) == "a b"
+    assert chunks[-1].usage is not None
+    assert backend.calls[0].messages == HISTORY  # no system prompt added: the API builds its own
+
+
+# -- streamed updates -------------------------------------------------------------------------
+def test_updates_accumulate_and_only_the_last_is_done() -> None:
+    service, backend = make(FakeBackend("one two three"))
+    updates = collect(service)
+    assert [u.text for u in updates] == ["one", "one two", "one two three", "one two three"]
+    assert [u.done for u in updates] == [False, False, False, True]
+    final = updates[-1].usage
+    assert final is not None
+    assert final.completion_tokens == 3
+    assert final.prompt_tokens == backend.count_tokens(backend.calls[0].messages)
+    assert final.finish_reason == "stop"
+    assert all(u.notice == "" and u.error is None for u in updates)
+
+
+def test_length_limit_is_reported() -> None:
+    service, _ = make(FakeBackend("a b c d e f"))
+    final = collect(service, params=PARAMS.with_(max_new_tokens=2))[-1]
+    assert final.text == "a b"
+    assert final.usage is not None and final.usage.finish_reason == "length"
+
+
+def test_cancel_event_reaches_the_backend_and_stops_the_reply() -> None:
+    service, backend = make(FakeBackend(" ".join(["word"] * 200), delay=0.005))
+    cancel = threading.Event()
+    updates = []
+    for update in service.reply(HISTORY, "", PARAMS, cancel):
+        updates.append(update)
+        if len(updates) == 2:
+            cancel.set()
+    assert backend.calls[0].cancel is cancel
+    final = updates[-1]
+    assert final.usage is not None and final.usage.finish_reason == "cancelled"
+    assert final.usage.completion_tokens < 10
+
+
+def test_closing_the_reply_closes_the_backend_stream() -> None:
+    service, backend = make(FakeBackend("a b c d"))
+    cancel = threading.Event()
+    updates = service.reply(HISTORY, "", PARAMS, cancel)
+    assert next(updates).text == "a"
+    updates.close()  # the browser went away
+    assert cancel.is_set()
+
+
+def test_queue_position_notices() -> None:
+    service, _ = make(FakeBackend("hi there", queue_positions=[2, 1, 0]))
+    updates = collect(service)
+    assert [u.notice for u in updates[:3]] == [
+        "Waiting for the model: 2 replies ahead of yours",
+        "Waiting for the model: 1 reply ahead of yours",
+        "Starting…",
+    ]
+    assert all(u.text == "" and not u.done for u in updates[:3])
+    assert updates[3].notice == "" and updates[3].text == "hi"  # the notice goes once text flows
+
+
+def test_waiting_notice_wording() -> None:
+    assert waiting_notice(1) == "Waiting for the model: 1 reply ahead of yours"
+    assert waiting_notice(5) == "Waiting for the model: 5 replies ahead of yours"
+    assert waiting_notice(0) == "Starting…"
+
+
+def test_trimmed_context_notice_stays_on_every_update() -> None:
+    service, _ = make(FakeBackend("a b", fit=ContextFit(dropped_messages=2)))
+    updates = collect(service)
+    notice = "To fit the model's context window, the 2 oldest messages were left out."
+    assert [u.text for u in updates] == ["", "a", "a b", "a b"]  # the notice shows before any text
+    assert [u.notice for u in updates] == [notice] * 4
+    assert updates[-1].done
+
+
+def test_untrimmed_fit_gives_no_notice() -> None:
+    service, _ = make(FakeBackend("a b", fit=ContextFit()))
+    assert all(u.notice == "" for u in collect(service))
+
+
+# -- errors -------------------------------------------------------------------------------------
+def test_backend_error_becomes_the_final_update() -> None:
+    service, _ = make(FakeBackend("a b c d", error=PromptTooLong("The conversation is too long"), error_after=2))
+    updates = collect(service)
+    assert [u.text for u in updates] == ["a", "a b", "a b"]
+    assert updates[-1].error == "The conversation is too long"
+    assert updates[-1].done and updates[-1].usage is None
+
+
+def test_backend_error_before_any_text() -> None:
+    service, _ = make(FakeBackend("a", error=ServerBusy("The model is busy"), error_after=0))
+    assert collect(service) == [ReplyUpdate("", "", error="The model is busy")]
+
+
+def test_no_model_loaded() -> None:
+    service, _ = make(FakeBackend(model=None))
+    (update,) = collect(service)
+    assert update.error == "No model is loaded yet; pick one and press Load"
+
+
+def test_unexpected_exception_is_one_line_for_the_user() -> None:
+    service, _ = make(FakeBackend("a b", error=RuntimeError("boom"), error_after=1))  # type: ignore[arg-type]
+    final = collect(service)[-1]
+    assert final.text == "a"
+    assert final.error == "Something went wrong while answering: boom"
+
+
+class EagerBackend(FakeBackend):
+    """A backend whose stream() raises when called, before returning an iterator."""
+
+    def stream(self, messages, params, cancel=None):  # type: ignore[override]
+        raise NoModelLoaded("No model is loaded yet")
+
+
+def test_backend_that_raises_when_called() -> None:
+    service, _ = make(EagerBackend())
+    assert collect(service) == [ReplyUpdate("", "", error="No model is loaded yet")]
+
+
+class ErrorChunkBackend(FakeBackend):
+    def stream(self, messages, params, cancel=None) -> Iterator[Chunk]:  # type: ignore[override]
+        yield Chunk(text="par")
+        yield Chunk(text="tial", error="The remote engine hung up")
+        yield Chunk(text=" never shown")
+        yield Chunk(usage=Usage())
+
+
+def test_error_chunk_ends_the_reply() -> None:
+    service, _ = make(ErrorChunkBackend())
+    final = collect(service)[-1]
+    assert final == ReplyUpdate("partial", "", error="The remote engine hung up")
+
+
+# -- stats --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("usage", "text"),
+    [
+        (
+            Usage(completion_tokens=42, tokens_per_second=12.345, time_to_first_token=0.5),
+            "42 tokens · 12.3 tok/s · first token 0.50 s",
+        ),
+        (Usage(completion_tokens=1, time_to_first_token=0.123), "1 token · first token 0.12 s"),
+        (
+            Usage(completion_tokens=512, tokens_per_second=30.0, finish_reason="length"),
+            "512 tokens · 30.0 tok/s · stopped at the length limit",
+        ),
+        (Usage(completion_tokens=3, finish_reason="cancelled"), "3 tokens · stopped"),
+        (Usage(), "0 tokens"),
+    ],
+)
+def test_format_stats(usage: Usage, text: str) -> None:
+    assert format_stats(usage) == text
+
+
+# -- models and status --------------------------------------------------------------------------
+def test_status_lines() -> None:
+    service, backend = make()
+    info = backend.loaded()
+    assert info is not None
+    assert service.status() == info.describe()
+    assert service.status().startswith("fake-small · cpu · float32 · 100 MiB")
+
+    backend.loading = LoadOptions(model="fake-large")
+    assert service.status() == "Loading fake-large… (still answering with fake-small)"
+
+    idle, empty = make(FakeBackend(model=None))
+    assert idle.status() == "No model loaded: pick one and press Load"
+    empty.loading = LoadOptions(model="fake-large")
+    assert idle.status() == "Loading fake-large…"
+    empty.loading = None
+    empty.last_load_error = "Could not load x: no such model"
+    assert idle.status() == "No model loaded. Could not load x: no such model"
+
+
+def test_load_validates_then_loads() -> None:
+    service, backend = make()
+    info = service.load(LoadOptions(model="fake-large"))
+    assert info.name == "fake-large" and backend.loaded() == info
+    with pytest.raises(InvalidValue, match="choose a model"):
+        service.load(LoadOptions(model=" "))
+    assert [o.model for o in backend.loads] == ["fake-large"]
+
+
+def test_failed_load_keeps_the_old_model() -> None:
+    service, backend = make()
+    with pytest.raises(ModelLoadFailed, match="no such model"):
+        service.load(LoadOptions(model="missing"))
+    assert backend.loaded() is not None and backend.loaded().name == "fake-small"
+
+
+# -- presets ------------------------------------------------------------------------------------
+def test_presets_from_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "mine.yaml").write_text(
+        "name: Mine\ndescription: Mine.\nsystem_prompt: It is {date}.\nsampling:\n  temperature: 0.2\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "broken.yaml").write_text("name: [oops\n", encoding="utf-8")
+    service, backend = make(presets_dir=tmp_path)
+    mine = service.preset("Mine")
+    assert mine is not None and mine.sampling.temperature == 0.2
+    assert service.preset("Nope") is None
+    assert [p.file for p in service.preset_problems] == ["broken.yaml"]
+    collect(service, system=mine.system_prompt, params=mine.sampling)
+    assert backend.calls[0].messages[0].content == "It is 5 March 2024."
+    assert backend.calls[0].params == mine.sampling
+
+
+def test_no_presets_dir_means_no_presets() -> None:
+    service, _ = make()
+    assert service.presets == [] and service.preset("Balanced") is None
+
+
+def test_shipped_presets() -> None:
+    service, backend = make(presets_dir=SHIPPED_PRESETS)
+    balanced = service.preset("Balanced")
+    assert balanced is not None
+    assert service.presets[0].name == "Balanced"
+    assert service.preset_problems == []
+    collect(service, system=balanced.system_prompt)
+    system = backend.calls[0].messages[0]
+    assert system.role == "system"
+    assert "Tuesday" in system.content and "5 March 2024" in system.content
+    assert "{" not in system.content

@@ -1,0 +1,205 @@
+"""InferenceWorker: one thread, submission order, queue positions, the waiting bound, cancellation."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+
+import pytest
+
+from localchat.engine.scheduler import Busy, InferenceWorker
+
+WAIT = 5  # seconds; a broken worker fails the test instead of hanging it
+
+
+class Gate:
+    """A job that holds the worker until released, so tests can line up waiting jobs."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self) -> str:
+        self.started.set()
+        assert self.release.wait(WAIT), "gate never released"
+        return "gate"
+
+
+@pytest.fixture()
+def worker() -> Iterator[InferenceWorker]:
+    w = InferenceWorker(max_waiting=32)
+    yield w
+    w.close()
+
+
+def hold(worker: InferenceWorker) -> tuple[Gate, Future]:
+    gate = Gate()
+    future = worker.submit(gate)
+    assert gate.started.wait(WAIT)
+    return gate, future
+
+
+def test_jobs_run_in_submission_order_on_one_thread(worker: InferenceWorker) -> None:
+    ran: list[tuple[int, int, bool]] = []
+
+    def job(i: int) -> int:
+        ran.append((i, threading.get_ident(), worker.is_worker_thread()))
+        return i * i
+
+    futures = [worker.submit(lambda i=i: job(i)) for i in range(30)]
+    assert [f.result(timeout=WAIT) for f in futures] == [i * i for i in range(30)]
+    assert [i for i, _, _ in ran] == list(range(30))
+    threads = {t for _, t, _ in ran}
+    assert len(threads) == 1
+    assert threads != {threading.get_ident()}
+    assert all(on_worker for _, _, on_worker in ran)
+    assert not worker.is_worker_thread()
+
+
+def test_order_matches_positions_when_many_threads_submit() -> None:
+    worker = InferenceWorker(max_waiting=10_000)
+    gate, gate_future = hold(worker)
+    ran: list[Future] = []
+    futures: list[Future] = []
+    lock = threading.Lock()
+
+    def submitter() -> None:
+        for _ in range(150):
+            holder: list[Future] = []
+            f = worker.submit(lambda holder=holder: ran.append(holder[0]))
+            holder.append(f)
+            with lock:
+                futures.append(f)
+
+    threads = [threading.Thread(target=submitter) for _ in range(8)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so a gap between numbering and queueing shows
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(futures) == 8 * 150
+    positions = {id(f): worker.position(f) for f in futures}
+    assert sorted(positions.values()) == list(range(1, len(futures) + 1))
+    gate.release.set()
+    for f in futures:
+        f.result(timeout=WAIT)
+    # what position() promised is what happened
+    assert [positions[id(f)] for f in ran] == list(range(1, len(futures) + 1))
+    assert gate_future.result(timeout=WAIT) == "gate"
+    worker.close()
+
+
+def test_positions_of_waiting_jobs(worker: InferenceWorker) -> None:
+    gate, gate_future = hold(worker)
+    try:
+        assert worker.busy
+        a, b, c = (worker.submit(lambda: None) for _ in range(3))
+        assert worker.position(gate_future) is None  # already running
+        assert [worker.position(f) for f in (a, b, c)] == [1, 2, 3]
+        assert worker.waiting() == 3
+    finally:
+        gate.release.set()
+    c.result(timeout=WAIT)
+    assert [worker.position(f) for f in (a, b, c)] == [None, None, None]
+    assert worker.waiting() == 0
+    assert worker.position(Future()) is None  # never submitted
+
+
+def test_busy_when_too_many_wait() -> None:
+    worker = InferenceWorker(max_waiting=2)
+    gate, _ = hold(worker)
+    try:
+        first = worker.submit(lambda: 1)
+        worker.submit(lambda: 2)
+        with pytest.raises(Busy, match="2 replies are already waiting; try again in a moment"):
+            worker.submit(lambda: 3)
+        assert worker.waiting() == 2  # the refused job was not queued
+    finally:
+        gate.release.set()
+    assert first.result(timeout=WAIT) == 1
+    assert worker.submit(lambda: 4).result(timeout=WAIT) == 4  # room again
+    worker.close()
+
+
+def test_busy_message_for_one_waiting() -> None:
+    worker = InferenceWorker(max_waiting=1)
+    gate, _ = hold(worker)
+    try:
+        worker.submit(lambda: None)
+        with pytest.raises(Busy, match="^1 reply is already waiting"):
+            worker.submit(lambda: None)
+    finally:
+        gate.release.set()
+        worker.close()
+
+
+def test_job_cancelled_before_it_starts_never_runs(worker: InferenceWorker) -> None:
+    ran: list[str] = []
+    gate, _ = hold(worker)
+    try:
+        cancel_early = threading.Event()
+        cancel_early.set()
+        early = worker.submit(lambda: ran.append("early"), cancel_early)
+        cancel_later = threading.Event()
+        later = worker.submit(lambda: ran.append("later"), cancel_later)
+        after = worker.submit(lambda: ran.append("after"), threading.Event())
+        cancel_later.set()  # the user pressed Stop while the reply was still waiting
+    finally:
+        gate.release.set()
+    assert after.result(timeout=WAIT) is None
+    assert early.cancelled() and later.cancelled()
+    assert ran == ["after"]
+
+
+def test_cancel_event_set_while_running_does_not_cancel_the_future(worker: InferenceWorker) -> None:
+    cancel = threading.Event()
+
+    def job() -> str:
+        cancel.set()  # the job itself is responsible for noticing the event while running
+        return "finished"
+
+    assert worker.submit(job, cancel).result(timeout=WAIT) == "finished"
+
+
+def test_exceptions_reach_the_caller_and_the_worker_goes_on(worker: InferenceWorker) -> None:
+    problem = ValueError("bad input")
+
+    def fail() -> None:
+        raise problem
+
+    failed = worker.submit(fail)
+    with pytest.raises(ValueError, match="bad input") as info:
+        failed.result(timeout=WAIT)
+    assert info.value is problem
+    assert worker.submit(lambda: "still alive").result(timeout=WAIT) == "still alive"
+    assert not worker.busy
+
+
+def test_call_runs_on_the_worker(worker: InferenceWorker) -> None:
+    assert worker.call(lambda: worker.is_worker_thread()) is True
+    with pytest.raises(KeyError):
+        worker.call(lambda: {}["missing"])
+
+
+def test_call_from_the_worker_thread_itself_does_not_deadlock(worker: InferenceWorker) -> None:
+    def outer() -> tuple[int, bool]:
+        return worker.call(lambda: 21 * 2), worker.is_worker_thread()
+
+    assert worker.submit(outer).result(timeout=WAIT) == (42, True)
+
+
+def test_close_runs_queued_jobs_then_refuses_new_ones() -> None:
+    worker = InferenceWorker()
+    gate, _ = hold(worker)
+    queued = worker.submit(lambda: "queued")
+    gate.release.set()
+    worker.close()
+    assert queued.result(timeout=WAIT) == "queued"
+    with pytest.raises(Busy, match="shutting down"):
+        worker.submit(lambda: None)
