@@ -91,7 +91,10 @@ def main() -> None:
         info = backend.load(LoadOptions(model=SMOLLM2, device="cpu", dtype=dtype, quantization=quant))
         current = backend._current
         raw = median(
-            [backend.worker.call(lambda c=current: raw_generate(c.model, c.tokenizer, args.tokens)) for _ in range(args.runs)]
+            [
+                backend.worker.call(lambda c=current: raw_generate(c.model, c.tokenizer, args.tokens))
+                for _ in range(args.runs)
+            ]
         )
         rows.append((label, info.load_seconds, raw))
         if label == "fp32":

@@ -45,6 +45,13 @@ def format_stats(usage: Usage) -> str:
     return " · ".join(parts)
 
 
+def info_name(ref: str) -> str:
+    """A model reference as people read it: the bundled model's name, or the last path part."""
+    from localchat.engine.models import DISPLAY_NAMES  # a plain dict; importing it loads no torch
+
+    return DISPLAY_NAMES.get(ref) or ref.rstrip("/").rsplit("/", 1)[-1]
+
+
 def waiting_notice(position: int) -> str:
     if position <= 0:
         return "Starting…"
@@ -121,6 +128,16 @@ class ChatService:
     # -- models -------------------------------------------------------------------------------
     def load(self, options: LoadOptions) -> LoadedInfo:
         return self.backend.load(options.validate())
+
+    def status_line(self) -> str:
+        """The short header line: which model answers, and the memory it takes."""
+        loading = getattr(self.backend, "loading", None)
+        info = self.backend.loaded()
+        if loading is not None:
+            return f"Loading {info_name(loading.model)}…"
+        if info is None:
+            return "No model loaded: open Settings, then Model"
+        return f"{info.name} · {info.memory_bytes / 2**20:,.0f} MiB · {info.device}"
 
     def status(self) -> str:
         loading = getattr(self.backend, "loading", None)

@@ -16,9 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidValue as exc:
         print(f"localchat: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
     from localchat.server import build_app

@@ -23,13 +23,26 @@ _NATIVE_KEYS = frozenset({"name", "description", "system_prompt", "sampling", "o
 _SAMPLING_KEYS = frozenset(f.name for f in fields(SamplingParams))
 _FLOAT_KEYS = frozenset({"temperature", "top_p", "min_p", "repetition_penalty"})
 _INT_KEYS = frozenset({"top_k", "max_new_tokens"})
-_TGW_KEYS = frozenset({"temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-                       "max_new_tokens", "seed", "do_sample"})
+_TGW_KEYS = frozenset(
+    {"temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens", "seed", "do_sample"}
+)
 
 # Our own names so the prompt does not change with the server's locale.
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
-           "September", "October", "November", "December")
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 
 
 @dataclass(frozen=True)
@@ -70,15 +83,21 @@ def load_presets(directory: Path) -> tuple[list[Preset], list[PresetProblem]]:
     """Load every *.yaml / *.yml file in `directory` (sorted by file name), sorted by order then name."""
     try:
         files = sorted(
-            (p for p in Path(directory).iterdir()
-             if p.suffix.lower() in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()),
+            (
+                p
+                for p in Path(directory).iterdir()
+                if p.suffix.lower() in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+            ),
             key=lambda p: p.name,
         )
     except FileNotFoundError:
         return [], []
     except OSError as e:
-        return [], [PresetProblem(Path(directory).name, f"{directory}: cannot read the presets folder "
-                                  f"({e.strerror or e})", True)]
+        return [], [
+            PresetProblem(
+                Path(directory).name, f"{directory}: cannot read the presets folder ({e.strerror or e})", True
+            )
+        ]
 
     loaded: list[tuple[int, Preset]] = []
     problems: list[PresetProblem] = []
@@ -94,16 +113,21 @@ def load_presets(directory: Path) -> tuple[list[Preset], list[PresetProblem]]:
             continue
         key = preset.name.casefold()
         if key in seen:
-            problems.append(PresetProblem(
-                path.name, f"{path.name}: skipped, {seen[key]} already has the name {preset.name!r}", False))
+            problems.append(
+                PresetProblem(
+                    path.name, f"{path.name}: skipped, {seen[key]} already has the name {preset.name!r}", False
+                )
+            )
             continue
         seen[key] = path.name
         if ignored:
-            problems.append(PresetProblem(
-                path.name,
-                f"{path.name}: ignored settings localchat does not support: {', '.join(sorted(ignored))}",
-                False,
-            ))
+            problems.append(
+                PresetProblem(
+                    path.name,
+                    f"{path.name}: ignored settings localchat does not support: {', '.join(sorted(ignored))}",
+                    False,
+                )
+            )
         loaded.append((order, preset))
     loaded.sort(key=lambda item: (item[0], item[1].name.casefold(), item[1].name))
     return [preset for _, preset in loaded], problems

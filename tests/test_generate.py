@@ -140,7 +140,9 @@ def test_stop_string_filter(pieces, stops, emitted, hit):
 def test_stream_reply_length_cancel_and_stop(model, tok):
     ids = prompt_ids(tok, [Message("user", "hi")])
     out: list[str] = []
-    done = stream_reply(model, tok, ids, SamplingParams(temperature=0, max_new_tokens=12), 512, threading.Event(), out.append)
+    done = stream_reply(
+        model, tok, ids, SamplingParams(temperature=0, max_new_tokens=12), 512, threading.Event(), out.append
+    )
     assert done.finish_reason == "length" and done.completion_tokens == 12 and out
 
     cancel = threading.Event()
@@ -164,7 +166,9 @@ def test_stream_reply_length_cancel_and_stop(model, tok):
 def test_stream_reply_never_passes_the_window(model, tok):
     ids = prompt_ids(tok, [Message("user", "x" * 100)])
     out: list[str] = []
-    done = stream_reply(model, tok, ids, SamplingParams(temperature=0, max_new_tokens=500), len(ids) + 5, threading.Event(), out.append)
+    done = stream_reply(
+        model, tok, ids, SamplingParams(temperature=0, max_new_tokens=500), len(ids) + 5, threading.Event(), out.append
+    )
     assert done.completion_tokens == 5 and done.finish_reason == "length"
 
 
@@ -178,3 +182,17 @@ def test_seed_makes_sampling_repeatable(model, tok):
         return "".join(out)
 
     assert run() == run()
+
+
+def test_streamer_waits_for_split_characters_and_drops_broken_bytes(tok):
+    import torch
+
+    from localchat.engine.generate import _Streamer
+
+    out: list[str] = []
+    streamer = _Streamer(tok, StopStringFilter([]), out.append)
+    streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt: skipped
+    for ids in ([ord("a")], [0xC3], [0xA9], [0xC3], [ord("b")]):  # a, é split in two bytes, a broken byte, b
+        streamer.put(torch.tensor(ids))
+    streamer.end()
+    assert out == ["a", "é", "b"]

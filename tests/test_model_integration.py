@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -47,14 +48,16 @@ def test_gguf_is_dequantized_once_into_the_cache(smol_backend, session_data_dir:
 
 
 @pytest.mark.parametrize("quant", ["8bit", "4bit"])
-def test_bitsandbytes_quantized_load_on_cpu_produces_text(smol_backend, session_data_dir: Path, quant: str):
+def test_bitsandbytes_quantized_load_on_cpu_produces_text(smol_backend, session_data_dir: Path, quant: str, caplog):
     backend = TransformersBackend(session_data_dir)
     try:
         info = backend.load(LoadOptions(model=SMOLLM2, device="cpu", quantization=quant))
         assert info.quantization == quant
         assert info.memory_bytes < smol_backend.loaded().memory_bytes * 0.6
-        text, usage = answer(backend)
+        with caplog.at_level(logging.WARNING):
+            text, usage = answer(backend)
         assert usage.completion_tokens > 0 and len(text.split()) >= 2
+        assert not [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()]  # silenced: ~16% of decode
     finally:
         backend.close()
 

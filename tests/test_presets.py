@@ -50,7 +50,10 @@ def test_shipped_presets_load_cleanly() -> None:
 
 
 def test_native_round_trip(tmp_path: Path) -> None:
-    write(tmp_path, "mine.yml", """\
+    write(
+        tmp_path,
+        "mine.yml",
+        """\
 name: Mine
 description: "  My   preset  "
 order: 3
@@ -65,17 +68,28 @@ sampling:
   max_new_tokens: 300
   seed: 7
   stop: ["###", "User:"]
-""")
+""",
+    )
     presets, problems = load_presets(tmp_path)
     assert problems == []
-    assert presets == [Preset(
-        name="Mine",
-        description="My preset",
-        system_prompt="Be brief. Today is {date}.",
-        sampling=SamplingParams(temperature=0.3, top_p=0.8, top_k=10, min_p=0.1, repetition_penalty=1.05,
-                                max_new_tokens=300, seed=7, stop=("###", "User:")),
-        source="mine.yml",
-    )]
+    assert presets == [
+        Preset(
+            name="Mine",
+            description="My preset",
+            system_prompt="Be brief. Today is {date}.",
+            sampling=SamplingParams(
+                temperature=0.3,
+                top_p=0.8,
+                top_k=10,
+                min_p=0.1,
+                repetition_penalty=1.05,
+                max_new_tokens=300,
+                seed=7,
+                stop=("###", "User:"),
+            ),
+            source="mine.yml",
+        )
+    ]
     assert presets[0].locked_system_prompt is False
 
 
@@ -101,7 +115,10 @@ def test_native_unknown_keys_are_one_warning(tmp_path: Path) -> None:
 
 
 def test_text_generation_webui_file(tmp_path: Path) -> None:
-    write(tmp_path, "Divine Intellect.yaml", """\
+    write(
+        tmp_path,
+        "Divine Intellect.yaml",
+        """\
 temperature: 1.31
 top_p: 0.14
 top_k: 49
@@ -114,19 +131,22 @@ min_p: 0.02
 max_new_tokens: 400
 seed: -1
 do_sample: true
-""")
+""",
+    )
     presets, problems = load_presets(tmp_path)
     assert len(presets) == 1
     p = presets[0]
     assert p.name == "Divine Intellect"
     assert p.description == "Imported text-generation-webui preset"
     assert p.system_prompt == "" and p.source == "Divine Intellect.yaml"
-    assert p.sampling == SamplingParams(temperature=1.31, top_p=0.14, top_k=49, min_p=0.02,
-                                        repetition_penalty=1.17, max_new_tokens=400, seed=None)
+    assert p.sampling == SamplingParams(
+        temperature=1.31, top_p=0.14, top_k=49, min_p=0.02, repetition_penalty=1.17, max_new_tokens=400, seed=None
+    )
     assert len(problems) == 1
     assert problems[0].fatal is False and problems[0].file == "Divine Intellect.yaml"
-    assert problems[0].message == ("Divine Intellect.yaml: ignored settings localchat does not support: "
-                                   "mirostat_mode, tfs, top_a, typical_p")
+    assert problems[0].message == (
+        "Divine Intellect.yaml: ignored settings localchat does not support: mirostat_mode, tfs, top_a, typical_p"
+    )
 
 
 def test_text_generation_webui_without_unknown_keys(tmp_path: Path) -> None:
@@ -146,32 +166,35 @@ def test_do_sample_false_means_greedy(tmp_path: Path) -> None:
     assert presets[0].sampling.top_p == 0.5
 
 
-@pytest.mark.parametrize(("name", "text", "expected"), [
-    ("broken.yaml", "name: [unclosed\n", "broken.yaml: is not valid YAML"),
-    ("list.yaml", "- temperature: 0.5\n", "list.yaml: must be a mapping of settings, not a list"),
-    ("scalar.yaml", "just words\n", "scalar.yaml: must be a mapping of settings, not a piece of text"),
-    ("empty.yaml", "", "empty.yaml: is empty"),
-    ("comments.yaml", "# nothing here\n", "comments.yaml: is empty"),
-    ("hot.yaml", "name: Hot\nsampling:\n  temperature: 9\n",
-     "hot.yaml: temperature must be between 0 and 5"),
-    ("word.yaml", "name: W\nsampling:\n  temperature: hot\n",
-     "word.yaml: temperature must be a number, not 'hot'"),
-    ("tgw word.yaml", "temperature: hot\n", "tgw word.yaml: temperature must be a number, not 'hot'"),
-    ("k.yaml", "name: K\nsampling:\n  top_k: 2.5\n", "k.yaml: top_k must be a whole number, not 2.5"),
-    ("bool.yaml", "name: B\nsampling:\n  max_new_tokens: true\n",
-     "bool.yaml: max_new_tokens must be a whole number"),
-    ("stop.yaml", "name: S\nsampling:\n  stop: [1, 2]\n", "stop.yaml: stop must be text or a list of text"),
-    ("nostop.yaml", "name: S\nsampling:\n  stop: ['']\n", "nostop.yaml: stop strings must be non-empty text"),
-    ("seed.yaml", "name: S\nsampling:\n  seed: -3\n", "seed.yaml: seed must be empty or a non-negative"),
-    ("samp.yaml", "name: S\nsampling: fast\n", "samp.yaml: sampling must be a mapping of settings"),
-    ("nm.yaml", "name: 42\n", "nm.yaml: name must be text, not 42"),
-    ("blank.yaml", "name: '  '\n", "blank.yaml: name must not be empty"),
-    ("ord.yaml", "name: O\norder: first\n", "ord.yaml: order must be a whole number"),
-    ("ds.yaml", "do_sample: maybe\n", "ds.yaml: do_sample must be true or false"),
-    ("bytes.yaml", b"name: \xff\xfe\n", "bytes.yaml: is not UTF-8 text"),
-])
-def test_bad_file_is_fatal_and_others_still_load(tmp_path: Path, name: str, text: str | bytes,
-                                                  expected: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("broken.yaml", "name: [unclosed\n", "broken.yaml: is not valid YAML"),
+        ("list.yaml", "- temperature: 0.5\n", "list.yaml: must be a mapping of settings, not a list"),
+        ("scalar.yaml", "just words\n", "scalar.yaml: must be a mapping of settings, not a piece of text"),
+        ("empty.yaml", "", "empty.yaml: is empty"),
+        ("comments.yaml", "# nothing here\n", "comments.yaml: is empty"),
+        ("hot.yaml", "name: Hot\nsampling:\n  temperature: 9\n", "hot.yaml: temperature must be between 0 and 5"),
+        ("word.yaml", "name: W\nsampling:\n  temperature: hot\n", "word.yaml: temperature must be a number, not 'hot'"),
+        ("tgw word.yaml", "temperature: hot\n", "tgw word.yaml: temperature must be a number, not 'hot'"),
+        ("k.yaml", "name: K\nsampling:\n  top_k: 2.5\n", "k.yaml: top_k must be a whole number, not 2.5"),
+        (
+            "bool.yaml",
+            "name: B\nsampling:\n  max_new_tokens: true\n",
+            "bool.yaml: max_new_tokens must be a whole number",
+        ),
+        ("stop.yaml", "name: S\nsampling:\n  stop: [1, 2]\n", "stop.yaml: stop must be text or a list of text"),
+        ("nostop.yaml", "name: S\nsampling:\n  stop: ['']\n", "nostop.yaml: stop strings must be non-empty text"),
+        ("seed.yaml", "name: S\nsampling:\n  seed: -3\n", "seed.yaml: seed must be empty or a non-negative"),
+        ("samp.yaml", "name: S\nsampling: fast\n", "samp.yaml: sampling must be a mapping of settings"),
+        ("nm.yaml", "name: 42\n", "nm.yaml: name must be text, not 42"),
+        ("blank.yaml", "name: '  '\n", "blank.yaml: name must not be empty"),
+        ("ord.yaml", "name: O\norder: first\n", "ord.yaml: order must be a whole number"),
+        ("ds.yaml", "do_sample: maybe\n", "ds.yaml: do_sample must be true or false"),
+        ("bytes.yaml", b"name: \xff\xfe\n", "bytes.yaml: is not UTF-8 text"),
+    ],
+)
+def test_bad_file_is_fatal_and_others_still_load(tmp_path: Path, name: str, text: str | bytes, expected: str) -> None:
     write(tmp_path, "good.yaml", GOOD)
     write(tmp_path, name, text)
     presets, problems = load_presets(tmp_path)

@@ -377,13 +377,15 @@ def test_load_model_rejects_bad_options(args: tuple, words: str) -> None:
 
 def test_status_and_timer() -> None:
     ui, backend = make_ui()
-    text, timer = ui.status()
-    assert text.startswith("fake-small") and timer.active is False
+    line, details, timer = ui.status()
+    assert line == "fake-small · 100 MiB · cpu" and timer.active is False
+    assert details.startswith("fake-small · cpu · float32")
     from localchat.types import LoadOptions
 
-    backend.loading = LoadOptions(model="fake-large")
-    text, timer = ui.status()
-    assert text.startswith("Loading fake-large…") and timer.active is True
+    backend.loading = LoadOptions(model="/models/fake-large")
+    line, details, timer = ui.status()
+    assert line == "Loading fake-large…" and details.startswith("Loading /models/fake-large…")
+    assert timer.active is True
 
 
 def test_model_choices() -> None:
@@ -397,3 +399,19 @@ def test_build_returns_blocks() -> None:
     assert isinstance(demo, gr.Blocks)
     empty, _ = make_ui(presets_dir=None)
     assert isinstance(empty.build(), gr.Blocks)
+
+
+def test_a_second_respond_in_a_busy_tab_changes_nothing() -> None:
+    ui, backend = make_ui()
+    ui._cancels["a"] = threading.Event()  # tab "a" is receiving a reply
+    outs = list(ui.respond([user("q"), bot("partial")], "", *UI_SAMPLING, request("a")))
+    assert outs == [(gr.skip(), gr.skip(), gr.skip(), gr.skip())]
+    assert backend.calls == []
+
+
+def test_new_chat_empties_the_conversation_and_stops_this_tabs_reply() -> None:
+    ui, _ = make_ui()
+    a, b = threading.Event(), threading.Event()
+    ui._cancels.update(a=a, b=b)
+    assert ui.new_chat(request("a")) == ([], [])
+    assert a.is_set() and not b.is_set()

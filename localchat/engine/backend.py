@@ -12,9 +12,9 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import replace
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -113,7 +113,9 @@ class TransformersBackend:
             started = time.perf_counter()
             current = self._require()  # checked when the job runs: a reply queued behind a load waits
             try:
-                ids, fit = fit_to_window(current.tokenizer, messages, current.info.context_length, params.max_new_tokens)
+                ids, fit = fit_to_window(
+                    current.tokenizer, messages, current.info.context_length, params.max_new_tokens
+                )
             except ContextOverflow as exc:
                 raise PromptTooLong(f"The conversation does not fit the context window: {exc}") from exc
             if fit.trimmed:

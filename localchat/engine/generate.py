@@ -194,11 +194,20 @@ class _Streamer(BaseStreamer):
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         self.ids.extend(value.reshape(-1).tolist())
-        new = self.stops.feed(self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return  # half of a multi-byte character: wait for the rest
+        self._feed(text)
+
+    def _feed(self, text: str) -> None:
+        # A U+FFFD left inside is a byte sequence the model never completed: not worth showing.
+        new = self.stops.feed(text.replace("\ufffd", "").lstrip())
         if new:
             self.emit(new)
 
     def end(self) -> None:
+        if self.ids:
+            self._feed(self.tokenizer.decode(self.ids, skip_special_tokens=True))
         rest = self.stops.flush()
         if rest:
             self.emit(rest)

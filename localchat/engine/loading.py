@@ -131,9 +131,7 @@ def dequantized_gguf_folder(resolved: ResolvedModel, cache_root: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(
-        resolved.path, gguf_file=resolved.gguf_file, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(resolved.path, gguf_file=resolved.gguf_file, dtype=torch.float32)
     # The weights are already plain fp32 tensors; only the GGUF marker blocks saving.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -229,9 +227,7 @@ def load_model(options: LoadOptions, cache_root: Path) -> Loaded:
         options=options,
         name=resolved.name,
         device=device,
-        dtype=str(qconfig.bnb_4bit_compute_dtype if options.quantization == "4bit" else dtype).replace(
-            "torch.", ""
-        ),
+        dtype=str(qconfig.bnb_4bit_compute_dtype if options.quantization == "4bit" else dtype).replace("torch.", ""),
         quantization=options.quantization,
         memory_bytes=int(model.get_memory_footprint()),
         context_length=window,

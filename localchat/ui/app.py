@@ -28,6 +28,10 @@ from localchat.ui.adapters import (
 )
 
 CSS = """
+#lc-header { flex-wrap: nowrap; align-items: center; gap: 8px; }
+#lc-header > * { flex-grow: 0; }
+#lc-header > .lc-status { flex: 1 1 auto; min-width: 0; }
+#lc-header button { height: auto; white-space: nowrap; }
 .lc-status { font-size: 0.85em; opacity: 0.85; }
 .lc-status p { margin: 0; }
 #lc-input textarea { font-size: 16px; }  /* 16px stops iOS zooming into the field */
@@ -69,6 +73,10 @@ class ChatUI:
         request: gr.Request,
     ) -> Iterator[tuple]:
         """Stream a reply to the conversation, which must end with the user's message."""
+        key = _key(request)
+        if key in self._cancels:  # this tab is already receiving a reply (add_user refused the text)
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
         if not turns or turns[-1]["role"] != "user":
             yield render(turns), turns, *_buttons(False)
             return
@@ -80,7 +88,6 @@ class ChatUI:
             yield render(turns), turns, *_buttons(False)
             return
         cancel = threading.Event()
-        key = _key(request)
         with self._lock:
             self._cancels[key] = cancel
         turns = [*turns, Turn(role="assistant", content="", stats="")]
@@ -163,8 +170,16 @@ class ChatUI:
         yield f"✓ Loaded in {info.load_seconds:.1f} s: {info.describe()}"
 
     def status(self) -> tuple:
+        """The header line (short, for a phone), the full details in the Model panel, the timer."""
         loading = getattr(self.service.backend, "loading", None) is not None
-        return self.service.status(), gr.Timer(active=loading)
+        return self.service.status_line(), self.service.status(), gr.Timer(active=loading)
+
+    def after_load(self) -> tuple:
+        return gr.Dropdown(choices=self.model_choices()), self.service.status_line()
+
+    def new_chat(self, request: gr.Request) -> tuple:
+        self.stop(request)  # a reply still being written for the old chat is ended
+        return [], []
 
     def model_choices(self) -> list[tuple[str, str]]:
         specs = self.service.backend.available_models()
@@ -175,9 +190,9 @@ class ChatUI:
         presets = self.service.presets
         default = self.service.preset(self.settings.preset) or (presets[0] if presets else None)
         params = default.sampling if default else SamplingParams()
-        with gr.Blocks(title="localchat", fill_height=True) as demo:
+        with gr.Blocks(title="localchat", fill_height=True, analytics_enabled=False) as demo:
             turns = gr.State([])
-            with gr.Sidebar(label="Settings", open=False, width=340):
+            with gr.Sidebar(label="Settings", open=False, width=340) as sidebar:
                 preset = gr.Dropdown(
                     [p.name for p in presets],
                     value=default.name if default else None,
@@ -187,9 +202,9 @@ class ChatUI:
                 preset_note = gr.Markdown(f"*{default.description}*" if default else "")
                 system = gr.Textbox(
                     default.system_prompt if default else "",
-                    label="System prompt",
+                    label="Instructions for the assistant (system prompt)",
                     lines=3,
-                    info="{date}, {time} and {weekday} are filled in for you",
+                    info="{date}, {time} and {weekday} become today's date, the time and the day",
                     elem_id="lc-system",
                 )
                 with gr.Accordion("Sampling", open=False, elem_id="lc-sampling"):
@@ -210,13 +225,17 @@ class ChatUI:
                         self.settings.context_length, label="Context length (tokens, empty = model's own)"
                     )
                     load = gr.Button("Load model", variant="primary", elem_id="lc-load")
+                    model_info = gr.Markdown(self.service.status(), elem_id="lc-model-info")
                 if self.service.preset_problems:
                     gr.Markdown(
                         "**Some presets have problems:**\n"
                         + "\n".join(f"- {p.message}" for p in self.service.preset_problems),
                         elem_id="lc-preset-problems",
                     )
-            status = gr.Markdown(self.service.status(), elem_classes="lc-status", elem_id="lc-status")
+            with gr.Row(elem_id="lc-header"):
+                status = gr.Markdown(self.service.status_line(), elem_classes="lc-status", elem_id="lc-status")
+                new_chat = gr.Button("New chat", size="sm", scale=0, min_width=80, elem_id="lc-new")
+                open_settings = gr.Button("Settings", size="sm", scale=0, min_width=80, elem_id="lc-settings")
             chatbot = gr.Chatbot(
                 [],
                 label="localchat",
@@ -224,7 +243,6 @@ class ChatUI:
                 editable="user",
                 buttons=["copy"],
                 scale=1,
-                height="70vh",
                 placeholder="**Ask anything.** Everything stays on this machine.",
                 latex_delimiters=[
                     {"left": "$$", "right": "$$", "display": True},
@@ -245,7 +263,7 @@ class ChatUI:
                 )
                 send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="lc-send")
                 stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, visible=False, elem_id="lc-stop")
-            timer = gr.Timer(1.5, active=self.service.status().startswith("Loading"))
+            timer = gr.Timer(1.5, active=getattr(self.service.backend, "loading", None) is not None)
 
             reply_in = [turns, system, *sliders]
             reply_out = [chatbot, turns, send, stop]
@@ -254,24 +272,24 @@ class ChatUI:
             send.click(self.add_user, [box, turns], [box, turns, chatbot], queue=False, api_name="add_user").then(
                 **go, api_name="respond"
             )
-            box.submit(self.add_user, [box, turns], [box, turns, chatbot], queue=False, **_hidden).then(
-                **go, **_hidden
-            )
+            box.submit(self.add_user, [box, turns], [box, turns, chatbot], queue=False, **_hidden).then(**go, **_hidden)
             stop.click(self.stop, None, None, queue=False, api_name="stop")
             chatbot.retry(self.retry, [turns], [turns, chatbot], queue=False, **_hidden).then(**go, **_hidden)
             chatbot.undo(self.undo, [turns], [turns, chatbot, box], queue=False, **_hidden)
             chatbot.edit(self.edit, [turns], [turns, chatbot], queue=False, **_hidden).then(**go, **_hidden)
             chatbot.clear(lambda: ([], []), None, [turns, chatbot], queue=False, api_name="clear")
+            new_chat.click(self.new_chat, None, [turns, chatbot], queue=False, **_hidden)
+            open_settings.click(lambda: gr.Sidebar(open=True), None, [sidebar], queue=False, **_hidden)
             preset.change(self.choose_preset, [preset], [system, preset_note, *sliders], queue=False, **_hidden)
             load.click(
                 self.load_model,
                 [picker, quant, device, dtype, context],
-                [status],
+                [model_info],
                 concurrency_limit=None,
                 api_name="load_model",
-            ).then(lambda: gr.Dropdown(choices=self.model_choices()), None, [picker], queue=False, **_hidden)
-            timer.tick(self.status, None, [status, timer], queue=False, **_hidden)
-            demo.load(self.status, None, [status, timer], queue=False, **_hidden)
+            ).then(self.after_load, None, [picker, status], queue=False, **_hidden)
+            timer.tick(self.status, None, [status, model_info, timer], queue=False, **_hidden)
+            demo.load(self.status, None, [status, model_info, timer], queue=False, **_hidden)
         return demo
 
 
