@@ -11,7 +11,9 @@ Prints medians and ratios against the baseline. Run: python bench/streaming.py [
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -24,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import localchat  # noqa: E402,F401 - offline/privacy switches first
 
-PROMPT = "Write a short story about a lighthouse keeper and a cat."
+PROMPT = "Write a long story about a lighthouse keeper and a cat, with many details."
 
 
 def raw_generate(model, tokenizer, tokens: int) -> float:
@@ -58,7 +60,11 @@ def ui_stream(url: str, tokens: int) -> tuple[float, int]:
     job = client.submit("", 0, 1.0, 0, 0.0, 1.0, tokens, -1, "", api_name="/respond")
     updates = sum(1 for _ in job)
     elapsed = time.perf_counter() - start
-    stats = job.outputs()[-1][0][-1]["content"][0]["text"].rsplit("<sub>", 1)[-1]
+    last = job.outputs()[-1]
+    chat = last[0] if isinstance(last, tuple) else last
+    content = chat[-1]["content"]
+    text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+    stats = text.rsplit("<sub>", 1)[-1]
     completion = int(stats.split(" tokens")[0])
     return completion / elapsed, updates
 
@@ -67,52 +73,70 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+CONFIGS = {
+    "fp32": ("float32", "none"),
+    "bf16": ("bfloat16", "none"),
+    "8-bit": ("auto", "8bit"),
+    "4-bit nf4": ("auto", "4bit"),
+}
+
+
+def measure(kind: str, label: str, data: Path, runs: int, tokens: int) -> dict[str, float]:
+    """One measurement in this (fresh) process, so no other thread has started an OpenMP team."""
+    from localchat.engine.backend import TransformersBackend
+    from localchat.engine.models import SMOLLM2
+    from localchat.types import LoadOptions
+
+    dtype, quant = CONFIGS[label]
+    backend = TransformersBackend(data)
+    try:
+        info = backend.load(LoadOptions(model=SMOLLM2, device="cpu", dtype=dtype, quantization=quant))
+        current = backend._current
+        if kind == "raw":  # what a plain script does: generate on its own (worker) thread, no streamer
+            run = lambda: backend.worker.call(lambda: raw_generate(current.model, current.tokenizer, tokens))  # noqa: E731
+        else:
+            run = lambda: engine_stream(backend, tokens)  # noqa: E731
+        run()  # warm-up
+        return {"load_s": info.load_seconds, "tok_s": median([run() for _ in range(runs)])}
+    finally:
+        backend.close()
+
+
+def in_subprocess(kind: str, label: str, data: Path, runs: int, tokens: int) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--measure", kind, label, "--data", str(data), "--runs", str(runs)]
+    out = subprocess.run([*cmd, "--tokens", str(tokens)], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--skip-quant", action="store_true", help="only the streaming comparison, fp32")
+    ap.add_argument("--measure", nargs=2, metavar=("KIND", "CONFIG"), help=argparse.SUPPRESS)
+    ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.measure:
+        print(json.dumps(measure(*args.measure, args.data, args.runs, args.tokens)))
+        return
 
     from conftest import start_app
 
-    from localchat.engine.backend import TransformersBackend
-    from localchat.engine.models import SMOLLM2
-    from localchat.types import LoadOptions
-
     data = Path(tempfile.mkdtemp(prefix="localchat-bench-"))
-    rows: list[tuple[str, float, float]] = []
-    configs = [("fp32", "float32", "none")]
-    if not args.skip_quant:
-        configs += [("bf16", "bfloat16", "none"), ("8-bit", "auto", "8bit"), ("4-bit nf4", "auto", "4bit")]
-    baseline = engine = 0.0
-    for label, dtype, quant in configs:
-        backend = TransformersBackend(data)
-        info = backend.load(LoadOptions(model=SMOLLM2, device="cpu", dtype=dtype, quantization=quant))
-        current = backend._current
-        raw = median(
-            [
-                backend.worker.call(lambda c=current: raw_generate(c.model, c.tokenizer, args.tokens))
-                for _ in range(args.runs)
-            ]
-        )
-        rows.append((label, info.load_seconds, raw))
-        if label == "fp32":
-            # baseline on the main thread, as a plain script would do it
-            raw_generate(current.model, current.tokenizer, 8)
-            baseline = median([raw_generate(current.model, current.tokenizer, args.tokens) for _ in range(args.runs)])
-            engine_stream(backend, 8)
-            engine = median([engine_stream(backend, args.tokens) for _ in range(args.runs)])
-        backend.close()
-        del backend, current
-
+    labels = ["fp32"] if args.skip_quant else list(CONFIGS)
+    rows = {label: in_subprocess("raw", label, data, args.runs, args.tokens) for label in labels}
+    baseline = rows["fp32"]["tok_s"]
+    engine = in_subprocess("engine", "fp32", data, args.runs, args.tokens)["tok_s"]
     app = start_app(data)
     try:
         ui_stream(app.url, 8)
         ui_runs = [ui_stream(app.url, args.tokens) for _ in range(args.runs)]
     finally:
         app.process.terminate()
-        app.process.wait(15)
+        try:
+            app.process.wait(15)
+        except subprocess.TimeoutExpired:
+            app.process.kill()
     ui = median([r[0] for r in ui_runs])
     updates = median([r[1] for r in ui_runs])
 
@@ -122,9 +146,9 @@ def main() -> None:
     print(f"{'engine: backend.stream':<36}{engine:>8.1f}{engine / baseline:>9.2f}")
     print(f"{'ui: app + Gradio stream (client)':<36}{ui:>8.1f}{ui / baseline:>9.2f}   ({updates:.0f} updates)")
     print(f"\n{'load option':<14}{'load s':>8}{'tok/s':>8}{'vs fp32':>9}")
-    fp32 = rows[0][2]
-    for label, load_s, raw in rows:
-        print(f"{label:<14}{load_s:>8.1f}{raw:>8.1f}{raw / fp32:>9.2f}")
+    for label, row in rows.items():
+        print(f"{label:<14}{row['load_s']:>8.1f}{row['tok_s']:>8.1f}{row['tok_s'] / baseline:>9.2f}")
+    print("(load s: the first fp32 load includes dequantizing the GGUF into the cache; later loads read the cache)")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def make_ui(
     backend: FakeBackend | None = None, presets_dir: Path | None = SHIPPED_PRESETS
 ) -> tuple[ChatUI, FakeBackend]:
     backend = backend or FakeBackend("Hello there friend")
-    return ChatUI(ChatService(backend, presets_dir), Settings()), backend
+    return ChatUI(ChatService(backend, presets_dir), Settings(), update_interval=0), backend
 
 
 def visible(button: object) -> bool:
@@ -415,3 +415,12 @@ def test_new_chat_empties_the_conversation_and_stops_this_tabs_reply() -> None:
     ui._cancels.update(a=a, b=b)
     assert ui.new_chat(request("a")) == ([], [])
     assert a.is_set() and not b.is_set()
+
+
+def test_screen_updates_are_throttled_but_the_end_is_always_shown() -> None:
+    ui, _ = make_ui()
+    ui.update_interval = 60  # nothing between the first and the last update
+    outs = run_respond(ui, [user("Hi")])
+    texts = [o[1][-1]["content"] for o in outs]
+    assert texts[0] == "" and texts[-1] == "Hello there friend"
+    assert len(outs) <= 4  # placeholder, first chunk, final, and the closing update
