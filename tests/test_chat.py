@@ -278,3 +278,14 @@ def test_shipped_presets() -> None:
     assert system.role == "system"
     assert "Tuesday" in system.content and "5 March 2024" in system.content
     assert "{" not in system.content
+
+
+def test_a_stream_that_ends_without_usage_still_finishes_the_reply() -> None:
+    class Truncated(FakeBackend):
+        def stream(self, messages, params, cancel=None):
+            yield Chunk(text="Half an ans")
+
+    service = ChatService(Truncated("x"))
+    updates = list(service.reply([Message("user", "q")], "", SamplingParams()))
+    assert updates[-1].done and updates[-1].text == "Half an ans"
+    assert "without finishing" in updates[-1].error
