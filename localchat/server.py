@@ -16,7 +16,6 @@ from fastapi import FastAPI
 from localchat.backend import Backend
 from localchat.chat import ChatService
 from localchat.settings import Settings
-from localchat.types import LoadOptions
 from localchat.ui.app import CSS, THEME, ChatUI
 
 log = logging.getLogger(__name__)
@@ -29,16 +28,6 @@ class App:
     backend: Backend
 
 
-def startup_options(settings: Settings) -> LoadOptions:
-    return LoadOptions(
-        model=settings.model,
-        device=settings.device,  # type: ignore[arg-type]
-        dtype=settings.dtype,
-        quantization=settings.quantization,  # type: ignore[arg-type]
-        context_length=settings.context_length,
-    ).validate()
-
-
 def build_app(settings: Settings, backend: Backend | None = None) -> App:
     settings.data.mkdir(parents=True, exist_ok=True)
     if backend is None:
@@ -49,9 +38,9 @@ def build_app(settings: Settings, backend: Backend | None = None) -> App:
     if settings.load_on_start and backend.loaded() is None:
         loader: Any = getattr(backend, "load_in_background", None)
         if loader is not None:
-            loader(startup_options(settings))  # the page comes up at once and shows the loading
+            loader(settings.load_options())  # the page comes up at once and shows the loading
         else:
-            backend.load(startup_options(settings))
+            backend.load(settings.load_options())
 
     api = FastAPI(title="localchat", docs_url=None, redoc_url=None, openapi_url=None)
 

@@ -30,6 +30,17 @@ class Message:
     content: str
 
 
+# The UI's slider ranges: exactly what validate() accepts, so any valid preset fits its sliders.
+SAMPLING_RANGES: dict[str, tuple[float, float, float]] = {  # (minimum, maximum, step)
+    "temperature": (0.0, 5.0, 0.05),
+    "top_p": (0.01, 1.0, 0.01),
+    "top_k": (0, 1000, 1),
+    "min_p": (0.0, 0.99, 0.01),
+    "repetition_penalty": (0.5, 2.5, 0.01),
+    "max_new_tokens": (1, 32768, 1),
+}
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample one reply. temperature 0 means greedy decoding."""
@@ -47,7 +58,7 @@ class SamplingParams:
         checks = [
             (0.0 <= self.temperature <= 5.0, "temperature must be between 0 and 5"),
             (0.0 < self.top_p <= 1.0, "top_p must be above 0 and at most 1"),
-            (self.top_k >= 0, "top_k must be 0 (off) or more"),
+            (0 <= self.top_k <= 1000, "top_k must be between 0 (off) and 1000"),
             (0.0 <= self.min_p < 1.0, "min_p must be at least 0 and below 1"),
             (0.5 <= self.repetition_penalty <= 2.5, "repetition_penalty must be between 0.5 and 2.5"),
             (1 <= self.max_new_tokens <= 32768, "max_new_tokens must be between 1 and 32768"),

@@ -110,7 +110,6 @@ def test_a_reply_sent_during_a_load_waits_for_the_new_model(tmp_path: Path, tiny
     backend = TransformersBackend(tmp_path)
     try:
         backend.load_in_background(LoadOptions(model=str(tiny_model), device="cpu"))
-        assert backend.loading is not None or backend.loaded() is not None
         chunks = list(backend.stream(HI, SamplingParams(temperature=0, max_new_tokens=4)))
         assert chunks[-1].usage.completion_tokens == 4
         assert backend.loaded().name == "tiny-llama" and backend.loading is None
@@ -134,3 +133,19 @@ def test_discovers_models_in_the_models_folder(tmp_path: Path, tiny_model: Path)
         backend.close()
     assert ("my-tiny", "folder") in found and ("other", "gguf") in found
     assert not any(name == "notes" for name, _ in found)
+
+
+def test_stop_while_waiting_leaves_the_queue_at_once(tiny_backend):
+    gate, started = threading.Event(), threading.Event()
+    tiny_backend.worker.submit(lambda: (started.set(), gate.wait(30)))  # someone else's long reply
+    assert started.wait(10)
+    cancel = threading.Event()
+    stream = tiny_backend.stream(HI, SamplingParams(max_new_tokens=5), cancel)
+    try:
+        assert next(stream).queue_position == 1
+        cancel.set()  # the waiting user presses Stop
+        rest = list(stream)  # must end now, not when the reply ahead finishes
+        assert rest[-1].usage.finish_reason == "cancelled"
+        assert tiny_backend.worker.waiting() == 0 and not gate.is_set()
+    finally:
+        gate.set()

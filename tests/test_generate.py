@@ -196,3 +196,18 @@ def test_streamer_waits_for_split_characters_and_drops_broken_bytes(tok):
         streamer.put(torch.tensor(ids))
     streamer.end()
     assert out == ["a", "é", "b"]
+
+
+def test_neighbours_with_the_same_role_are_merged_for_strict_templates(tok):
+    strict = (
+        "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate') }}{% endif %}"
+        "<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    original, tok.chat_template = tok.chat_template, strict
+    try:
+        # a reply that failed before its first word leaves two user messages in a row
+        ids = prompt_ids(tok, [Message("user", "first"), Message("user", "second")])
+        assert text_of(tok, ids) == "<|user|>first\n\nsecond</s><|assistant|>"
+    finally:
+        tok.chat_template = original

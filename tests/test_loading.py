@@ -32,6 +32,8 @@ def test_resolve_folder_gguf_file_and_gguf_folder(tmp_path: Path, tiny_model: Pa
         ("/nope/folder/", "not found"),
         ("someone/not-downloaded", "not in the local Hugging Face cache"),
         ("justaword", "Model not found"),
+        ("/models", "not found"),
+        ("not a/valid id", "nor a valid Hub id"),
     ],
 )
 def test_resolve_errors_are_one_clear_line(ref: str, message: str, tmp_path, monkeypatch):

@@ -117,7 +117,7 @@ def test_a_base_model_without_chat_template_still_chats(session_data_dir: Path):
     try:
         info = backend.load(LoadOptions(model=GEMMA3, device="cpu"))
         assert not info.has_chat_template
-        assert (session_data_dir / "models" / "gemma-3-270m-q4_k_m.gguf").exists()  # inside the data dir
+        assert (session_data_dir / "bundled" / "gemma-3-270m-q4_k_m.gguf").exists()  # inside the data dir
         text, usage = answer(backend)
         assert "Paris" in text
         assert "User:" not in text and not text.startswith(" ")

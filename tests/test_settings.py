@@ -30,6 +30,9 @@ SAMPLE = {
     "device": "cpu",
     "dtype": "float16",
     "quantization": "8bit",
+    "quant_type_4bit": "fp4",
+    "compute_dtype": "float32",
+    "double_quant": "false",
     "context_length": "128",
     "preset": "Coder",
     "max_waiting": "3",
@@ -45,6 +48,9 @@ EXPECTED = {
     "device": "cpu",
     "dtype": "float16",
     "quantization": "8bit",
+    "quant_type_4bit": "fp4",
+    "compute_dtype": "float32",
+    "double_quant": False,
     "context_length": 128,
     "preset": "Coder",
     "max_waiting": 3,
@@ -90,7 +96,8 @@ def test_every_setting_from_env(data: Path, name: str) -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_every_setting_from_cli(data: Path, name: str) -> None:
     flag = "--" + name.replace("_", "-")
-    argv = ["--no-load-on-start"] if name == "load_on_start" else [flag, SAMPLE[name]]
+    bool_flags = {"load_on_start": "--no-load-on-start", "double_quant": "--no-double-quant"}
+    argv = [bool_flags[name]] if name in bool_flags else [flag, SAMPLE[name]]
     s = load_settings(argv, environ={})
     assert getattr(s, name) == EXPECTED[name]
 
@@ -190,7 +197,9 @@ def test_paths_are_expanded(data: Path) -> None:
         (["--device", "tpu"], "device must be one of auto, cuda, cpu"),
         (["--dtype", "int8"], "dtype must be one of"),
         (["--quantization", "2bit"], "quantization must be one of none, 8bit, 4bit"),
-        (["--context-length", "10"], "context length must be >= 64"),
+        (["--context-length", "10"], "context length must be at least 64 tokens"),
+        (["--quant-type-4bit", "int4"], "4-bit type must be nf4 or fp4"),
+        (["--compute-dtype", "int8"], "compute dtype must be one of"),
         (["--max-waiting", "0"], "max waiting must be at least 1"),
         (["--log-level", "verbose"], "log level must be one of debug, info, warning, error"),
     ],

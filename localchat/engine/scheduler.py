@@ -50,8 +50,8 @@ class InferenceWorker:
         with self._lock:
             if self._closed:
                 raise Busy("the server is shutting down")
-            if len(self._waiting) >= self.max_waiting:
-                n = len(self._waiting)
+            n = len(self._live())
+            if n >= self.max_waiting:
                 raise Busy(f"{n} {'reply is' if n == 1 else 'replies are'} already waiting; try again in a moment")
             job = _Job(next(self._seq), fn, Future(), cancel)
             self._waiting.append(job)
@@ -61,7 +61,7 @@ class InferenceWorker:
     def position(self, future: Future) -> int | None:
         """How many jobs run before this one (0 = next), or None once it has started."""
         with self._lock:
-            for i, job in enumerate(self._waiting):
+            for i, job in enumerate(self._live()):
                 if job.future is future:
                     return i + (1 if self.busy else 0)
         return None
@@ -72,7 +72,11 @@ class InferenceWorker:
 
     def waiting(self) -> int:
         with self._lock:
-            return len(self._waiting)
+            return len(self._live())
+
+    def _live(self) -> list[_Job]:
+        """Waiting jobs not cancelled meanwhile (a cancelled one leaves when the worker reaches it)."""
+        return [job for job in self._waiting if not job.future.cancelled()]
 
     def is_worker_thread(self) -> bool:
         return threading.current_thread() is self._thread

@@ -40,7 +40,8 @@ def render(turns: list[Turn]) -> list[dict[str, str]]:
     for t in turns:
         content = t["content"]
         if t["role"] == "assistant" and t["stats"]:
-            content = f"{content}\n\n<sub>{html.escape(t['stats'])}</sub>" if content else f"*{t['stats']}*"
+            stats = html.escape(t["stats"])
+            content = f"{content}\n\n<sub>{stats}</sub>" if content else f"<sub>{stats}</sub>"
         shown.append({"role": t["role"], "content": content})
     return shown
 

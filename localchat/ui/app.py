@@ -10,12 +10,22 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import gradio as gr
 
 from localchat.chat import ChatService
 from localchat.settings import Settings
-from localchat.types import DEVICES, DTYPES, QUANTIZATIONS, InvalidValue, LoadOptions, SamplingParams
+from localchat.types import (
+    DEVICES,
+    DTYPES,
+    QUANT_TYPES_4BIT,
+    QUANTIZATIONS,
+    SAMPLING_RANGES,
+    InvalidValue,
+    LoadOptions,
+    SamplingParams,
+)
 from localchat.ui.adapters import (
     SAMPLING_FIELDS,
     Turn,
@@ -49,20 +59,32 @@ THEME = gr.themes.Soft(  # system fonts only: no request to Google Fonts
 )
 
 
+@dataclass
+class _Reply:
+    """The reply a browser tab is receiving. `discarded`: its chat was cleared or rewritten, so it
+    must not write its turns back when it ends."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    discarded: bool = False
+
+
 class ChatUI:
     def __init__(self, service: ChatService, settings: Settings, update_interval: float = UPDATE_INTERVAL):
         self.service = service
         self.settings = settings
         self.update_interval = update_interval
-        self._cancels: dict[str, threading.Event] = {}
+        self._replies: dict[str, _Reply] = {}  # by browser tab
         self._lock = threading.Lock()
 
     # -- handlers -----------------------------------------------------------------------------
-    def stop(self, request: gr.Request) -> None:
+    def stop(self, request: gr.Request, discard: bool = False) -> None:
+        """Stop this tab's reply (never another tab's); `discard` also drops what it wrote."""
         with self._lock:
-            event = self._cancels.get(_key(request))
-        if event is not None:
-            event.set()
+            reply = self._replies.get(_key(request))
+        if reply is not None:
+            reply.discarded = reply.discarded or discard
+            reply.cancel.set()
 
     def respond(  # noqa: PLR0913 - one argument per UI control, as Gradio passes them
         self,
@@ -80,9 +102,13 @@ class ChatUI:
     ) -> Iterator[tuple]:
         """Stream a reply to the conversation, which must end with the user's message."""
         key = _key(request)
-        if key in self._cancels:  # this tab is already receiving a reply (add_user refused the text)
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            return
+        with self._lock:
+            running = self._replies.get(key)
+        if running is not None:
+            if not running.discarded:  # this tab is still receiving a reply (add_user kept the text)
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                return
+            running.finished.wait(10)  # retry/edit replaced it: let it wind down first
         if not turns or turns[-1]["role"] != "user":
             yield render(turns), turns, *_buttons(False)
             return
@@ -93,45 +119,66 @@ class ChatUI:
             gr.Warning(str(exc))
             yield render(turns), turns, *_buttons(False)
             return
-        cancel = threading.Event()
+        reply = _Reply()
         with self._lock:
-            self._cancels[key] = cancel
+            self._replies[key] = reply
+        try:
+            yield from self._stream(key, reply, turns, system_prompt, params)
+        finally:
+            self._forget(key, reply)
+            reply.finished.set()
+
+    def _stream(
+        self, key: str, reply: _Reply, turns: list[Turn], system: str, params: SamplingParams
+    ) -> Iterator[tuple]:
         turns = [*turns, Turn(role="assistant", content="", stats="")]
         yield render(turns), turns, *_buttons(True)
+        updates = self.service.reply(to_messages(turns[:-1]), system, params, reply.cancel)
+        shown_at = 0.0
         try:
-            shown_at = 0.0
-            for update in self.service.reply(to_messages(turns[:-1]), system_prompt, params, cancel):
+            for update in updates:
+                if reply.discarded:
+                    break
                 turns = apply_update(turns, update)
                 now = time.monotonic()
                 if update.done or now - shown_at >= self.update_interval:
                     shown_at = now
                     yield render(turns), turns, *_buttons(not update.done)
         finally:
-            cancel.set()
-            with self._lock:
-                if self._cancels.get(key) is cancel:
-                    del self._cancels[key]
-        yield render(turns), turns, *_buttons(False)
+            updates.close()  # ends the generation if we left early
+        self._forget(key, reply)  # before the last update, so the next message is accepted at once
+        if not reply.discarded:
+            yield render(turns), turns, *_buttons(False)
+        elif key not in self._replies:  # no newer reply owns the buttons
+            yield gr.skip(), gr.skip(), *_buttons(False)
+
+    def _forget(self, key: str, reply: _Reply) -> None:
+        reply.cancel.set()
+        with self._lock:
+            if self._replies.get(key) is reply:
+                del self._replies[key]
 
     def add_user(self, text: str, turns: list[Turn], request: gr.Request | None = None) -> tuple:
         text = (text or "").strip()
         if not text:
             return gr.update(), turns, render(turns)
-        if request is not None and _key(request) in self._cancels:
+        if request is not None and _key(request) in self._replies:
             gr.Info("Your previous reply is still being written: wait for it or press Stop")
             return gr.update(), turns, render(turns)  # the text stays in the box
         turns = [*turns, Turn(role="user", content=text, stats="")]
         return "", turns, render(turns)
 
-    @staticmethod
-    def retry(turns: list[Turn], data: gr.RetryData) -> tuple:
+    def retry(self, turns: list[Turn], data: gr.RetryData, request: gr.Request | None = None) -> tuple:
+        if request is not None:
+            self.stop(request, discard=True)
         index = data.index if isinstance(data.index, int) else data.index[0]
         at = last_user_index(turns, index)
         turns = turns if at is None else turns[: at + 1]
         return turns, render(turns)
 
-    @staticmethod
-    def undo(turns: list[Turn], data: gr.UndoData) -> tuple:
+    def undo(self, turns: list[Turn], data: gr.UndoData, request: gr.Request | None = None) -> tuple:
+        if request is not None:
+            self.stop(request, discard=True)
         index = data.index if isinstance(data.index, int) else data.index[0]
         at = last_user_index(turns, index)
         if at is None:
@@ -140,8 +187,9 @@ class ChatUI:
         turns = turns[:at]
         return turns, render(turns), text
 
-    @staticmethod
-    def edit(turns: list[Turn], data: gr.EditData) -> tuple:
+    def edit(self, turns: list[Turn], data: gr.EditData, request: gr.Request | None = None) -> tuple:
+        if request is not None:
+            self.stop(request, discard=True)
         index = data.index if isinstance(data.index, int) else data.index[0]
         if index >= len(turns) or turns[index]["role"] != "user":
             return turns, render(turns)
@@ -154,8 +202,16 @@ class ChatUI:
             return [gr.update()] * (2 + len(SAMPLING_FIELDS))
         return [preset.system_prompt, f"*{preset.description}*", *sampling_to_ui(preset.sampling)]
 
-    def load_model(
-        self, model: str, quantization: str, device: str, dtype: str, context: float | None
+    def load_model(  # noqa: PLR0913 - one argument per control of the Model panel
+        self,
+        model: str,
+        quantization: str,
+        device: str,
+        dtype: str,
+        context: float | None,
+        quant_type_4bit: str = "nf4",
+        compute_dtype: str = "auto",
+        double_quant: bool = True,
     ) -> Iterator[str]:
         try:
             options = LoadOptions(
@@ -163,6 +219,9 @@ class ChatUI:
                 device=device,  # type: ignore[arg-type]
                 dtype=dtype,
                 quantization=quantization,  # type: ignore[arg-type]
+                quant_type_4bit=quant_type_4bit,
+                compute_dtype=compute_dtype,
+                double_quant=bool(double_quant),
                 context_length=int(context) if context else None,
             ).validate()
         except InvalidValue as exc:
@@ -188,7 +247,7 @@ class ChatUI:
         return gr.Dropdown(choices=self.model_choices()), self.service.status_line()
 
     def new_chat(self, request: gr.Request) -> tuple:
-        self.stop(request)  # a reply still being written for the old chat is ended
+        self.stop(request, discard=True)  # a reply still being written for the old chat ends, unsaved
         return [], []
 
     def model_choices(self) -> list[tuple[str, str]]:
@@ -229,6 +288,14 @@ class ChatUI:
                         elem_id="lc-model-picker",
                     )
                     quant = gr.Radio(list(QUANTIZATIONS), value=self.settings.quantization, label="Quantization")
+                    with gr.Group(visible=self.settings.quantization == "4bit") as four_bit:
+                        quant_type = gr.Radio(
+                            list(QUANT_TYPES_4BIT), value=self.settings.quant_type_4bit, label="4-bit type"
+                        )
+                        compute = gr.Dropdown(
+                            list(DTYPES), value=self.settings.compute_dtype, label="4-bit compute dtype"
+                        )
+                        double = gr.Checkbox(self.settings.double_quant, label="Double quantization (a little smaller)")
                     device = gr.Radio(list(DEVICES), value=self.settings.device, label="Device")
                     dtype = gr.Dropdown(list(DTYPES), value=self.settings.dtype, label="Weights dtype")
                     context = gr.Number(
@@ -287,13 +354,14 @@ class ChatUI:
             chatbot.retry(self.retry, [turns], [turns, chatbot], queue=False, **_hidden).then(**go, **_hidden)
             chatbot.undo(self.undo, [turns], [turns, chatbot, box], queue=False, **_hidden)
             chatbot.edit(self.edit, [turns], [turns, chatbot], queue=False, **_hidden).then(**go, **_hidden)
-            chatbot.clear(lambda: ([], []), None, [turns, chatbot], queue=False, api_name="clear")
+            chatbot.clear(self.new_chat, None, [turns, chatbot], queue=False, api_name="clear")
             new_chat.click(self.new_chat, None, [turns, chatbot], queue=False, **_hidden)
             open_settings.click(lambda: gr.Sidebar(open=True), None, [sidebar], queue=False, **_hidden)
+            quant.change(lambda q: gr.Group(visible=q == "4bit"), [quant], [four_bit], queue=False, **_hidden)
             preset.change(self.choose_preset, [preset], [system, preset_note, *sliders], queue=False, **_hidden)
             load.click(
                 self.load_model,
-                [picker, quant, device, dtype, context],
+                [picker, quant, device, dtype, context, quant_type, compute, double],
                 [model_info],
                 concurrency_limit=None,
                 api_name="load_model",
@@ -322,14 +390,17 @@ def _label(name: str, size: int | None, note: str) -> str:
 
 
 def _sampling_controls(p: SamplingParams) -> list[gr.components.Component]:
-    seed = -1 if p.seed is None else p.seed
+    def slider(name: str, label: str, info: str | None = None) -> gr.Slider:
+        low, high, step = SAMPLING_RANGES[name]
+        return gr.Slider(low, high, getattr(p, name), step=step, label=label, info=info)
+
     return [
-        gr.Slider(0, 2, p.temperature, step=0.05, label="Temperature", info="0 = always the most likely word"),
-        gr.Slider(0.05, 1, p.top_p, step=0.01, label="Top-p"),
-        gr.Slider(0, 200, p.top_k, step=1, label="Top-k", info="0 = off"),
-        gr.Slider(0, 0.5, p.min_p, step=0.01, label="Min-p"),
-        gr.Slider(1, 2, p.repetition_penalty, step=0.01, label="Repetition penalty"),
-        gr.Slider(1, 4096, p.max_new_tokens, step=1, label="Max new tokens"),
-        gr.Number(seed, label="Seed", info="-1 = random", precision=0),
+        slider("temperature", "Temperature", "0 = always the most likely word; higher = more varied"),
+        slider("top_p", "Top-p"),
+        slider("top_k", "Top-k", "0 = off"),
+        slider("min_p", "Min-p"),
+        slider("repetition_penalty", "Repetition penalty"),
+        slider("max_new_tokens", "Max new tokens", "the longest reply, in tokens (about ¾ of a word each)"),
+        gr.Number(-1 if p.seed is None else p.seed, label="Seed", info="-1 = random", precision=0),
         gr.Textbox(format_stop(p.stop), label="Stop strings", info="one per line; \\n for a line break", lines=2),
     ]
