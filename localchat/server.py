@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -19,6 +20,7 @@ from localchat.settings import Settings
 from localchat.ui.app import CSS, THEME, ChatUI
 
 log = logging.getLogger(__name__)
+ICON = Path(__file__).resolve().parent / "ui" / "static" / "icon.svg"
 
 
 @dataclass
@@ -59,7 +61,8 @@ def build_app(settings: Settings, backend: Backend | None = None) -> App:
         css=CSS,
         footer_links=[],
         show_error=True,
-        pwa=False,
+        pwa=True,  # installable on a phone: manifest and service worker served by us
+        favicon_path=str(ICON),
         mcp_server=False,
     )
     return App(api=api, service=service, backend=backend)
