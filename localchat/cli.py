@@ -18,6 +18,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"localchat: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from localchat.privacy import go_offline, has_default_route
+
+    if settings.offline or (settings.offline is None and not has_default_route()):
+        go_offline()
     # Gradio's upload/cache folder goes inside the data dir too (it reads this at import time).
     os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.data / "tmp" / "gradio"))
     import uvicorn

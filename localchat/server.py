@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from localchat.backend import Backend
 from localchat.chat import ChatService
+from localchat.privacy import is_offline
 from localchat.settings import Settings
 from localchat.ui.app import CSS, THEME, ChatUI
 
@@ -49,7 +50,12 @@ def build_app(settings: Settings, backend: Backend | None = None) -> App:
     @api.get("/health")
     def health() -> dict[str, Any]:
         info = backend.loaded()
-        return {"status": "ok", "model": info.name if info else None, "loading": service.status()}
+        return {
+            "status": "ok",
+            "model": info.name if info else None,
+            "loading": service.status(),
+            "offline": is_offline(),
+        }
 
     demo = ChatUI(service, settings).build()
     demo.queue(default_concurrency_limit=None)

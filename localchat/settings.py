@@ -49,6 +49,7 @@ class Settings:
     preset: str = "Balanced"
     max_waiting: int = 32
     load_on_start: bool = True
+    offline: bool | None = None  # None: offline when the machine has no network route
     log_level: str = "info"
 
     @property
@@ -106,6 +107,8 @@ HELP: dict[str, str] = {
     "context_length": "cap the model's context window in tokens (less memory; default: the model's own)",
     "preset": "name of the preset selected when the page opens",
     "max_waiting": "how many replies may wait for the model before new ones are told it is busy",
+    "offline": "block every connection to other hosts (--no-offline to allow; default: offline when "
+    "this machine has no network route)",
     "load_on_start": "load the model when the server starts (--no-load-on-start to pick one in the UI)",
     "log_level": "debug, info, warning or error",
 }
@@ -150,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML config file (default DATA_DIR/config.yaml if it exists)")
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool",):
+        if f.type in ("bool", "bool | None"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=HELP[f.name])
         else:
             p.add_argument(flag, default=None, help=HELP[f.name], metavar=f.name.upper())

@@ -37,6 +37,7 @@ SAMPLE = {
     "preset": "Coder",
     "max_waiting": "3",
     "load_on_start": "false",
+    "offline": "true",
     "log_level": "debug",
 }
 EXPECTED = {
@@ -55,6 +56,7 @@ EXPECTED = {
     "preset": "Coder",
     "max_waiting": 3,
     "load_on_start": False,
+    "offline": True,
     "log_level": "debug",
 }
 
@@ -96,7 +98,7 @@ def test_every_setting_from_env(data: Path, name: str) -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_every_setting_from_cli(data: Path, name: str) -> None:
     flag = "--" + name.replace("_", "-")
-    bool_flags = {"load_on_start": "--no-load-on-start", "double_quant": "--no-double-quant"}
+    bool_flags = {"load_on_start": "--no-load-on-start", "double_quant": "--no-double-quant", "offline": "--offline"}
     argv = [bool_flags[name]] if name in bool_flags else [flag, SAMPLE[name]]
     s = load_settings(argv, environ={})
     assert getattr(s, name) == EXPECTED[name]
