@@ -7,11 +7,15 @@ Screenshots land in test-artifacts/ for a human look.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 import yaml
@@ -64,10 +68,12 @@ def _open(browser, running_app, **context_options) -> Iterator:
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
     page.on("websocket", lambda ws: requests.append(ws.url))
-    page.goto(running_app.url + "/")
-    page.locator("#lc-input textarea").wait_for(state="visible")
-    yield page
-    context.close()
+    try:
+        page.goto(running_app.url + "/")
+        page.locator("#lc-input textarea").wait_for(state="visible")
+        yield page
+    finally:
+        context.close()
     SEEN.update(requests)
     outside = sorted({u for u in requests if urlsplit(u).hostname not in LOCAL_HOSTS})
     assert not outside, "the page made requests off this machine:\n" + "\n".join(outside)
@@ -127,14 +133,31 @@ def assert_streamed(lengths: list[int], final: str) -> None:
     assert lengths[-1] < len(final), (lengths, final)
 
 
-def open_settings(page) -> None:
-    page.locator(".sidebar").get_by_role("button", name="Toggle Sidebar").click()
+opened = contextlib.contextmanager(_open)  # `with opened(browser, app, **options) as page:`
+
+
+def open_settings(page, via: str = "toggle") -> None:
+    """Open the Settings sidebar with its own arrow ("toggle") or the header's Settings button."""
+    if via == "header":
+        page.locator("#lc-settings").click()
+    else:
+        page.locator(".sidebar").get_by_role("button", name="Toggle Sidebar").click()
     expect(page.locator(".sidebar")).to_have_class(re.compile(r"\bopen\b"))
     page.wait_for_function(  # the sidebar slides in: wait for the transition to finish
         """() => { const s = document.querySelector('.sidebar');
                    return s.getBoundingClientRect().left >= 0 && s.getAnimations({subtree: true}).length === 0; }"""
     )
     expect(page.locator("#lc-preset input")).to_be_in_viewport()
+
+
+def test_header_settings_button_toggles_the_sidebar(page):
+    sidebar = page.locator(".sidebar")
+    open_settings(page, via="header")
+    page.locator("#lc-settings").click()
+    expect(sidebar).not_to_have_class(re.compile(r"\bopen\b"))
+    open_settings(page, via="toggle")  # the sidebar's own arrow, then the header button closes it
+    page.locator("#lc-settings").click()
+    expect(sidebar).not_to_have_class(re.compile(r"\bopen\b"))
 
 
 def test_first_load_shows_model_and_input(page):
@@ -211,3 +234,188 @@ def test_preset_fills_the_system_prompt(page):
     expect(page.locator("#lc-preset input")).to_have_value("Deterministic")
     expect(system).to_have_value(wanted["system_prompt"])
     expect(page.locator(".sidebar")).to_contain_text(wanted["description"])
+
+
+# -- Settings: model, sampling; dark mode; PWA ---------------------------------------------------
+
+MIB = re.compile(r"([\d,]+) MiB")
+STATUS_MIB = """() => {
+  const m = (document.querySelector('#lc-status')?.innerText || '').match(/([\\d,]+) MiB/);
+  return m ? Number(m[1].replaceAll(',', '')) : null;
+}"""
+# The colour of an element's text and of what is behind it (its first ancestor with a background).
+COLOURS = """el => {
+  const alpha = c => { const m = c.match(/rgba?\\(([^)]*)\\)/); const p = m ? m[1].split(/[ ,\\/]+/) : [];
+                       return p.length > 3 ? Number(p[3]) : 1; };
+  let b = el;
+  while (b && alpha(getComputedStyle(b).backgroundColor) === 0) b = b.parentElement;
+  return [getComputedStyle(el).color, b ? getComputedStyle(b).backgroundColor : 'rgb(255, 255, 255)'];
+}"""
+
+
+def open_accordion(page, elem_id: str) -> None:
+    accordion = page.locator(f"#{elem_id}")
+    accordion.locator("button.label-wrap").first.click()
+    expect(accordion.locator('[data-testid="accordion-content"]').first).to_be_visible()
+
+
+def luminance(css: str) -> float:
+    """WCAG relative luminance of a computed `rgb()`/`rgba()` colour."""
+    m = re.fullmatch(r"rgba?\((.*)\)", css.strip())
+    assert m, f"not an rgb() colour: {css}"
+    r, g, b = (float(v) / 255 for v in re.split(r"[\s,/]+", m[1].strip())[:3])
+
+    def lin(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b)
+
+
+def contrast(fg: str, bg: str) -> float:
+    hi, lo = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def stats_line(reply: str) -> str:
+    return reply.strip().splitlines()[-1]
+
+
+def _stop(app) -> None:
+    app.process.terminate()
+    try:
+        app.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        app.process.kill()
+        app.process.wait()
+
+
+@pytest.fixture()
+def own_app(tmp_path: Path, session_data_dir: Path, smol_backend):
+    """An app of its own (its model gets swapped), sharing the session's dequantized-model cache:
+    hard links (or copies) of those files, so it starts in seconds instead of dequantizing again."""
+    from conftest import start_app
+
+    cache = session_data_dir / "cache"
+    data = tmp_path / "data"
+    data.mkdir()
+    if cache.is_dir():
+
+        def link(src: str, dst: str) -> None:
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+
+        shutil.copytree(cache, data / "cache", copy_function=link)
+    app = start_app(data)
+    yield app
+    _stop(app)
+
+
+def test_load_a_4bit_model_from_settings(browser, own_app, artifacts):
+    with opened(browser, own_app, viewport={"width": 1280, "height": 800}) as page:
+        status = page.locator("#lc-status")
+        expect(status).to_contain_text("MiB")
+        before = page.evaluate(STATUS_MIB)
+        assert before and before > 300, status.inner_text()  # fp32: ~513 MiB
+        open_settings(page, via="header")
+        set_max_new_tokens(page, 48)  # keeps the reply below (and its sampling luck) short
+        open_accordion(page, "lc-model")
+        four_bit_type = page.locator("#lc-model").get_by_text("4-bit type", exact=True)
+        expect(four_bit_type).to_be_hidden()
+        page.locator('#lc-model [data-testid="4bit-radio-label"]').click()
+        expect(page.locator('#lc-model [data-testid="4bit-radio-label"] input')).to_be_checked()
+        expect(four_bit_type).to_be_visible()  # the 4-bit options group appears
+        page.locator("#lc-load").click()
+        info = page.locator("#lc-model-info")
+        expect(info).to_contain_text("✓ Loaded in", timeout=REPLY_TIMEOUT)
+        expect(info).to_contain_text("4bit")
+        page.wait_for_function(f"prev => {{ const m = ({STATUS_MIB})(); return m !== null && m < prev; }}", arg=before)
+        after = page.evaluate(STATUS_MIB)
+        assert after < before / 2, (before, after, status.inner_text())  # 4-bit: ~159 MiB
+        assert f"{after:,} MiB" in info.inner_text(), (after, info.inner_text())
+
+        ask(page, "Name three colours of the rainbow and say one thing about each.", via="click")
+        lengths = wait_for_reply(page)
+        final = last_reply(page)
+        assert_streamed(lengths, final)
+        assert re.search(r"\d+ tokens? · [\d.]+ tok/s", stats_line(final)), final
+        expect(page.locator("#lc-stop")).to_be_hidden()
+        page.screenshot(path=str(artifacts / "desktop-4bit.png"))
+    assert "4bit" in own_app.log_text()
+
+
+def set_max_new_tokens(page, value: int) -> None:
+    """Type into the number box beside the slider (Settings open); the slider must follow."""
+    open_accordion(page, "lc-sampling")
+    number = page.get_by_label("number input for Max new tokens")
+    expect(number).not_to_have_value(str(value))
+    number.fill(str(value))
+    number.press("Enter")
+    expect(page.get_by_label("range slider for Max new tokens")).to_have_value(str(value))
+
+
+def test_max_new_tokens_takes_effect(page):
+    open_settings(page, via="header")
+    set_max_new_tokens(page, 5)
+    ask(page, "Write a long story about a dragon.", via="enter")
+    wait_for_reply(page)
+    final = last_reply(page)
+    stats = stats_line(final)
+    assert re.match(r"5 tokens ·", stats), stats
+    assert "stopped at the length limit" in stats, stats
+
+
+@pytest.mark.parametrize("scheme", ["dark", "light"])
+def test_colour_scheme_follows_the_system(browser, running_app, artifacts, scheme):
+    size = {"width": 1280, "height": 800}
+    with opened(browser, running_app, color_scheme=scheme, viewport=size) as page:
+        body_bg = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+        chat_bg = page.locator("#lc-chat").evaluate(COLOURS)[1]
+        if scheme == "dark":
+            assert luminance(body_bg) < 0.05, body_bg
+            assert luminance(chat_bg) < 0.05, chat_bg
+        else:
+            assert luminance(body_bg) > 0.8, body_bg
+            assert luminance(chat_bg) > 0.8, chat_bg
+        ask(page, "Say hello in one short sentence.", via="enter")
+        wait_for_reply(page)
+        readable = {  # WCAG AA: 4.5:1 for text, 3:1 for large bold text such as the Send button's
+            "header status": (page.locator("#lc-status p").first, 4.5),
+            "your message": (page.locator('#lc-chat [data-testid="user"]').last, 4.5),
+            "reply": (page.locator('#lc-chat [data-testid="bot"]').last, 4.5),
+            "input box": (page.locator("#lc-input textarea"), 4.5),
+            "Send button": (page.locator("#lc-send"), 3.0),
+        }
+        low = {}
+        for name, (element, needed) in readable.items():
+            fg, bg = element.evaluate(COLOURS)
+            if contrast(fg, bg) < needed:
+                low[name] = (fg, bg, round(contrast(fg, bg), 2))
+        assert not low, f"hard to read in {scheme} mode: {low}"
+        page.screenshot(path=str(artifacts / f"desktop-{scheme}.png"))
+        open_settings(page, via="header")
+        open_accordion(page, "lc-model")
+        page.screenshot(path=str(artifacts / f"desktop-{scheme}-settings.png"))
+
+
+def test_installable_as_an_app(page, running_app):
+    server = urlsplit(running_app.url)
+    href = page.locator('link[rel="manifest"]').get_attribute("href")
+    assert href, "no <link rel=manifest>"
+    manifest_url = urljoin(page.url, href)
+    assert urlsplit(manifest_url).netloc == server.netloc, manifest_url
+    fetch = """async url => { const r = await fetch(url);
+                 return {status: r.status, type: r.headers.get('content-type') || '', body: await r.text()}; }"""
+    got = page.evaluate(fetch, manifest_url)
+    assert got["status"] == 200, got
+    manifest = json.loads(got["body"])
+    assert manifest["name"] == "localchat", manifest
+    assert manifest["display"] == "standalone", manifest
+    assert manifest.get("icons"), manifest
+    for icon in manifest["icons"]:
+        url = urljoin(manifest_url, icon["src"])
+        assert urlsplit(url).netloc == server.netloc, f"icon off this server: {url}"
+        got = page.evaluate(fetch, url)
+        assert got["status"] == 200, (url, got["status"])
+        assert got["type"].startswith("image/"), (url, got["type"])

@@ -299,7 +299,10 @@ class ChatUI:
                     device = gr.Radio(list(DEVICES), value=self.settings.device, label="Device")
                     dtype = gr.Dropdown(list(DTYPES), value=self.settings.dtype, label="Weights dtype")
                     context = gr.Number(
-                        self.settings.context_length, label="Context length (tokens, empty = model's own)"
+                        self.settings.context_length or 0,
+                        label="Context length cap (tokens; 0 = the model's own)",
+                        precision=0,
+                        minimum=0,
                     )
                     load = gr.Button("Load model", variant="primary", elem_id="lc-load")
                     model_info = gr.Markdown(self.service.status(), elem_id="lc-model-info")
@@ -356,7 +359,17 @@ class ChatUI:
             chatbot.edit(self.edit, [turns], [turns, chatbot], queue=False, **_hidden).then(**go, **_hidden)
             chatbot.clear(self.new_chat, None, [turns, chatbot], queue=False, api_name="clear")
             new_chat.click(self.new_chat, None, [turns, chatbot], queue=False, **_hidden)
-            open_settings.click(lambda: gr.Sidebar(open=True), None, [sidebar], queue=False, **_hidden)
+            # The header button toggles the sidebar; its own arrow can open or close it too.
+            sidebar_open = gr.State(False)
+            sidebar.expand(lambda: True, None, [sidebar_open], queue=False, **_hidden)
+            sidebar.collapse(lambda: False, None, [sidebar_open], queue=False, **_hidden)
+            open_settings.click(
+                lambda is_open: (gr.Sidebar(open=not is_open), not is_open),
+                [sidebar_open],
+                [sidebar, sidebar_open],
+                queue=False,
+                **_hidden,
+            )
             quant.change(lambda q: gr.Group(visible=q == "4bit"), [quant], [four_bit], queue=False, **_hidden)
             preset.change(self.choose_preset, [preset], [system, preset_note, *sliders], queue=False, **_hidden)
             load.click(
