@@ -47,6 +47,9 @@ CSS = """
 .lc-status p { margin: 0; }
 #lc-input textarea { font-size: 16px; }  /* 16px stops iOS zooming into the field */
 footer { display: none !important; }
+@media (max-width: 640px) {  /* phones: bubbles use the width instead of leaving margins */
+  #lc-chat .message-row.bubble { max-width: calc(100% - 12px); margin-left: 6px; margin-right: 6px; }
+}
 """
 
 # At most ~12 screen updates a second: each update costs the server CPU that decoding needs
