@@ -121,3 +121,12 @@ def test_bitsandbytes_on_cpu_with_a_tiny_model(tmp_path: Path, tiny_model: Path,
     assert loaded.info.quantization == quant
     names = {type(m).__name__ for m in loaded.model.modules()}
     assert ("Linear8bitLt" if quant == "8bit" else "Linear4bit") in names
+
+
+def test_out_of_memory_is_explained_in_one_line():
+    from localchat.engine.loading import ResolvedModel, _explain
+
+    resolved = ResolvedModel("/models", "big.gguf", "big")
+    for exc in (MemoryError(), torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")):
+        text = _explain(exc, resolved)
+        assert text.startswith("Not enough memory to load big.gguf") and "4-bit" in text and "\n" not in text
