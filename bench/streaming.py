@@ -60,11 +60,9 @@ def ui_stream(url: str, tokens: int) -> tuple[float, int]:
     job = client.submit("", 0, 1.0, 0, 0.0, 1.0, tokens, -1, "", api_name="/respond")
     updates = sum(1 for _ in job)
     elapsed = time.perf_counter() - start
-    last = job.outputs()[-1]
-    chat = last[0] if isinstance(last, tuple) else last
-    content = chat[-1]["content"]
-    text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
-    stats = text.rsplit("<sub>", 1)[-1]
+    from conftest import message_text, output_chat
+
+    stats = message_text(output_chat(job.outputs()[-1])[-1]).rsplit("<sub>", 1)[-1]
     completion = int(stats.split(" tokens")[0])
     return completion / elapsed, updates
 

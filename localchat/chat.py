@@ -130,9 +130,13 @@ class ChatService:
     def load(self, options: LoadOptions) -> LoadedInfo:
         return self.backend.load(options.validate())
 
+    def loading(self) -> LoadOptions | None:
+        """The model being loaded, if any (a backend that loads synchronously never reports one)."""
+        return getattr(self.backend, "loading", None)
+
     def status_line(self) -> str:
         """The short header line: which model answers, and the memory it takes."""
-        loading = getattr(self.backend, "loading", None)
+        loading = self.loading()
         info = self.backend.loaded()
         if loading is not None:
             return f"Loading {info_name(loading.model)}…"
@@ -141,7 +145,7 @@ class ChatService:
         return f"{info.name} · {info.memory_bytes / 2**20:,.0f} MiB · {info.device}"
 
     def status(self) -> str:
-        loading = getattr(self.backend, "loading", None)
+        loading = self.loading()
         info = self.backend.loaded()
         if loading is not None:
             now = f" (still answering with {info.name})" if info else ""

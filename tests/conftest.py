@@ -170,6 +170,19 @@ def running_app(session_data_dir: Path, smol_backend) -> Iterator[RunningApp]:
         app.process.kill()
 
 
+def message_text(message: dict) -> str:
+    """A Chatbot message as gradio_client returns it: content is a string or a list of parts."""
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
+def output_chat(output) -> list[dict]:
+    """The Chatbot value out of one streamed /respond output (a bare list, or the first of a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

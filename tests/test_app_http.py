@@ -10,6 +10,8 @@ import json
 import urllib.request
 
 import pytest
+from conftest import message_text as _text
+from conftest import output_chat as _chat
 from gradio_client import Client
 
 pytestmark = pytest.mark.model
@@ -17,19 +19,6 @@ pytestmark = pytest.mark.model
 QUESTION = "What is the capital of France?"
 # system_prompt, temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens, seed, stop
 GREEDY = ("", 0, 0.9, 40, 0.0, 1.0, 48, -1, "")
-
-
-def _text(message: dict) -> str:
-    """A Chatbot message as gradio_client returns it: content is a string or a list of parts."""
-    content = message["content"]
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-
-
-def _chat(output) -> list[dict]:
-    """The Chatbot value out of one streamed /respond output (a bare list, or the first of a tuple)."""
-    return output[0] if isinstance(output, tuple) else output
 
 
 def _ask(client: Client, text: str) -> list:

@@ -73,7 +73,7 @@ def test_once_offline_every_library_is_blocked_in_that_process():
 
 @pytest.mark.model
 def test_the_app_chats_offline(session_data_dir: Path, smol_backend):
-    from conftest import start_app
+    from conftest import message_text, output_chat, start_app
     from gradio_client import Client
 
     app = start_app(session_data_dir, "--offline")
@@ -84,9 +84,7 @@ def test_the_app_chats_offline(session_data_dir: Path, smol_backend):
         client.predict("What is the capital of France?", api_name="/add_user")
         job = client.submit("", 0, 1.0, 0, 0.0, 1.0, 24, -1, "", api_name="/respond")
         last = list(job)[-1]
-        chat = last[0] if isinstance(last, tuple) else last
-        content = chat[-1]["content"]
-        text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+        text = message_text(output_chat(last)[-1])
         assert "Paris" in text
         assert "blocked a network connection" not in app.log_text()
     finally:

@@ -243,7 +243,7 @@ class ChatUI:
 
     def status(self) -> tuple:
         """The header line (short, for a phone), the full details in the Model panel, the timer."""
-        loading = getattr(self.service.backend, "loading", None) is not None
+        loading = self.service.loading() is not None
         return self.service.status_line(), self.service.status(), gr.Timer(active=loading)
 
     def after_load(self) -> tuple:
@@ -346,7 +346,7 @@ class ChatUI:
                 )
                 send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="lc-send")
                 stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, visible=False, elem_id="lc-stop")
-            timer = gr.Timer(1.5, active=getattr(self.service.backend, "loading", None) is not None)
+            timer = gr.Timer(1.5, active=self.service.loading() is not None)
 
             reply_in = [turns, system, *sliders]
             reply_out = [chatbot, turns, send, stop]
