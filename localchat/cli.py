@@ -1,7 +1,10 @@
-"""Command-line entry: `localchat [flags]` (and `python app.py`) parse settings and serve."""
+"""Command-line entry: `localchat [flags]` (and `python app.py`) serve; `localchat users ...` manages
+household members. Passwords are asked for at a prompt or read from stdin, never taken as flags."""
 
 from __future__ import annotations
 
+import argparse
+import getpass
 import logging
 import os
 import sys
@@ -12,12 +15,30 @@ from localchat.types import InvalidValue
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["users"]:
+        return users(argv[1:])
     try:
         settings = load_settings(argv)
     except InvalidValue as exc:
         print(f"localchat: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from localchat.store import Store, StoreError
+
+    try:
+        store = Store(settings.database)
+    except StoreError as exc:
+        print(f"localchat: {exc}", file=sys.stderr)
+        return 2
+    if settings.household_mode and store.count_accounts() == 0:
+        print(
+            f"localchat: sharing on the network ({settings.bind_host}) needs a household account first, so that "
+            "nobody on the network can use it without signing in.\n"
+            "Create the first admin with:  localchat users add NAME --admin",
+            file=sys.stderr,
+        )
+        return 2
     from localchat.privacy import go_offline, has_default_route
 
     if settings.offline or (settings.offline is None and not has_default_route()):
@@ -26,12 +47,86 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.data / "tmp" / "gradio"))
     import uvicorn
 
+    from localchat.household import Household
     from localchat.server import build_app
 
-    app = build_app(settings)
-    print(f"localchat is starting on http://{settings.host}:{settings.port}  (Ctrl+C to stop)", flush=True)
-    uvicorn.run(app.api, host=settings.host, port=settings.port, log_level="warning")
+    app = build_app(settings, household=Household(store, listen=settings.household_mode))
+    where = f"http://{settings.bind_host}:{settings.port}"
+    if settings.household_mode:
+        where += "  (shared on the network: everyone signs in)"
+    print(f"localchat is starting on {where}  (Ctrl+C to stop)", flush=True)
+    uvicorn.run(app.api, host=settings.bind_host, port=settings.port, log_level="warning")
     return 0
+
+
+def _password(prompt: str) -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"{prompt}: ")
+        if getpass.getpass("Again: ") != first:
+            raise ValueError("The two passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def users(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="localchat users", description="Manage the household's accounts.")
+    p.add_argument("--data-dir", help="data folder (default: as for the server)")
+    sub = p.add_subparsers(dest="command", required=True)
+    add = sub.add_parser("add", help="add a member (password asked for, or one line on stdin)")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true", help="make them an admin (manages members and models)")
+    sub.add_parser("list", help="list members")
+    for name, text in (("remove", "remove a member and their chats"), ("passwd", "set a new password")):
+        sub.add_parser(name, help=text).add_argument("name")
+    role = sub.add_parser("role", help="make a member admin or member")
+    role.add_argument("name")
+    role.add_argument("role", choices=["admin", "member"])
+    args = p.parse_args(argv)
+
+    from localchat.household import Household
+    from localchat.store import Store, StoreError
+
+    try:
+        settings = load_settings(["--data-dir", args.data_dir] if args.data_dir else [])
+        household = Household(Store(settings.database))
+        store = household.store
+        if args.command == "list":
+            for m in store.members():
+                print(f"{m.name}\t{m.role}")
+            return 0
+        if args.command == "add":
+            member = household.add_member(
+                args.name, _password(f"Password for {args.name}"), "admin" if args.admin else "member"
+            )
+            print(f"Added {member.name} ({member.role}).")
+            return 0
+        member = store.member_by_name(args.name)
+        if member is None:
+            raise ValueError(f"There is no household member called {args.name}")
+        if args.command == "passwd":
+            store.set_password_hash(
+                member.id, household.hasher.hash(_check(_password(f"New password for {member.name}")))
+            )
+            print(f"Password changed; {member.name}'s sessions are signed out.")
+        elif args.command == "remove":
+            admins = [m for m in store.members() if m.is_admin]
+            if member.is_admin and len(admins) == 1:
+                raise ValueError("The household needs at least one admin")
+            store.remove_member(member.id)
+            print(f"Removed {member.name} and their chats.")
+        elif args.command == "role":
+            store.set_role(member.id, args.role)
+            print(f"{member.name} is now {args.role}.")
+        return 0
+    except (ValueError, StoreError, InvalidValue) as exc:
+        print(f"localchat: {exc}", file=sys.stderr)
+        return 1
+
+
+def _check(password: str) -> str:
+    from localchat.household import check_password
+
+    return check_password(password)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,13 @@ from typing import Any
 import gradio as gr
 from fastapi import FastAPI
 
+from localchat import web
 from localchat.backend import Backend
 from localchat.chat import ChatService
+from localchat.household import Household
 from localchat.privacy import is_offline
 from localchat.settings import Settings
+from localchat.store import Store
 from localchat.ui.app import CSS, THEME, ChatUI
 
 log = logging.getLogger(__name__)
@@ -29,10 +32,13 @@ class App:
     api: FastAPI
     service: ChatService
     backend: Backend
+    household: Household
 
 
-def build_app(settings: Settings, backend: Backend | None = None) -> App:
+def build_app(settings: Settings, backend: Backend | None = None, household: Household | None = None) -> App:
     settings.data.mkdir(parents=True, exist_ok=True)
+    if household is None:
+        household = Household(Store(settings.database), listen=settings.household_mode)
     if backend is None:
         from localchat.engine.backend import TransformersBackend
 
@@ -57,7 +63,8 @@ def build_app(settings: Settings, backend: Backend | None = None) -> App:
             "offline": is_offline(),
         }
 
-    demo = ChatUI(service, settings).build()
+    web.install(api, household, settings.extra_hosts)  # before the UI's mount at "/" so its routes win
+    demo = ChatUI(service, settings, household).build()
     demo.queue(default_concurrency_limit=None)
     api = gr.mount_gradio_app(
         api,
@@ -70,5 +77,6 @@ def build_app(settings: Settings, backend: Backend | None = None) -> App:
         pwa=True,  # installable on a phone: manifest and service worker served by us
         favicon_path=str(ICON),
         mcp_server=False,
+        auth_dependency=web.auth_dependency(household),
     )
-    return App(api=api, service=service, backend=backend)
+    return App(api=api, service=service, backend=backend, household=household)

@@ -35,6 +35,8 @@ LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 class Settings:
     host: str = "127.0.0.1"
     port: int = 7860
+    listen: str | None = None  # share on the LAN: bind this address (--listen alone: all interfaces)
+    allowed_hosts: str = ""  # extra host names the server answers to, comma separated
     data_dir: Path | None = None
     models_dir: Path | None = None
     presets_dir: Path | None = None
@@ -55,6 +57,23 @@ class Settings:
     @property
     def data(self) -> Path:
         return (self.data_dir or default_data_dir()).expanduser()
+
+    @property
+    def bind_host(self) -> str:
+        return self.listen or self.host
+
+    @property
+    def household_mode(self) -> bool:
+        """Reachable from other machines: accounts and sign-in are required."""
+        return self.bind_host not in ("127.0.0.1", "localhost", "::1")
+
+    @property
+    def extra_hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
+
+    @property
+    def database(self) -> Path:
+        return self.data / "localchat.db"
 
     @property
     def models(self) -> Path:
@@ -92,6 +111,10 @@ class Settings:
 
 HELP: dict[str, str] = {
     "host": "address to serve on; 127.0.0.1 keeps the app on this machine only",
+    "listen": "share with the household on the network: bind ADDR (--listen alone: every interface, 0.0.0.0); "
+    "needs at least one account (localchat users add NAME --admin) and then everyone signs in",
+    "allowed_hosts": "extra host names (comma separated) people use to reach this machine, e.g. a DNS name; "
+    "IP addresses, localhost and this machine's own name always work",
     "port": "port for the web UI (and /health)",
     "data_dir": f"where localchat keeps its data and caches (default {default_data_dir()})",
     "models_dir": "a folder of transformers model folders and .gguf files to offer (default DATA_DIR/models)",
@@ -153,7 +176,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML config file (default DATA_DIR/config.yaml if it exists)")
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", "bool | None"):
+        if f.name == "listen":
+            p.add_argument(flag, nargs="?", const="0.0.0.0", default=None, help=HELP[f.name], metavar="ADDR")
+        elif f.type in ("bool", "bool | None"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=HELP[f.name])
         else:
             p.add_argument(flag, default=None, help=HELP[f.name], metavar=f.name.upper())

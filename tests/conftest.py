@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -187,3 +188,61 @@ def output_chat(output) -> list[dict]:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+class ServedApp:
+    """build_app served by uvicorn on a thread, on a free loopback port (a real HTTP server)."""
+
+    def __init__(self, app, port: int):
+        import uvicorn
+
+        self.app, self.port = app, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app.api, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the app did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def serve(data_dir: Path, backend=None, listen: bool = True, members: dict[str, str] | None = None) -> ServedApp:
+    """The app over a FakeBackend with household accounts on a real SQLite file in `data_dir`.
+    `members`: name -> role, each with the password 'password-<name>'."""
+    from fakes import FAST_HASHER, FakeBackend
+
+    from localchat.household import Household
+    from localchat.server import build_app
+    from localchat.settings import Settings
+    from localchat.store import Store
+
+    household = Household(Store(data_dir / "localchat.db"), listen=listen, hasher=FAST_HASHER)
+    for name, role in (members or {}).items():
+        if household.store.member_by_name(name) is None:
+            household.add_member(name, f"password-{name}", role)
+    settings = Settings(data_dir=data_dir, load_on_start=False, listen="0.0.0.0" if listen else None)
+    app = build_app(settings, backend=backend or FakeBackend("Hello from the fake model"), household=household)
+    return ServedApp(app, free_port())
+
+
+@pytest.fixture()
+def household_app(tmp_path: Path) -> Iterator[ServedApp]:
+    """A household on the network: Ann (admin) and Bob (member)."""
+    served = serve(tmp_path, members={"Ann": "admin", "Bob": "member"})
+    yield served
+    served.stop()
+
+
+def sign_in(url: str, name: str, password: str | None = None) -> str:
+    """Sign in through the real /login form; returns the session cookie's value."""
+    import httpx
+
+    r = httpx.post(url + "/login", data={"name": name, "password": password or f"password-{name}"})
+    assert r.status_code == 303, r.text
+    return r.cookies["localchat_session"]

@@ -11,9 +11,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from argon2 import PasswordHasher
+
 from localchat.backend import BackendError, ModelLoadFailed, NoModelLoaded
 from localchat.types import Chunk, ContextFit, LoadedInfo, LoadOptions, Message, ModelSpec, SamplingParams, Usage
 
+# Real argon2id at the lowest cost, so tests that create accounts stay fast.
+FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 DEFAULT_REPLY = "Hello there, how can I help you today?"
 DEFAULT_MODELS = ("fake-small", "fake-large")
 

@@ -3,16 +3,19 @@ FakeBackend (a gr.Request stand-in only needs `.session_hash`)."""
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 import pytest
-from fakes import FakeBackend
+from fakes import FAST_HASHER, FakeBackend
 
 from localchat.chat import ChatService, ReplyUpdate
+from localchat.household import Household
 from localchat.settings import Settings
+from localchat.store import Store
 from localchat.types import InvalidValue, Message, SamplingParams, Usage
 from localchat.ui.adapters import (
     SAMPLING_FIELDS,
@@ -40,15 +43,20 @@ def bot(text: str, stats: str = "") -> Turn:
     return Turn(role="assistant", content=text, stats=stats)
 
 
-def request(session: str) -> SimpleNamespace:
-    return SimpleNamespace(session_hash=session)
+def request(session: str, username: str | None = None) -> SimpleNamespace:
+    return SimpleNamespace(session_hash=session, username=username)
+
+
+def household() -> Household:
+    """Single-user mode on a real SQLite file in a fresh temp dir."""
+    return Household(Store(Path(tempfile.mkdtemp()) / "localchat.db"), hasher=FAST_HASHER)
 
 
 def make_ui(
     backend: FakeBackend | None = None, presets_dir: Path | None = SHIPPED_PRESETS
 ) -> tuple[ChatUI, FakeBackend]:
     backend = backend or FakeBackend("Hello there friend")
-    return ChatUI(ChatService(backend, presets_dir), Settings(), update_interval=0), backend
+    return ChatUI(ChatService(backend, presets_dir), Settings(), household(), update_interval=0), backend
 
 
 def visible(button: object) -> bool:
@@ -170,7 +178,7 @@ def test_to_messages_skips_empty_replies() -> None:
 
 # -- ChatUI handlers ----------------------------------------------------------------------------
 def run_respond(ui: ChatUI, turns: list[Turn], session: str = "a", system: str = "", sampling=None) -> list[tuple]:
-    return list(ui.respond(turns, system, *(sampling or UI_SAMPLING), request(session)))
+    return list(ui.respond(turns, None, system, *(sampling or UI_SAMPLING), request(session)))
 
 
 def test_respond_streams_and_ends_with_the_stats_line() -> None:
@@ -225,7 +233,7 @@ def test_stop_cancels_only_this_sessions_reply() -> None:
     b_started = threading.Event()
 
     def session_b() -> None:
-        for out in ui.respond([user("B asks")], "", *UI_SAMPLING, request("b")):
+        for out in ui.respond([user("B asks")], None, "", *UI_SAMPLING, request("b")):
             b_outputs.append(out)
             if out[1][-1]["content"]:
                 b_started.set()
@@ -235,7 +243,7 @@ def test_stop_cancels_only_this_sessions_reply() -> None:
     assert b_started.wait(5)
 
     a_outputs = []
-    for out in ui.respond([user("A asks")], "", *UI_SAMPLING, request("a")):
+    for out in ui.respond([user("A asks")], None, "", *UI_SAMPLING, request("a")):
         a_outputs.append(out)
         if out[1][-1]["content"] == "w0 w1":
             ui.stop(request("a"))
@@ -260,18 +268,18 @@ def test_stop_without_a_reply_does_nothing() -> None:
 
 def test_add_user() -> None:
     ui, _ = make_ui()
-    box, turns, chat = ui.add_user("  Hi there \n", [], request("a"))
+    box, turns, chat, *_ = ui.add_user("  Hi there \n", [], None, False, request("a"))
     assert (box, turns, chat) == ("", [user("Hi there")], [{"role": "user", "content": "Hi there"}])
-    box, turns, _ = ui.add_user("   ", [user("a")], request("a"))
+    box, turns, *_ = ui.add_user("   ", [user("a")], None, False, request("a"))
     assert turns == [user("a")] and box == gr.update()
 
 
 def test_add_user_waits_while_this_tabs_reply_is_streaming() -> None:
     ui, _ = make_ui()
     ui._replies["a"] = _Reply()  # tab "a" is receiving a reply
-    box, turns, _ = ui.add_user("next question", [user("q")], request("a"))
+    box, turns, *_ = ui.add_user("next question", [user("q")], None, False, request("a"))
     assert turns == [user("q")] and box == gr.update()  # refused; the text stays in the box
-    box, turns, _ = ui.add_user("next question", [user("q")], request("b"))
+    box, turns, *_ = ui.add_user("next question", [user("q")], None, False, request("b"))
     assert turns == [user("q"), user("next question")] and box == ""  # another tab is not blocked
 
 
@@ -280,14 +288,14 @@ CONVERSATION = [user("a"), bot("A", "1 token"), user("b"), bot("B", "1 token")]
 
 @pytest.mark.parametrize(("index", "kept"), [(3, 3), (2, 3), (1, 1), (0, 1), ((3, 0), 3)])
 def test_retry_keeps_up_to_the_users_message(index: object, kept: int) -> None:
-    turns, chat = make_ui()[0].retry(CONVERSATION, gr.RetryData(None, {"index": index, "value": "x"}))
+    turns, chat = make_ui()[0].retry(CONVERSATION, None, gr.RetryData(None, {"index": index, "value": "x"}))
     assert turns == CONVERSATION[:kept]
     assert chat == render(turns)
 
 
 def test_retry_then_respond_gives_a_fresh_reply() -> None:
     ui, backend = make_ui(FakeBackend("New answer"))
-    turns, _ = make_ui()[0].retry(CONVERSATION, gr.RetryData(None, {"index": 3, "value": "B"}))
+    turns, _ = make_ui()[0].retry(CONVERSATION, None, gr.RetryData(None, {"index": 3, "value": "B"}))
     final = run_respond(ui, turns)[-1][1]
     assert [t["content"] for t in final] == ["a", "A", "b", "New answer"]
     assert backend.calls[0].messages == [Message("user", "a"), Message("assistant", "A"), Message("user", "b")]
@@ -295,30 +303,30 @@ def test_retry_then_respond_gives_a_fresh_reply() -> None:
 
 @pytest.mark.parametrize("index", [2, 3])
 def test_undo_removes_the_last_exchange_and_returns_the_text(index: int) -> None:
-    turns, chat, box = make_ui()[0].undo(CONVERSATION, gr.UndoData(None, {"index": index, "value": "b"}))
+    turns, chat, box = make_ui()[0].undo(CONVERSATION, None, gr.UndoData(None, {"index": index, "value": "b"}))
     assert turns == CONVERSATION[:2]
     assert chat == render(CONVERSATION[:2])
     assert box == "b"
 
 
 def test_undo_with_nothing_to_undo() -> None:
-    turns, _, box = make_ui()[0].undo([bot("Welcome")], gr.UndoData(None, {"index": 0, "value": "Welcome"}))
+    turns, _, box = make_ui()[0].undo([bot("Welcome")], None, gr.UndoData(None, {"index": 0, "value": "Welcome"}))
     assert turns == [bot("Welcome")] and box == gr.update()
 
 
 def test_edit_replaces_the_message_and_drops_what_followed() -> None:
     data = gr.EditData(None, {"index": 0, "value": "a, edited", "previous_value": "a"})
-    turns, chat = make_ui()[0].edit(CONVERSATION, data)
+    turns, chat = make_ui()[0].edit(CONVERSATION, None, data)
     assert turns == [user("a, edited")]
     assert chat == render(turns)
     data = gr.EditData(None, {"index": 2, "value": "b2", "previous_value": "b"})
-    assert make_ui()[0].edit(CONVERSATION, data)[0] == [*CONVERSATION[:2], user("b2")]
+    assert make_ui()[0].edit(CONVERSATION, None, data)[0] == [*CONVERSATION[:2], user("b2")]
 
 
 @pytest.mark.parametrize("index", [1, 4])
 def test_edit_of_a_reply_or_a_missing_message_changes_nothing(index: int) -> None:
     data = gr.EditData(None, {"index": index, "value": "x", "previous_value": "y"})
-    assert make_ui()[0].edit(CONVERSATION, data)[0] == CONVERSATION
+    assert make_ui()[0].edit(CONVERSATION, None, data)[0] == CONVERSATION
 
 
 def test_choose_preset() -> None:
@@ -404,7 +412,7 @@ def test_build_returns_blocks() -> None:
 def test_a_second_respond_in_a_busy_tab_changes_nothing() -> None:
     ui, backend = make_ui()
     ui._replies["a"] = _Reply()  # tab "a" is receiving a reply
-    outs = list(ui.respond([user("q"), bot("partial")], "", *UI_SAMPLING, request("a")))
+    outs = list(ui.respond([user("q"), bot("partial")], None, "", *UI_SAMPLING, request("a")))
     assert outs == [(gr.skip(), gr.skip(), gr.skip(), gr.skip())]
     assert backend.calls == []
 
@@ -413,7 +421,7 @@ def test_new_chat_empties_the_conversation_and_stops_this_tabs_reply() -> None:
     ui, _ = make_ui()
     a, b = _Reply(), _Reply()
     ui._replies.update(a=a, b=b)
-    assert ui.new_chat(request("a")) == ([], [])
+    assert ui.new_chat(request("a"))[:2] == ([], [])
     assert a.cancel.is_set() and a.discarded and not b.cancel.is_set()
 
 
@@ -426,10 +434,10 @@ def slow_ui() -> ChatUI:
 def test_a_cleared_chat_stays_empty_when_its_reply_ends() -> None:
     ui = slow_ui()
     outs = []
-    for out in ui.respond([user("old question")], "", *UI_SAMPLING, request("a")):
+    for out in ui.respond([user("old question")], None, "", *UI_SAMPLING, request("a")):
         outs.append(out)
         if len(outs) == 3:
-            assert ui.new_chat(request("a")) == ([], [])  # the user clicks New chat mid-reply
+            assert ui.new_chat(request("a"))[:2] == ([], [])  # the user clicks New chat mid-reply
     chat, turns, send, stop = outs[-1]
     assert chat == gr.skip() and turns == gr.skip()  # the old chat is not written back
     assert visible(send) and not visible(stop)
@@ -438,13 +446,13 @@ def test_a_cleared_chat_stays_empty_when_its_reply_ends() -> None:
 
 def test_edit_during_a_reply_replaces_it() -> None:
     ui = slow_ui()
-    first = ui.respond([user("q1")], "", *UI_SAMPLING, request("a"))
+    first = ui.respond([user("q1")], None, "", *UI_SAMPLING, request("a"))
     next(first), next(first)  # streaming
     turns, _ = ui.edit(
-        [user("q1"), bot("w0")], gr.EditData(None, {"index": 0, "value": "q2", "previous_value": "q1"}), request("a")
+        [user("q1"), bot("w0")], None, gr.EditData(None, {"index": 0, "value": "q2", "previous_value": "q1"}), request("a")
     )
     second = []
-    t = threading.Thread(target=lambda: second.extend(ui.respond(turns, "", *UI_SAMPLING, request("a"))))
+    t = threading.Thread(target=lambda: second.extend(ui.respond(turns, None, "", *UI_SAMPLING, request("a"))))
     t.start()
     old = list(first)  # the replaced reply winds down without writing its turns
     t.join(30)

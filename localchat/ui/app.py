@@ -1,8 +1,10 @@
-"""The Gradio Blocks of the chat page: chat, model picker, sampling, system prompt, presets.
+"""The Gradio Blocks of the chat page: conversations, chat, model picker, sampling, system prompt,
+presets, and (for admins) the household panel.
 
-Owns: layout and event wiring only; every decision goes to ChatService, every value conversion to
-ui.adapters. Invariant: handlers never touch torch; Stop sets the cancel event of this browser
-tab's reply only (keyed by Gradio's session hash), never anyone else's.
+Owns: layout and event wiring only; every decision goes to ChatService or Household, every value
+conversion to ui.adapters. Invariants: handlers never touch torch; every handler takes the member
+from the request's session (never from a value the page sends); Stop sets the cancel event of this
+browser tab's reply only (keyed by Gradio's session hash), never anyone else's.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from localchat.chat import ChatService
+from localchat.household import Household
 from localchat.settings import Settings
+from localchat.store import Member, NotFound, StoreError
 from localchat.types import (
     DEVICES,
     DTYPES,
@@ -37,6 +41,16 @@ from localchat.ui.adapters import (
     sampling_to_ui,
     to_messages,
 )
+from localchat.ui.admin import AdminPanel
+from localchat.ui.conversations import (
+    IMPORT_FORM,
+    Conversations,
+    conversation_choices,
+    export_links,
+    member_line,
+    privacy_notice,
+)
+from localchat.ui.members import member_of
 
 CSS = """
 #lc-header { flex-wrap: nowrap; align-items: center; gap: 8px; }
@@ -47,6 +61,15 @@ CSS = """
 .lc-status p { margin: 0; }
 #lc-input textarea { font-size: 16px; }  /* 16px stops iOS zooming into the field */
 footer { display: none !important; }
+#lc-conversations .wrap { flex-direction: column; gap: 2px; }
+#lc-conversations label { width: 100%; box-sizing: border-box; border: 0; background: transparent; }
+#lc-conversations label span { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+#lc-conversations input[type=radio] { display: none; }
+#lc-conversations label.selected { background: var(--color-accent-soft); font-weight: 600; }
+.lc-member { font-size: 0.9em; display: flex; gap: 8px; align-items: center; flex-wrap: wrap; }
+.lc-member button, .lc-import { cursor: pointer; text-decoration: underline; background: none; border: 0;
+  color: var(--link-text-color); padding: 0; font-size: 0.95em; }
+.lc-import input { display: none; }
 @media (max-width: 640px) {  /* phones: bubbles use the width instead of leaving margins */
   #lc-chat .message-row.bubble { max-width: calc(100% - 12px); margin-left: 6px; margin-right: 6px; }
 }
@@ -64,34 +87,49 @@ THEME = gr.themes.Soft(  # system fonts only: no request to Google Fonts
 
 @dataclass
 class _Reply:
-    """The reply a browser tab is receiving. `discarded`: its chat was cleared or rewritten, so it
-    must not write its turns back when it ends."""
+    """The reply a browser tab is receiving. `discarded`: the tab shows another chat now, so the
+    reply must not write into the page; `rewritten`: its conversation was changed (retry, edit,
+    undo, delete), so it must not be saved either."""
 
     cancel: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
     discarded: bool = False
+    rewritten: bool = False
 
 
 class ChatUI:
-    def __init__(self, service: ChatService, settings: Settings, update_interval: float = UPDATE_INTERVAL):
+    def __init__(
+        self,
+        service: ChatService,
+        settings: Settings,
+        household: Household,
+        update_interval: float = UPDATE_INTERVAL,
+    ):
         self.service = service
         self.settings = settings
+        self.household = household
+        self.store = household.store
         self.update_interval = update_interval
         self._replies: dict[str, _Reply] = {}  # by browser tab
         self._lock = threading.Lock()
+        self.conversations = Conversations(household, lambda request, rewritten: self.stop(request, True, rewritten))
+        self.admin = AdminPanel(household, service)
 
-    # -- handlers -----------------------------------------------------------------------------
-    def stop(self, request: gr.Request, discard: bool = False) -> None:
-        """Stop this tab's reply (never another tab's); `discard` also drops what it wrote."""
+    # -- chat ---------------------------------------------------------------------------------
+    def stop(self, request: gr.Request, discard: bool = False, rewritten: bool = False) -> None:
+        """Stop this tab's reply (never another tab's). `discard`: the page shows something else
+        now; `rewritten`: the conversation changed, so the partial reply is not saved."""
         with self._lock:
             reply = self._replies.get(_key(request))
         if reply is not None:
             reply.discarded = reply.discarded or discard
+            reply.rewritten = reply.rewritten or rewritten
             reply.cancel.set()
 
     def respond(  # noqa: PLR0913 - one argument per UI control, as Gradio passes them
         self,
         turns: list[Turn],
+        conversation_id: str | None,
         system_prompt: str,
         temperature: float,
         top_p: float,
@@ -105,6 +143,7 @@ class ChatUI:
     ) -> Iterator[tuple]:
         """Stream a reply to the conversation, which must end with the user's message."""
         key = _key(request)
+        member = member_of(self.household, request)
         with self._lock:
             running = self._replies.get(key)
         if running is not None:
@@ -122,20 +161,40 @@ class ChatUI:
             gr.Warning(str(exc))
             yield render(turns), turns, *_buttons(False)
             return
+        locked = self.service.preset(member.locked_preset) if member.locked_preset else None
+        if locked is not None:  # the page may send anything: a locked preset is applied here
+            system_prompt, params = locked.system_prompt, locked.sampling
         reply = _Reply()
         with self._lock:
             self._replies[key] = reply
         try:
-            yield from self._stream(key, reply, turns, system_prompt, params)
+            yield from self._stream(key, reply, member, turns, conversation_id, system_prompt, params)
         finally:
             self._forget(key, reply)
             reply.finished.set()
 
-    def _stream(
-        self, key: str, reply: _Reply, turns: list[Turn], system: str, params: SamplingParams
+    def _stream(  # noqa: PLR0913
+        self,
+        key: str,
+        reply: _Reply,
+        member: Member,
+        turns: list[Turn],
+        conversation_id: str | None,
+        system: str,
+        params: SamplingParams,
     ) -> Iterator[tuple]:
         turns = [*turns, Turn(role="assistant", content="", stats="")]
         yield render(turns), turns, *_buttons(True)
+        info = self.service.backend.loaded()
+        if info is not None and not member.may_use(info.options.model):
+            turns[-1] = Turn(
+                role="assistant",
+                content="",
+                stats=f"⚠ Your account may not use {info.name}. Ask an admin of the household.",
+            )
+            self._save_reply(member, conversation_id, turns)
+            yield render(turns), turns, *_buttons(False)
+            return
         updates = self.service.reply(to_messages(turns[:-1]), system, params, reply.cancel)
         shown_at = 0.0
         try:
@@ -150,10 +209,27 @@ class ChatUI:
         finally:
             updates.close()  # ends the generation if we left early
         self._forget(key, reply)  # before the last update, so the next message is accepted at once
+        if not reply.rewritten:
+            if reply.discarded and not turns[-1]["stats"]:
+                turns[-1] = Turn(role="assistant", content=turns[-1]["content"], stats="stopped")
+            self._save_reply(member, conversation_id, turns)
         if not reply.discarded:
             yield render(turns), turns, *_buttons(False)
         elif key not in self._replies:  # no newer reply owns the buttons
             yield gr.skip(), gr.skip(), *_buttons(False)
+
+    def _save_reply(self, member: Member, conversation_id: str | None, turns: list[Turn]) -> None:
+        if conversation_id is None:  # an incognito chat is never written
+            return
+        last = turns[-1]
+        try:
+            self.store.put_message(
+                member.id, conversation_id, len(turns) - 1, "assistant", last["content"], last["stats"]
+            )
+        except NotFound:
+            pass  # the conversation was deleted meanwhile
+        except StoreError as exc:
+            gr.Warning(f"The reply was not saved. {exc}")
 
     def _forget(self, key: str, reply: _Reply) -> None:
         reply.cancel.set()
@@ -161,50 +237,154 @@ class ChatUI:
             if self._replies.get(key) is reply:
                 del self._replies[key]
 
-    def add_user(self, text: str, turns: list[Turn], request: gr.Request | None = None) -> tuple:
+    def add_user(
+        self,
+        text: str,
+        turns: list[Turn],
+        conversation_id: str | None = None,
+        incognito: bool = False,
+        request: gr.Request | None = None,
+    ) -> tuple:
+        """-> message box, turns, chat, current conversation id, conversation list. The message is
+        saved before the reply starts; if it cannot be saved it stays in the box."""
         text = (text or "").strip()
+        unchanged = gr.update(), turns, render(turns), conversation_id, gr.skip()
         if not text:
-            return gr.update(), turns, render(turns)
+            return unchanged
         if request is not None and _key(request) in self._replies:
             gr.Info("Your previous reply is still being written: wait for it or press Stop")
-            return gr.update(), turns, render(turns)  # the text stays in the box
+            return unchanged  # the text stays in the box
+        member = member_of(self.household, request)
+        listing = gr.skip()
+        if not incognito:
+            try:
+                if conversation_id is not None:
+                    try:
+                        self.store.put_message(member.id, conversation_id, len(turns), "user", text)
+                    except NotFound:  # deleted in another tab: keep this chat in a new conversation
+                        conversation_id = None
+                if conversation_id is None:
+                    conversation_id = self.store.create_conversation(member.id, turns[0]["content"] if turns else text)
+                    for i, t in enumerate(turns):
+                        self.store.put_message(member.id, conversation_id, i, t["role"], t["content"], t["stats"])
+                    self.store.put_message(member.id, conversation_id, len(turns), "user", text)
+                    listing = gr.Radio(choices=conversation_choices(self.household, member), value=conversation_id)
+            except StoreError as exc:
+                gr.Warning(f"Your message was not sent. {exc}")
+                return unchanged
         turns = [*turns, Turn(role="user", content=text, stats="")]
-        return "", turns, render(turns)
+        return "", turns, render(turns), conversation_id, listing
 
-    def retry(self, turns: list[Turn], data: gr.RetryData, request: gr.Request | None = None) -> tuple:
-        if request is not None:
-            self.stop(request, discard=True)
+    def _rewrite(self, request: gr.Request | None, conversation_id: str | None, keep: int) -> None:
+        if request is None:
+            return
+        self.stop(request, discard=True, rewritten=True)
+        if conversation_id is not None:
+            try:
+                self.store.truncate(member_of(self.household, request).id, conversation_id, keep)
+            except StoreError as exc:
+                gr.Warning(str(exc))
+
+    def retry(
+        self, turns: list[Turn], conversation_id: str | None, data: gr.RetryData, request: gr.Request = None
+    ) -> tuple:
         index = data.index if isinstance(data.index, int) else data.index[0]
         at = last_user_index(turns, index)
         turns = turns if at is None else turns[: at + 1]
+        self._rewrite(request, conversation_id, len(turns))
         return turns, render(turns)
 
-    def undo(self, turns: list[Turn], data: gr.UndoData, request: gr.Request | None = None) -> tuple:
-        if request is not None:
-            self.stop(request, discard=True)
+    def undo(
+        self, turns: list[Turn], conversation_id: str | None, data: gr.UndoData, request: gr.Request = None
+    ) -> tuple:
         index = data.index if isinstance(data.index, int) else data.index[0]
         at = last_user_index(turns, index)
         if at is None:
             return turns, render(turns), gr.update()
         text = turns[at]["content"]
         turns = turns[:at]
+        self._rewrite(request, conversation_id, len(turns))
         return turns, render(turns), text
 
-    def edit(self, turns: list[Turn], data: gr.EditData, request: gr.Request | None = None) -> tuple:
-        if request is not None:
-            self.stop(request, discard=True)
+    def edit(
+        self, turns: list[Turn], conversation_id: str | None, data: gr.EditData, request: gr.Request = None
+    ) -> tuple:
         index = data.index if isinstance(data.index, int) else data.index[0]
         if index >= len(turns) or turns[index]["role"] != "user":
             return turns, render(turns)
         turns = [*turns[:index], Turn(role="user", content=str(data.value), stats="")]
+        self._rewrite(request, conversation_id, index)
+        if conversation_id is not None and request is not None:
+            try:
+                self.store.put_message(
+                    member_of(self.household, request).id, conversation_id, index, "user", str(data.value)
+                )
+            except StoreError as exc:
+                gr.Warning(str(exc))
         return turns, render(turns)
 
+    def new_chat(self, request: gr.Request) -> tuple:
+        """-> turns, chat, current id, list selection, title, export links. A reply still being
+        written for the old chat stops and is saved there."""
+        self.stop(request, discard=True)
+        return [], [], None, gr.Radio(value=None), "", export_links(None)
+
+    # -- presets and remembered settings --------------------------------------------------------
     def choose_preset(self, name: str) -> list:
         preset = self.service.preset(name)
         if preset is None:
             return [gr.update()] * (2 + len(SAMPLING_FIELDS))
         return [preset.system_prompt, f"*{preset.description}*", *sampling_to_ui(preset.sampling)]
 
+    def remember(self, preset: str, system: str, *sampling_and_request) -> None:
+        """Keep this member's preset, system prompt and sampling values for their next visit."""
+        *sampling, request = sampling_and_request
+        member = member_of(self.household, request)
+        if member.locked_preset:
+            return
+        prefs = {
+            "preset": preset,
+            "system_prompt": system,
+            "sampling": dict(zip(SAMPLING_FIELDS, sampling, strict=True)),
+        }
+        try:
+            self.store.set_preferences(member.id, prefs)
+        except StoreError as exc:
+            gr.Warning(str(exc))
+
+    def on_load(self, request: gr.Request) -> list:
+        """What depends on who opened the page: their chats, their remembered or locked settings,
+        and what an admin may do."""
+        member = member_of(self.household, request)
+        prefs = self.store.preferences(member.id)
+        locked = self.service.preset(member.locked_preset) if member.locked_preset else None
+        preset = locked or self.service.preset(prefs.get("preset") or "") or self.service.preset(self.settings.preset)
+        values = sampling_to_ui(preset.sampling) if preset else [gr.update()] * len(SAMPLING_FIELDS)
+        saved = prefs.get("sampling") or {}
+        if not locked and saved:
+            values = [saved.get(name, v) for name, v in zip(SAMPLING_FIELDS, values, strict=True)]
+        system = locked.system_prompt if locked else prefs.get("system_prompt", preset.system_prompt if preset else "")
+        editable = locked is None
+        note = (
+            f"*🔒 {locked.name}: set by an admin of the household*"
+            if locked
+            else (f"*{preset.description}*" if preset else "")
+        )
+        admin = self.household.may_load_models(member)
+        return [
+            gr.Radio(choices=conversation_choices(self.household, member), value=None),
+            gr.Dropdown(value=preset.name if preset else None, interactive=editable),
+            note,
+            gr.Textbox(value=system, interactive=editable),
+            *[gr.update(value=v, interactive=editable) for v in values],
+            member_line(self.household, member),
+            privacy_notice(self.household, member),
+            gr.Column(visible=admin),  # load controls
+            gr.Button(visible=admin and not member.builtin),  # the household panel
+            gr.Button(visible=member.builtin),  # set up accounts (single-user mode)
+        ]
+
+    # -- models -------------------------------------------------------------------------------
     def load_model(  # noqa: PLR0913 - one argument per control of the Model panel
         self,
         model: str,
@@ -215,7 +395,11 @@ class ChatUI:
         quant_type_4bit: str = "nf4",
         compute_dtype: str = "auto",
         double_quant: bool = True,
+        request: gr.Request | None = None,
     ) -> Iterator[str]:
+        if not self.household.may_load_models(member_of(self.household, request)):
+            yield "⚠ Only a household admin can load or unload models."
+            return
         try:
             options = LoadOptions(
                 model=(model or "").strip(),
@@ -249,10 +433,6 @@ class ChatUI:
     def after_load(self) -> tuple:
         return gr.Dropdown(choices=self.model_choices()), self.service.status_line()
 
-    def new_chat(self, request: gr.Request) -> tuple:
-        self.stop(request, discard=True)  # a reply still being written for the old chat ends, unsaved
-        return [], []
-
     def model_choices(self) -> list[tuple[str, str]]:
         specs = self.service.backend.available_models()
         return [(_label(s.name, s.size_bytes, s.note), s.id) for s in specs]
@@ -264,7 +444,26 @@ class ChatUI:
         params = default.sampling if default else SamplingParams()
         with gr.Blocks(title="localchat", fill_height=True, analytics_enabled=False) as demo:
             turns = gr.State([])
-            with gr.Sidebar(label="Settings", open=False, width=340) as sidebar:
+            current = gr.State(None)  # the open conversation's id; None: not saved yet (or incognito)
+            with gr.Sidebar(label="Chats", open=True, width=280, elem_id="lc-chats"):
+                new_chat_side = gr.Button("＋ New chat", size="sm", elem_id="lc-new-side")
+                search = gr.Textbox(placeholder="Search chats", show_label=False, max_lines=1, elem_id="lc-search")
+                listing = gr.Radio([], show_label=False, container=False, elem_id="lc-conversations")
+                incognito = gr.Checkbox(
+                    False,
+                    label="Incognito: new chats are not saved",
+                    elem_id="lc-incognito",
+                )
+                with gr.Accordion("This chat", open=False, elem_id="lc-this-chat"):
+                    title = gr.Textbox(label="Title", max_lines=1, elem_id="lc-title")
+                    with gr.Row():
+                        rename = gr.Button("Rename", size="sm", elem_id="lc-rename")
+                        delete = gr.Button("Delete", size="sm", variant="stop", elem_id="lc-delete")
+                links = gr.Markdown(export_links(None), elem_id="lc-export")
+                gr.HTML(IMPORT_FORM)
+                notice = gr.Markdown("", elem_id="lc-privacy-notice")
+                who = gr.HTML("", elem_id="lc-member")
+            with gr.Sidebar(label="Settings", open=False, width=340, position="right") as sidebar:
                 preset = gr.Dropdown(
                     [p.name for p in presets],
                     value=default.name if default else None,
@@ -282,33 +481,37 @@ class ChatUI:
                 with gr.Accordion("Sampling", open=False, elem_id="lc-sampling"):
                     sliders = _sampling_controls(params)
                 with gr.Accordion("Model", open=False, elem_id="lc-model"):
-                    picker = gr.Dropdown(
-                        self.model_choices(),
-                        value=self.settings.model,
-                        label="Model",
-                        info="Pick one, or type a folder, a .gguf file, or a cached Hub id",
-                        allow_custom_value=True,
-                        elem_id="lc-model-picker",
-                    )
-                    quant = gr.Radio(list(QUANTIZATIONS), value=self.settings.quantization, label="Quantization")
-                    with gr.Group(visible=self.settings.quantization == "4bit") as four_bit:
-                        quant_type = gr.Radio(
-                            list(QUANT_TYPES_4BIT), value=self.settings.quant_type_4bit, label="4-bit type"
-                        )
-                        compute = gr.Dropdown(
-                            list(DTYPES), value=self.settings.compute_dtype, label="4-bit compute dtype"
-                        )
-                        double = gr.Checkbox(self.settings.double_quant, label="Double quantization (a little smaller)")
-                    device = gr.Radio(list(DEVICES), value=self.settings.device, label="Device")
-                    dtype = gr.Dropdown(list(DTYPES), value=self.settings.dtype, label="Weights dtype")
-                    context = gr.Number(
-                        self.settings.context_length or 0,
-                        label="Context length cap (tokens; 0 = the model's own)",
-                        precision=0,
-                        minimum=0,
-                    )
-                    load = gr.Button("Load model", variant="primary", elem_id="lc-load")
                     model_info = gr.Markdown(self.service.status(), elem_id="lc-model-info")
+                    with gr.Column(visible=False) as loader:
+                        picker = gr.Dropdown(
+                            self.model_choices(),
+                            value=self.settings.model,
+                            label="Model",
+                            info="Pick one, or type a folder, a .gguf file, or a cached Hub id",
+                            allow_custom_value=True,
+                            elem_id="lc-model-picker",
+                        )
+                        quant = gr.Radio(list(QUANTIZATIONS), value=self.settings.quantization, label="Quantization")
+                        with gr.Group(visible=self.settings.quantization == "4bit") as four_bit:
+                            quant_type = gr.Radio(
+                                list(QUANT_TYPES_4BIT), value=self.settings.quant_type_4bit, label="4-bit type"
+                            )
+                            compute = gr.Dropdown(
+                                list(DTYPES), value=self.settings.compute_dtype, label="4-bit compute dtype"
+                            )
+                            double = gr.Checkbox(
+                                self.settings.double_quant, label="Double quantization (a little smaller)"
+                            )
+                        device = gr.Radio(list(DEVICES), value=self.settings.device, label="Device")
+                        dtype = gr.Dropdown(list(DTYPES), value=self.settings.dtype, label="Weights dtype")
+                        context = gr.Number(
+                            self.settings.context_length or 0,
+                            label="Context length cap (tokens; 0 = the model's own)",
+                            precision=0,
+                            minimum=0,
+                        )
+                        load = gr.Button("Load model", variant="primary", elem_id="lc-load")
+                        load_result = gr.Markdown("", elem_id="lc-load-result")
                 if self.service.preset_problems:
                     gr.Markdown(
                         "**Some presets have problems:**\n"
@@ -318,50 +521,81 @@ class ChatUI:
             with gr.Row(elem_id="lc-header"):
                 status = gr.Markdown(self.service.status_line(), elem_classes="lc-status", elem_id="lc-status")
                 new_chat = gr.Button("New chat", size="sm", scale=0, min_width=80, elem_id="lc-new")
-                open_settings = gr.Button("Settings", size="sm", scale=0, min_width=80, elem_id="lc-settings")
-            chatbot = gr.Chatbot(
-                [],
-                label="localchat",
-                show_label=False,
-                editable="user",
-                buttons=["copy"],
-                scale=1,
-                placeholder="**Ask anything.** Everything stays on this machine.",
-                latex_delimiters=[
-                    {"left": "$$", "right": "$$", "display": True},
-                    {"left": "\\(", "right": "\\)", "display": False},
-                    {"left": "\\[", "right": "\\]", "display": True},
-                ],
-                elem_id="lc-chat",
-            )
-            with gr.Row(equal_height=True):
-                box = gr.Textbox(
-                    placeholder="Message localchat…",
-                    show_label=False,
-                    lines=1,
-                    max_lines=8,
-                    scale=8,
-                    autofocus=True,
-                    elem_id="lc-input",
+                household_btn = gr.Button(
+                    "Household", size="sm", scale=0, min_width=80, visible=False, elem_id="lc-household"
                 )
-                send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="lc-send")
-                stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, visible=False, elem_id="lc-stop")
+                setup_btn = gr.Button(
+                    "Share", size="sm", scale=0, min_width=60, visible=False, link="/setup", elem_id="lc-setup"
+                )
+                open_settings = gr.Button("Settings", size="sm", scale=0, min_width=80, elem_id="lc-settings")
+            with gr.Column(visible=False, elem_id="lc-admin") as admin_view:
+                admin_refresh = self.admin.build()
+            with gr.Column(scale=1, elem_id="lc-chat-view") as chat_view:
+                chatbot = gr.Chatbot(
+                    [],
+                    label="localchat",
+                    show_label=False,
+                    editable="user",
+                    buttons=["copy"],
+                    scale=1,
+                    placeholder="**Ask anything.** Everything stays on this machine.",
+                    latex_delimiters=[
+                        {"left": "$$", "right": "$$", "display": True},
+                        {"left": "\\(", "right": "\\)", "display": False},
+                        {"left": "\\[", "right": "\\]", "display": True},
+                    ],
+                    elem_id="lc-chat",
+                )
+                with gr.Row(equal_height=True):
+                    box = gr.Textbox(
+                        placeholder="Message localchat…",
+                        show_label=False,
+                        lines=1,
+                        max_lines=8,
+                        scale=8,
+                        autofocus=True,
+                        elem_id="lc-input",
+                    )
+                    send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="lc-send")
+                    stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, visible=False, elem_id="lc-stop")
             timer = gr.Timer(1.5, active=self.service.loading() is not None)
 
-            reply_in = [turns, system, *sliders]
+            reply_in = [turns, current, system, *sliders]
             reply_out = [chatbot, turns, send, stop]
+            add_in, add_out = [box, turns, current, incognito], [box, turns, chatbot, current, listing]
             # Send and Enter run the same two steps; only Send's are named for gradio_client users.
             go = {"fn": self.respond, "inputs": reply_in, "outputs": reply_out, "concurrency_limit": None}
-            send.click(self.add_user, [box, turns], [box, turns, chatbot], queue=False, api_name="add_user").then(
-                **go, api_name="respond"
-            )
-            box.submit(self.add_user, [box, turns], [box, turns, chatbot], queue=False, **_hidden).then(**go, **_hidden)
+            send.click(self.add_user, add_in, add_out, queue=False, api_name="add_user").then(**go, api_name="respond")
+            box.submit(self.add_user, add_in, add_out, queue=False, **_hidden).then(**go, **_hidden)
             stop.click(self.stop, None, None, queue=False, api_name="stop")
-            chatbot.retry(self.retry, [turns], [turns, chatbot], queue=False, **_hidden).then(**go, **_hidden)
-            chatbot.undo(self.undo, [turns], [turns, chatbot, box], queue=False, **_hidden)
-            chatbot.edit(self.edit, [turns], [turns, chatbot], queue=False, **_hidden).then(**go, **_hidden)
-            chatbot.clear(self.new_chat, None, [turns, chatbot], queue=False, api_name="clear")
-            new_chat.click(self.new_chat, None, [turns, chatbot], queue=False, **_hidden)
+            chatbot.retry(self.retry, [turns, current], [turns, chatbot], queue=False, **_hidden).then(**go, **_hidden)
+            chatbot.undo(self.undo, [turns, current], [turns, chatbot, box], queue=False, **_hidden)
+            chatbot.edit(self.edit, [turns, current], [turns, chatbot], queue=False, **_hidden).then(**go, **_hidden)
+            fresh = [turns, chatbot, current, listing, title, links]
+            chatbot.clear(self.new_chat, None, fresh, queue=False, api_name="clear")
+            for button in (new_chat, new_chat_side):
+                button.click(self.new_chat, None, fresh, queue=False, **_hidden)
+            incognito.change(self.new_chat, None, fresh, queue=False, **_hidden)
+
+            c = self.conversations
+            listing.input(
+                c.open,
+                [listing, current],
+                [turns, chatbot, current, title, links],
+                queue=False,
+                api_name="open_conversation",
+            )
+            search.change(c.search, [search, current], [listing], queue=False, **_hidden)
+            rename.click(c.rename, [current, title, search], [listing], queue=False, api_name="rename_conversation")
+            delete.click(
+                c.delete,
+                [current, search],
+                [turns, chatbot, current, listing, title, links],
+                queue=False,
+                js="(id, q) => { if (!confirm('Delete this chat? This cannot be undone.')) throw 'kept'; return [id, q]; }",
+                api_name="delete_conversation",
+            )
+
             # The header button toggles the sidebar; its own arrow can open or close it too.
             sidebar_open = gr.State(False)
             sidebar.expand(lambda: True, None, [sidebar_open], queue=False, **_hidden)
@@ -373,17 +607,38 @@ class ChatUI:
                 queue=False,
                 **_hidden,
             )
+            admin_open = gr.State(False)
+            household_btn.click(
+                lambda is_open: (gr.Column(visible=not is_open), gr.Column(visible=is_open), not is_open),
+                [admin_open],
+                [admin_view, chat_view, admin_open],
+                queue=False,
+                **_hidden,
+            ).then(**admin_refresh)
             quant.change(lambda q: gr.Group(visible=q == "4bit"), [quant], [four_bit], queue=False, **_hidden)
-            preset.change(self.choose_preset, [preset], [system, preset_note, *sliders], queue=False, **_hidden)
+            keep = {"fn": self.remember, "inputs": [preset, system, *sliders], "outputs": None, "queue": False}
+            preset.input(self.choose_preset, [preset], [system, preset_note, *sliders], queue=False, **_hidden).then(
+                **keep, **_hidden
+            )
+            system.blur(**keep, **_hidden)
+            for control in sliders:
+                (control.release if isinstance(control, gr.Slider) else control.blur)(**keep, **_hidden)
             load.click(
                 self.load_model,
                 [picker, quant, device, dtype, context, quant_type, compute, double],
-                [model_info],
+                [load_result],
                 concurrency_limit=None,
                 api_name="load_model",
             ).then(self.after_load, None, [picker, status], queue=False, **_hidden)
             timer.tick(self.status, None, [status, model_info, timer], queue=False, **_hidden)
             demo.load(self.status, None, [status, model_info, timer], queue=False, **_hidden)
+            demo.load(
+                self.on_load,
+                None,
+                [listing, preset, preset_note, system, *sliders, who, notice, loader, household_btn, setup_btn],
+                queue=False,
+                **_hidden,
+            )
         return demo
 
 

@@ -1,0 +1,267 @@
+"""Household: accounts, login sessions, the rules an admin sets, and each member's conversations.
+
+Owns: password hashing (argon2id), session tokens (random, stored as SHA-256, with an expiry), the
+login rate limit, who may do what (admins manage members and models; a member may be limited to
+some models and a locked preset), and the mode: single-user (loopback, no accounts, no login) or
+household (accounts exist or the server listens on the network: login required).
+Invariant: every conversation operation takes the Member resolved from the request's session; no
+caller can name a member by id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from localchat.store import Member, Store, StoreError
+
+SESSION_COOKIE = "localchat_session"
+SESSION_LIFETIME = 30 * 24 * 3600.0
+MIN_PASSWORD = 8
+NAME_PATTERN = re.compile(r"^[\w][\w .'-]{0,31}$")
+ADMINS_READ_CHATS = "admins_can_read_chats"
+
+
+class AccessDenied(PermissionError):
+    """Not allowed for this member; the message says why."""
+
+
+class LoginRefused(AccessDenied):
+    pass
+
+
+class RateLimited(LoginRefused):
+    def __init__(self, retry_after: float):
+        self.retry_after = max(1, int(retry_after + 0.999))
+        super().__init__(f"Too many failed sign-ins. Try again in {self.retry_after} s.")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_name(name: str) -> str:
+    name = " ".join((name or "").split())
+    if not NAME_PATTERN.match(name):
+        raise ValueError("A name is 1-32 letters, digits, spaces, dots, dashes or apostrophes")
+    return name
+
+
+def check_password(password: str) -> str:
+    if len(password or "") < MIN_PASSWORD:
+        raise ValueError(f"A password needs at least {MIN_PASSWORD} characters")
+    return password
+
+
+class LoginLimiter:
+    """Failed sign-ins allowed per name and per client address within a sliding window."""
+
+    def __init__(
+        self,
+        per_name: int = 5,
+        per_client: int = 20,
+        window: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.limits = {"name": per_name, "client": per_client}
+        self.window = window
+        self.clock = clock
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str]) -> deque[float]:
+        times = self._failures.setdefault(key, deque())
+        while times and times[0] <= self.clock() - self.window:
+            times.popleft()
+        return times
+
+    def check(self, name: str, client: str) -> None:
+        with self._lock:
+            for key in (("name", name.lower()), ("client", client)):
+                times = self._recent(key)
+                if len(times) >= self.limits[key[0]]:
+                    raise RateLimited(times[0] + self.window - self.clock())
+
+    def failed(self, name: str, client: str) -> None:
+        with self._lock:
+            for key in (("name", name.lower()), ("client", client)):
+                self._recent(key).append(self.clock())
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(("name", name.lower()), None)
+
+
+@dataclass(frozen=True)
+class Session:
+    token: str
+    member: Member
+
+
+class Household:
+    def __init__(
+        self,
+        store: Store,
+        listen: bool = False,
+        hasher: PasswordHasher | None = None,
+        limiter: LoginLimiter | None = None,
+        session_lifetime: float = SESSION_LIFETIME,
+    ):
+        self.store = store
+        self.listen = listen
+        self.hasher = hasher or PasswordHasher()  # argon2id with the library's recommended cost
+        self.limiter = limiter or LoginLimiter()
+        self.session_lifetime = session_lifetime
+        self._dummy_hash = self.hasher.hash(secrets.token_hex(8))
+
+    # -- mode ---------------------------------------------------------------------------------
+    @property
+    def single_user(self) -> bool:
+        """Loopback and no accounts: one person, no login, chats owned by the built-in member."""
+        return not self.listen and self.store.count_accounts() == 0
+
+    def member_for_token(self, token: str | None) -> Member | None:
+        """The member a session cookie belongs to; in single-user mode, the built-in member."""
+        if self.single_user:
+            return self.store.builtin_member()
+        if not token:
+            return None
+        return self.store.session_member(hash_token(token))
+
+    def member_by_key(self, key: str | None) -> Member | None:
+        """Resolve the key the web layer attached to a request (see web.auth_dependency)."""
+        if key is None:
+            return self.store.builtin_member() if self.single_user else None
+        try:
+            member = self.store.member(int(key))
+        except ValueError:
+            return None
+        if member is None or (member.builtin and not self.single_user):
+            return None
+        return member
+
+    # -- accounts -----------------------------------------------------------------------------
+    def add_member(self, name: str, password: str, role: str = "member", by: Member | None = None) -> Member:
+        if by is not None:
+            self.require_admin(by)
+        first = self.store.count_accounts() == 0
+        member = self.store.add_member(check_name(name), self.hasher.hash(check_password(password)), role)
+        if first and role == "admin":  # the first admin takes over the chats of the single-user app
+            self.store.adopt(self.store.builtin_member().id, member.id)
+        return member
+
+    def login(self, name: str, password: str, client: str) -> Session:
+        name = " ".join((name or "").split())
+        self.limiter.check(name, client)
+        member = self.store.member_by_name(name) if name else None
+        stored = self.store.password_hash(member.id) if member else None
+        try:
+            self.hasher.verify(stored or self._dummy_hash, password or "")  # same cost for unknown names
+            ok = stored is not None
+        except (VerificationError, InvalidHashError):
+            ok = False
+        if not ok or member is None:
+            self.limiter.failed(name, client)
+            raise LoginRefused("Wrong name or password")
+        self.limiter.succeeded(name)
+        if self.hasher.check_needs_rehash(stored):  # type: ignore[arg-type]
+            self.store.set_password_hash(member.id, self.hasher.hash(password))
+        return self.start_session(member)
+
+    def start_session(self, member: Member) -> Session:
+        token = secrets.token_urlsafe(32)
+        self.store.add_session(hash_token(token), member.id, self.session_lifetime)
+        return Session(token, member)
+
+    def logout(self, token: str | None) -> None:
+        if token:
+            self.store.delete_session(hash_token(token))
+
+    def change_password(self, member: Member, old: str, new: str) -> Session:
+        """Ends every session of the member, then starts a fresh one for the browser that asked."""
+        try:
+            self.hasher.verify(self.store.password_hash(member.id) or self._dummy_hash, old or "")
+        except (VerificationError, InvalidHashError):
+            raise AccessDenied("The current password is wrong") from None
+        self.store.set_password_hash(member.id, self.hasher.hash(check_password(new)))
+        return self.start_session(member)
+
+    # -- admin --------------------------------------------------------------------------------
+    def require_admin(self, member: Member | None) -> Member:
+        if member is None or not member.is_admin:
+            raise AccessDenied("Only a household admin can do that")
+        return member
+
+    def _target(self, by: Member, member_id: int) -> Member:
+        self.require_admin(by)
+        target = self.store.member(member_id)
+        if target is None or target.builtin:
+            raise AccessDenied("There is no such household member")
+        return target
+
+    def reset_password(self, by: Member, member_id: int, password: str) -> None:
+        target = self._target(by, member_id)
+        self.store.set_password_hash(target.id, self.hasher.hash(check_password(password)))
+
+    def set_role(self, by: Member, member_id: int, role: str) -> None:
+        target = self._target(by, member_id)
+        if target.is_admin and role != "admin" and self._admin_count() == 1:
+            raise AccessDenied("The household needs at least one admin")
+        self.store.set_role(target.id, role)
+
+    def set_policy(self, by: Member, member_id: int, allowed: list[str] | None, locked_preset: str | None) -> None:
+        target = self._target(by, member_id)
+        self.store.set_policy(target.id, allowed, locked_preset)
+
+    def remove_member(self, by: Member, member_id: int) -> None:
+        target = self._target(by, member_id)
+        if target.is_admin and self._admin_count() == 1:
+            raise AccessDenied("The household needs at least one admin")
+        self.store.remove_member(target.id)
+
+    def _admin_count(self) -> int:
+        return sum(m.is_admin for m in self.store.members())
+
+    @property
+    def admins_read_chats(self) -> bool:
+        return self.store.setting(ADMINS_READ_CHATS) == "1"
+
+    def set_admins_read_chats(self, by: Member, on: bool) -> None:
+        self.require_admin(by)
+        self.store.set_setting(ADMINS_READ_CHATS, "1" if on else "0")
+
+    def read_member_chats(self, by: Member, member_id: int):
+        """An admin reading another member's chats: only when that setting is on (members see it)."""
+        target = self._target(by, member_id)
+        if not self.admins_read_chats:
+            raise AccessDenied("Reading members' chats is turned off in the household settings")
+        return [self.store.conversation(target.id, c.id) for c in self.store.conversations(target.id)]
+
+    # -- what a member may use ----------------------------------------------------------------
+    def check_model(self, member: Member, model: str) -> None:
+        if not member.may_use(model):
+            raise AccessDenied(f"Your account may not use {model}. Ask an admin of the household.")
+
+    def may_load_models(self, member: Member | None) -> bool:
+        return member is not None and member.is_admin
+
+
+__all__ = [
+    "AccessDenied",
+    "Household",
+    "LoginLimiter",
+    "LoginRefused",
+    "RateLimited",
+    "SESSION_COOKIE",
+    "Session",
+    "StoreError",
+]

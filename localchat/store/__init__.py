@@ -1,0 +1,17 @@
+"""SQLite storage for household members, their sessions, conversations and messages."""
+
+from localchat.store.db import Database, NotFound, StoreError, StoreFull
+from localchat.store.records import Conversation, ConversationInfo, Member, StoredMessage
+from localchat.store.store import Store
+
+__all__ = [
+    "Conversation",
+    "ConversationInfo",
+    "Database",
+    "Member",
+    "NotFound",
+    "Store",
+    "StoreError",
+    "StoreFull",
+    "StoredMessage",
+]

@@ -1,0 +1,45 @@
+"""Frozen values read from the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Member:
+    id: int
+    name: str
+    role: str  # "admin" or "member"
+    allowed_models: tuple[str, ...] | None = None  # None: every model
+    locked_preset: str | None = None
+    builtin: bool = False  # the owner of a single-user install (no password, cannot log in)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def may_use(self, model: str) -> bool:
+        return self.allowed_models is None or model in self.allowed_models
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    role: str
+    content: str
+    stats: str = ""
+
+
+@dataclass(frozen=True)
+class ConversationInfo:
+    id: str
+    title: str
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: str
+    title: str
+    created_at: float
+    updated_at: float
+    messages: tuple[StoredMessage, ...] = field(default_factory=tuple)

@@ -1,0 +1,53 @@
+"""The schema, as an append-only list of migrations: index i brings the file to user_version i+1.
+
+Never edit a released migration; add a new one (tests open files made by the previous schema).
+"""
+
+MIGRATIONS: list[str] = [
+    # 1: members, sessions, conversations, messages
+    """
+    CREATE TABLE members (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        password_hash TEXT,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'member')),
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,
+        member_id INTEGER NOT NULL REFERENCES members(id) ON DELETE CASCADE,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX sessions_member ON sessions(member_id);
+    CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        member_id INTEGER NOT NULL REFERENCES members(id) ON DELETE CASCADE,
+        title TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX conversations_member ON conversations(member_id, updated_at);
+    CREATE TABLE messages (
+        conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant', 'system')),
+        content TEXT NOT NULL,
+        stats TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        PRIMARY KEY (conversation_id, position)
+    )
+    """,
+    # 2: household policy (allowed models, a locked preset), remembered preferences, the built-in
+    # owner of a single-user install, and household-wide settings
+    """
+    ALTER TABLE members ADD COLUMN allowed_models TEXT;
+    ALTER TABLE members ADD COLUMN locked_preset TEXT;
+    ALTER TABLE members ADD COLUMN preferences TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE members ADD COLUMN builtin INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE household_settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )
+    """,
+]

@@ -1,0 +1,288 @@
+"""Store: every read and write of members, sessions, conversations and messages.
+
+Invariant: every conversation or message operation takes the member it acts for and filters by
+that member in the same statement (`... AND member_id = ?`), so an id alone never reaches another
+member's data; a conversation that is not the member's reads exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from localchat.store.db import Database, NotFound, StoreError
+from localchat.store.records import Conversation, ConversationInfo, Member, StoredMessage
+
+BUILTIN_NAME = "(this computer)"
+TITLE_LENGTH = 60
+ROLES = ("admin", "member")
+MESSAGE_ROLES = ("user", "assistant", "system")
+
+
+def title_from(text: str) -> str:
+    """A conversation title made from its first message: the first line, cut at a word."""
+    line = " ".join((text or "").split())
+    if len(line) <= TITLE_LENGTH:
+        return line or "New chat"
+    cut = line[:TITLE_LENGTH].rsplit(" ", 1)[0]
+    return (cut if len(cut) > TITLE_LENGTH // 2 else line[:TITLE_LENGTH]) + "…"
+
+
+def _member(row) -> Member:
+    allowed = row["allowed_models"]
+    return Member(
+        id=row["id"],
+        name=row["name"],
+        role=row["role"],
+        allowed_models=None if allowed is None else tuple(json.loads(allowed)),
+        locked_preset=row["locked_preset"],
+        builtin=bool(row["builtin"]),
+    )
+
+
+class Store:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time):
+        self.db = Database(path)
+        self.clock = clock
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- members ------------------------------------------------------------------------------
+    def add_member(self, name: str, password_hash: str | None, role: str = "member", builtin: bool = False) -> Member:
+        if role not in ROLES:
+            raise StoreError(f"role must be admin or member, not {role!r}")
+        if self.member_by_name(name) is not None:
+            raise StoreError(f"There is already a household member called {name}")
+        with self.db.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO members (name, password_hash, role, created_at, builtin) VALUES (?, ?, ?, ?, ?)",
+                (name, password_hash, role, self.clock(), int(builtin)),
+            )
+            member_id = cur.lastrowid
+        return self.member(member_id)  # type: ignore[arg-type, return-value]
+
+    def member(self, member_id: int) -> Member | None:
+        row = self.db.query_one("SELECT * FROM members WHERE id = ?", (member_id,))
+        return _member(row) if row else None
+
+    def member_by_name(self, name: str) -> Member | None:
+        row = self.db.query_one("SELECT * FROM members WHERE name = ? AND builtin = 0", (name,))
+        return _member(row) if row else None
+
+    def members(self) -> list[Member]:
+        return [_member(r) for r in self.db.query("SELECT * FROM members WHERE builtin = 0 ORDER BY name")]
+
+    def count_accounts(self) -> int:
+        return self.db.query_one("SELECT count(*) FROM members WHERE builtin = 0")[0]
+
+    def builtin_member(self) -> Member:
+        """The owner of chats made while the app is single-user (no accounts, no login)."""
+        row = self.db.query_one("SELECT * FROM members WHERE builtin = 1")
+        return _member(row) if row else self.add_member(BUILTIN_NAME, None, "admin", builtin=True)
+
+    def password_hash(self, member_id: int) -> str | None:
+        row = self.db.query_one("SELECT password_hash FROM members WHERE id = ?", (member_id,))
+        return row[0] if row else None
+
+    def set_password_hash(self, member_id: int, password_hash: str) -> None:
+        """A new password also ends every session of that member."""
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE members SET password_hash = ? WHERE id = ?", (password_hash, member_id))
+            conn.execute("DELETE FROM sessions WHERE member_id = ?", (member_id,))
+
+    def set_role(self, member_id: int, role: str) -> None:
+        if role not in ROLES:
+            raise StoreError(f"role must be admin or member, not {role!r}")
+        self.db.execute("UPDATE members SET role = ? WHERE id = ? AND builtin = 0", (role, member_id))
+
+    def set_policy(self, member_id: int, allowed_models: Sequence[str] | None, locked_preset: str | None) -> None:
+        allowed = None if allowed_models is None else json.dumps(list(allowed_models))
+        self.db.execute(
+            "UPDATE members SET allowed_models = ?, locked_preset = ? WHERE id = ?",
+            (allowed, locked_preset or None, member_id),
+        )
+
+    def remove_member(self, member_id: int) -> None:
+        """Removes the member with their sessions, conversations and messages."""
+        self.db.execute("DELETE FROM members WHERE id = ? AND builtin = 0", (member_id,))
+
+    def preferences(self, member_id: int) -> dict[str, Any]:
+        row = self.db.query_one("SELECT preferences FROM members WHERE id = ?", (member_id,))
+        try:
+            return json.loads(row[0]) if row else {}
+        except ValueError:
+            return {}
+
+    def set_preferences(self, member_id: int, preferences: dict[str, Any]) -> None:
+        self.db.execute("UPDATE members SET preferences = ? WHERE id = ?", (json.dumps(preferences), member_id))
+
+    def adopt(self, from_member: int, to_member: int) -> int:
+        """Move one member's conversations to another (the first admin takes over single-user chats)."""
+        with self.db.transaction() as conn:
+            moved = conn.execute(
+                "UPDATE conversations SET member_id = ? WHERE member_id = ?", (to_member, from_member)
+            ).rowcount
+            conn.execute(
+                "UPDATE members SET preferences = (SELECT preferences FROM members WHERE id = ?) WHERE id = ?",
+                (from_member, to_member),
+            )
+        return moved
+
+    # -- sessions -----------------------------------------------------------------------------
+    def add_session(self, token_hash: str, member_id: int, lifetime: float) -> None:
+        now = self.clock()
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+            conn.execute(
+                "INSERT INTO sessions (token_hash, member_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                (token_hash, member_id, now, now + lifetime),
+            )
+
+    def session_member(self, token_hash: str) -> Member | None:
+        row = self.db.query_one(
+            "SELECT m.* FROM sessions s JOIN members m ON m.id = s.member_id "
+            "WHERE s.token_hash = ? AND s.expires_at > ? AND m.builtin = 0",
+            (token_hash, self.clock()),
+        )
+        return _member(row) if row else None
+
+    def delete_session(self, token_hash: str) -> None:
+        self.db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+
+    def count_sessions(self, member_id: int) -> int:
+        return self.db.query_one(
+            "SELECT count(*) FROM sessions WHERE member_id = ? AND expires_at > ?", (member_id, self.clock())
+        )[0]
+
+    # -- household settings -------------------------------------------------------------------
+    def setting(self, name: str, default: str = "") -> str:
+        row = self.db.query_one("SELECT value FROM household_settings WHERE name = ?", (name,))
+        return row[0] if row else default
+
+    def set_setting(self, name: str, value: str) -> None:
+        self.db.execute(
+            "INSERT INTO household_settings (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    # -- conversations (always scoped to a member) --------------------------------------------
+    def create_conversation(self, member_id: int, title: str, created_at: float | None = None) -> str:
+        conversation_id = secrets.token_urlsafe(12)
+        now = self.clock() if created_at is None else created_at
+        self.db.execute(
+            "INSERT INTO conversations (id, member_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            (conversation_id, member_id, title_from(title), now, now),
+        )
+        return conversation_id
+
+    def conversations(self, member_id: int, search: str = "") -> list[ConversationInfo]:
+        """The member's conversations, newest first; `search` matches titles and message text."""
+        sql = "SELECT id, title, updated_at FROM conversations c WHERE member_id = ?"
+        args: list[Any] = [member_id]
+        if search.strip():
+            pattern = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            sql += (
+                " AND (title LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM messages m WHERE "
+                "m.conversation_id = c.id AND m.content LIKE ? ESCAPE '\\'))"
+            )
+            args += [pattern, pattern]
+        rows = self.db.query(sql + " ORDER BY updated_at DESC, rowid DESC", args)
+        return [ConversationInfo(r["id"], r["title"], r["updated_at"]) for r in rows]
+
+    def conversation(self, member_id: int, conversation_id: str) -> Conversation:
+        row = self.db.query_one(
+            "SELECT * FROM conversations WHERE id = ? AND member_id = ?", (conversation_id, member_id)
+        )
+        if row is None:
+            raise NotFound("That conversation does not exist (it may have been deleted)")
+        messages = self.db.query(
+            "SELECT role, content, stats FROM messages WHERE conversation_id = ? ORDER BY position",
+            (conversation_id,),
+        )
+        return Conversation(
+            id=row["id"],
+            title=row["title"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            messages=tuple(StoredMessage(m["role"], m["content"], m["stats"]) for m in messages),
+        )
+
+    def _touch(self, conn, member_id: int, conversation_id: str, **columns: Any) -> None:
+        """Update the conversation's own row; raises NotFound unless it is this member's."""
+        sets = ", ".join(f"{k} = ?" for k in ("updated_at", *columns))
+        cur = conn.execute(
+            f"UPDATE conversations SET {sets} WHERE id = ? AND member_id = ?",
+            (self.clock(), *columns.values(), conversation_id, member_id),
+        )
+        if cur.rowcount != 1:
+            raise NotFound("That conversation does not exist (it may have been deleted)")
+
+    def rename(self, member_id: int, conversation_id: str, title: str) -> None:
+        title = " ".join(title.split())[:200]
+        if not title:
+            raise StoreError("A title cannot be empty")
+        with self.db.transaction() as conn:
+            self._touch(conn, member_id, conversation_id, title=title)
+
+    def delete(self, member_id: int, conversation_id: str) -> None:
+        if (
+            self.db.execute("DELETE FROM conversations WHERE id = ? AND member_id = ?", (conversation_id, member_id))
+            != 1
+        ):
+            raise NotFound("That conversation does not exist (it may have been deleted)")
+
+    @staticmethod
+    def _drop_from(conn, conversation_id: str, index: int) -> None:
+        """Delete the conversation's messages from the `index`-th on (by order, not stored number)."""
+        conn.execute(
+            "DELETE FROM messages WHERE conversation_id = ? AND position >= (SELECT position FROM messages "
+            "WHERE conversation_id = ? ORDER BY position LIMIT 1 OFFSET ?)",
+            (conversation_id, conversation_id, index),
+        )
+
+    def put_message(
+        self, member_id: int, conversation_id: str, index: int, role: str, content: str, stats: str = ""
+    ) -> None:
+        """Make the message the conversation's `index`-th, dropping any at or after it (a retry or an
+        edit), in one transaction: once this returns, the message survives a crash."""
+        if role not in MESSAGE_ROLES:
+            raise StoreError(f"unknown message role {role!r}")
+        with self.db.transaction() as conn:
+            self._touch(conn, member_id, conversation_id)
+            self._drop_from(conn, conversation_id, index)
+            conn.execute(
+                "INSERT INTO messages (conversation_id, position, role, content, stats, created_at) VALUES "
+                "(?, (SELECT coalesce(max(position), -1) + 1 FROM messages WHERE conversation_id = ?), ?, ?, ?, ?)",
+                (conversation_id, conversation_id, role, content, stats, self.clock()),
+            )
+
+    def truncate(self, member_id: int, conversation_id: str, keep: int) -> None:
+        """Keep only the first `keep` messages (undo, retry)."""
+        with self.db.transaction() as conn:
+            self._touch(conn, member_id, conversation_id)
+            self._drop_from(conn, conversation_id, keep)
+
+    def import_conversation(
+        self, member_id: int, title: str, messages: Iterable[StoredMessage], created_at: float | None = None
+    ) -> str:
+        """One imported conversation, written in a single transaction (all of it or nothing)."""
+        conversation_id = secrets.token_urlsafe(12)
+        now = self.clock()
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO conversations (id, member_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (conversation_id, member_id, title_from(title), created_at or now, now),
+            )
+            for position, m in enumerate(messages):
+                conn.execute(
+                    "INSERT INTO messages (conversation_id, position, role, content, stats, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (conversation_id, position, m.role, m.content, m.stats, now),
+                )
+        return conversation_id

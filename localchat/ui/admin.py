@@ -1,0 +1,187 @@
+"""The household panel (admins only): members, their roles, passwords, models and locked presets,
+and whether admins may read members' chats.
+
+Invariant: every handler checks on the server that the member of the request is an admin; hiding
+the panel from members is a convenience, not the protection.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from localchat.chat import ChatService
+from localchat.household import AccessDenied, Household
+from localchat.store import StoreError
+from localchat.transfer import to_markdown
+from localchat.ui.members import member_of
+
+ALL_MODELS = "Every model"
+NO_LOCK = "(not locked)"
+
+
+class AdminPanel:
+    def __init__(self, household: Household, service: ChatService):
+        self.household = household
+        self.service = service
+
+    def _admin(self, request: gr.Request):
+        member = member_of(self.household, request)
+        try:
+            return self.household.require_admin(member)
+        except AccessDenied as exc:
+            raise gr.Error(str(exc)) from None
+
+    def _id(self, name: str | None) -> int:
+        member = self.household.store.member_by_name(name or "")
+        if member is None:
+            raise gr.Error("Pick a household member first")
+        return member.id
+
+    def _models(self) -> list[tuple[str, str]]:
+        return [(s.name, s.id) for s in self.service.backend.available_models()]
+
+    def table(self) -> list[list[str]]:
+        store = self.household.store
+        names = dict(self._models())
+        names = {v: k for k, v in names.items()}
+        rows = []
+        for m in store.members():
+            models = ALL_MODELS if m.allowed_models is None else ", ".join(names.get(x, x) for x in m.allowed_models)
+            rows.append([m.name, m.role, models or "none", m.locked_preset or "", str(store.count_sessions(m.id))])
+        return rows
+
+    def refresh(self, request: gr.Request) -> tuple:
+        self._admin(request)
+        names = [m.name for m in self.household.store.members()]
+        return (
+            self.table(),
+            gr.Dropdown(choices=names, value=None),
+            gr.Dropdown(choices=names, value=None),
+            self.household.admins_read_chats,
+            gr.Column(visible=self.household.admins_read_chats),
+        )
+
+    def pick(self, name: str | None, request: gr.Request) -> tuple:
+        """Fill the edit form with the chosen member's role, models and locked preset."""
+        self._admin(request)
+        member = self.household.store.member_by_name(name or "")
+        if member is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        every = member.allowed_models is None
+        return (
+            member.role,
+            every,
+            gr.CheckboxGroup(value=list(member.allowed_models or [])),
+            member.locked_preset or NO_LOCK,
+        )
+
+    def add(self, name: str, password: str, role: str, request: gr.Request) -> tuple:
+        by = self._admin(request)
+        try:
+            member = self.household.add_member(name, password, role, by=by)
+        except (ValueError, StoreError, AccessDenied) as exc:
+            return f"⚠ {exc}", gr.skip(), gr.skip(), gr.skip()
+        names = [m.name for m in self.household.store.members()]
+        return f"✓ Added {member.name} ({member.role}).", self.table(), gr.Dropdown(choices=names), ""
+
+    def save(self, name: str, role: str, every: bool, models: list[str], locked: str, request: gr.Request) -> tuple:
+        by = self._admin(request)
+        member_id = self._id(name)
+        try:
+            self.household.set_role(by, member_id, role)
+            preset = None if locked in (None, "", NO_LOCK) else locked
+            self.household.set_policy(by, member_id, None if every else list(models or []), preset)
+        except (AccessDenied, StoreError) as exc:
+            return f"⚠ {exc}", gr.skip()
+        return f"✓ Saved {name}.", self.table()
+
+    def reset_password(self, name: str, password: str, request: gr.Request) -> tuple:
+        by = self._admin(request)
+        try:
+            self.household.reset_password(by, self._id(name), password)
+        except (ValueError, AccessDenied, StoreError) as exc:
+            return f"⚠ {exc}", gr.skip(), gr.skip()
+        return f"✓ New password set; {name} is signed out everywhere.", self.table(), ""
+
+    def remove(self, name: str, request: gr.Request) -> tuple:
+        by = self._admin(request)
+        try:
+            self.household.remove_member(by, self._id(name))
+        except (AccessDenied, StoreError) as exc:
+            return f"⚠ {exc}", gr.skip(), gr.skip(), gr.skip()
+        names = [m.name for m in self.household.store.members()]
+        return (
+            f"✓ Removed {name} and their chats.",
+            self.table(),
+            gr.Dropdown(choices=names, value=None),
+            gr.Dropdown(choices=names, value=None),
+        )
+
+    def set_reading(self, on: bool, request: gr.Request) -> tuple:
+        by = self._admin(request)
+        self.household.set_admins_read_chats(by, on)
+        told = "Members now see a notice that admins can read their chats." if on else "Admins cannot read chats."
+        return f"✓ {told}", gr.Column(visible=on)
+
+    def read(self, name: str, request: gr.Request) -> str:
+        by = self._admin(request)
+        try:
+            chats = self.household.read_member_chats(by, self._id(name))
+        except AccessDenied as exc:
+            return f"⚠ {exc}"
+        return to_markdown(chats) if chats else f"*{name} has no saved chats.*"
+
+    def build(self) -> dict:
+        """Lay out the panel; returns the event arguments that refresh it when it opens."""
+        presets = [NO_LOCK, *(p.name for p in self.service.presets)]
+        gr.Markdown("## Household")
+        result = gr.Markdown("", elem_id="lc-admin-result")
+        members = gr.Dataframe(
+            headers=["Name", "Role", "Models", "Locked preset", "Signed in"],
+            interactive=False,
+            elem_id="lc-members",
+        )
+        with gr.Accordion("Add a member", open=False):
+            new_name = gr.Textbox(label="Name", max_lines=1, elem_id="lc-new-name")
+            new_password = gr.Textbox(
+                label="Password (at least 8 characters)", type="password", elem_id="lc-new-password"
+            )
+            new_role = gr.Radio(["member", "admin"], value="member", label="Role")
+            add = gr.Button("Add member", variant="primary", elem_id="lc-add-member")
+        with gr.Accordion("Change a member", open=False):
+            who = gr.Dropdown([], label="Member", elem_id="lc-edit-member")
+            role = gr.Radio(["member", "admin"], label="Role")
+            every = gr.Checkbox(True, label="May use every model")
+            models = gr.CheckboxGroup(self._models(), label="Or only these models")
+            locked = gr.Dropdown(
+                presets, value=NO_LOCK, label="Locked preset (they cannot change it or the instructions)"
+            )
+            save = gr.Button("Save", variant="primary", elem_id="lc-save-member")
+            password = gr.Textbox(label="New password", type="password")
+            reset = gr.Button("Set new password (signs them out)")
+            remove = gr.Button("Remove member and their chats", variant="stop")
+        with gr.Accordion("Privacy", open=False):
+            reading = gr.Checkbox(
+                False,
+                label="Admins can read members' chats",
+                info="Off by default. When on, every member sees a notice saying so.",
+                elem_id="lc-admins-read",
+            )
+            with gr.Column(visible=False) as reader:
+                whose = gr.Dropdown([], label="Read the chats of")
+                transcript = gr.Markdown("")
+        q = {"queue": False, "api_visibility": "private"}
+        add.click(self.add, [new_name, new_password, new_role], [result, members, who, new_password], **q)
+        who.input(self.pick, [who], [role, every, models, locked], **q)
+        save.click(self.save, [who, role, every, models, locked], [result, members], **q)
+        reset.click(self.reset_password, [who, password], [result, members, password], **q)
+        remove.click(
+            self.remove,
+            [who],
+            [result, members, who, whose],
+            js="(n) => { if (!confirm('Remove ' + n + ' and all their chats?')) throw 'kept'; return [n]; }",
+            **q,
+        )
+        reading.input(self.set_reading, [reading], [result, reader], **q)
+        whose.input(self.read, [whose], [transcript], **q)
+        return {"fn": self.refresh, "inputs": None, "outputs": [members, who, whose, reading, reader], **q}
