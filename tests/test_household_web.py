@@ -192,10 +192,14 @@ def test_export_and_import_round_trip(household_app) -> None:
 
 def test_a_bad_import_file_changes_nothing_and_says_why(household_app) -> None:
     cookie = sign_in(household_app.url, "Ann")
-    bad = {"format": "localchat.conversations", "version": 1, "conversations": [
-        {"title": "ok", "messages": [{"role": "user", "content": "fine"}]},
-        {"title": "broken", "messages": [{"role": "robot", "content": 3}]},
-    ]}
+    bad = {
+        "format": "localchat.conversations",
+        "version": 1,
+        "conversations": [
+            {"title": "ok", "messages": [{"role": "user", "content": "fine"}]},
+            {"title": "broken", "messages": [{"role": "robot", "content": 3}]},
+        ],
+    }
     r = httpx.post(
         household_app.url + "/import",
         content=json.dumps(bad),
@@ -220,7 +224,9 @@ def test_a_member_cannot_export_another_members_conversation(household_app) -> N
 
 def test_gradio_handlers_never_reach_another_members_conversation(household_app) -> None:
     chat = ann_chat(household_app)
-    bob = Client(household_app.url, verbose=False, headers={"Cookie": f"{SESSION_COOKIE}={sign_in(household_app.url, 'Bob')}"})
+    bob = Client(
+        household_app.url, verbose=False, headers={"Cookie": f"{SESSION_COOKIE}={sign_in(household_app.url, 'Bob')}"}
+    )
     try:
         result = bob.predict(chat, api_name="/open_conversation")
     except Exception as exc:  # noqa: BLE001 - refused outright is as good as refused quietly
@@ -251,11 +257,15 @@ def test_a_member_cannot_read_another_members_stream_by_its_session_hash(househo
 
 
 def test_only_admins_load_models(household_app) -> None:
-    bob = Client(household_app.url, verbose=False, headers={"Cookie": f"{SESSION_COOKIE}={sign_in(household_app.url, 'Bob')}"})
+    bob = Client(
+        household_app.url, verbose=False, headers={"Cookie": f"{SESSION_COOKIE}={sign_in(household_app.url, 'Bob')}"}
+    )
     out = bob.predict("fake-large", "none", "cpu", "auto", 0, "nf4", "auto", True, api_name="/load_model")
     assert "Only a household admin" in out
     assert household_app.app.backend.loaded() is None or household_app.app.backend.loaded().name != "fake-large"
-    ann = Client(household_app.url, verbose=False, headers={"Cookie": f"{SESSION_COOKIE}={sign_in(household_app.url, 'Ann')}"})
+    ann = Client(
+        household_app.url, verbose=False, headers={"Cookie": f"{SESSION_COOKIE}={sign_in(household_app.url, 'Ann')}"}
+    )
     assert "Loaded" in ann.predict("fake-large", "none", "cpu", "auto", 0, "nf4", "auto", True, api_name="/load_model")
 
 

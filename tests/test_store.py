@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from localchat.store import Database, NotFound, Store, StoreError, StoreFull, StoredMessage
+from localchat.store import Database, NotFound, Store, StoredMessage, StoreError, StoreFull
 from localchat.store.schema import MIGRATIONS
 from localchat.store.store import title_from
 
@@ -153,9 +153,7 @@ def test_a_writer_killed_at_random_moments_loses_no_acknowledged_message(tmp_pat
     path = tmp_path / "crash.db"
     rng = random.Random(7)
     for _ in range(6):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True, bufsize=1
-        )
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True, bufsize=1)
         assert proc.stdout is not None
         chat = proc.stdout.readline().split()[1]
         time.sleep(rng.uniform(0.2, 1.0))

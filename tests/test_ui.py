@@ -449,7 +449,10 @@ def test_edit_during_a_reply_replaces_it() -> None:
     first = ui.respond([user("q1")], None, "", *UI_SAMPLING, request("a"))
     next(first), next(first)  # streaming
     turns, _ = ui.edit(
-        [user("q1"), bot("w0")], None, gr.EditData(None, {"index": 0, "value": "q2", "previous_value": "q1"}), request("a")
+        [user("q1"), bot("w0")],
+        None,
+        gr.EditData(None, {"index": 0, "value": "q2", "previous_value": "q1"}),
+        request("a"),
     )
     second = []
     t = threading.Thread(target=lambda: second.extend(ui.respond(turns, None, "", *UI_SAMPLING, request("a"))))
