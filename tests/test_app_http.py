@@ -23,7 +23,7 @@ GREEDY = ("", 0, 0.9, 40, 0.0, 1.0, 48, -1, "")
 
 def _ask(client: Client, text: str) -> list:
     """Add the user's message, then stream the reply; returns every streamed output."""
-    box, chat = client.predict(text, api_name="/add_user")
+    box, chat, _ = client.predict(text, api_name="/add_user")
     assert box == ""
     assert _text(chat[-1]) == text
     job = client.submit(*GREEDY, api_name="/respond")
@@ -62,11 +62,11 @@ def test_reply_streams_and_ends_with_stats(client):
 def test_each_session_has_its_own_conversation(running_app, client):
     _ask(client, QUESTION)
     other = Client(running_app.url, verbose=False)
-    box, chat = other.predict("Hello from the other room", api_name="/add_user")
+    box, chat, _ = other.predict("Hello from the other room", api_name="/add_user")
     assert box == ""
     assert [(m["role"], _text(m)) for m in chat] == [("user", "Hello from the other room")]
     # and the first session still has its two turns plus the new message
-    _, mine = client.predict("And of Italy?", api_name="/add_user")
+    _, mine, _ = client.predict("And of Italy?", api_name="/add_user")
     assert [m["role"] for m in mine] == ["user", "assistant", "user"]
 
 

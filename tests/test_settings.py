@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = {
     "host": "0.0.0.0",
     "port": "8080",
+    "listen": "192.168.1.5",
+    "allowed_hosts": "chat.home, Box.lan",
     "data_dir": None,  # filled in per test: a tmp dir
     "models_dir": "/srv/models",
     "presets_dir": "/srv/presets",
@@ -43,6 +45,8 @@ SAMPLE = {
 EXPECTED = {
     "host": "0.0.0.0",
     "port": 8080,
+    "listen": "192.168.1.5",
+    "allowed_hosts": "chat.home, Box.lan",
     "models_dir": Path("/srv/models"),
     "presets_dir": Path("/srv/presets"),
     "model": "my/model",
@@ -78,6 +82,16 @@ def test_sample_table_covers_every_setting() -> None:
     assert set(SAMPLE) == names
     assert set(HELP) == names
     assert set(EXPECTED) == names - {"data_dir"}
+
+
+def test_listen_alone_means_every_interface_and_makes_it_a_household(data: Path) -> None:
+    assert not Settings().household_mode and Settings().bind_host == "127.0.0.1"
+    s = load_settings(["--listen"], environ={})
+    assert s.listen == "0.0.0.0" and s.bind_host == "0.0.0.0" and s.household_mode
+    s = load_settings(["--listen", "192.168.1.5", "--allowed-hosts", "chat.home, Box.lan"], environ={})
+    assert s.bind_host == "192.168.1.5" and s.extra_hosts == frozenset({"chat.home", "box.lan"})
+    assert load_settings(["--host", "0.0.0.0"], environ={}).household_mode  # any non-loopback bind needs accounts
+    assert s.database == data / "localchat.db"
 
 
 def test_defaults(data: Path) -> None:
