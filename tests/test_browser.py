@@ -141,17 +141,17 @@ def open_settings(page, via: str = "toggle") -> None:
     if via == "header":
         page.locator("#lc-settings").click()
     else:
-        page.locator(".sidebar").get_by_role("button", name="Toggle Sidebar").click()
-    expect(page.locator(".sidebar")).to_have_class(re.compile(r"\bopen\b"))
+        page.locator("#lc-settings-panel").get_by_role("button", name="Toggle Sidebar").click()
+    expect(page.locator("#lc-settings-panel")).to_have_class(re.compile(r"\bopen\b"))
     page.wait_for_function(  # the sidebar slides in: wait for the transition to finish
-        """() => { const s = document.querySelector('.sidebar');
+        """() => { const s = document.querySelector('#lc-settings-panel');
                    return s.getBoundingClientRect().left >= 0 && s.getAnimations({subtree: true}).length === 0; }"""
     )
     expect(page.locator("#lc-preset input")).to_be_in_viewport()
 
 
 def test_header_settings_button_toggles_the_sidebar(page):
-    sidebar = page.locator(".sidebar")
+    sidebar = page.locator("#lc-settings-panel")
     open_settings(page, via="header")
     page.locator("#lc-settings").click()
     expect(sidebar).not_to_have_class(re.compile(r"\bopen\b"))
@@ -233,7 +233,7 @@ def test_preset_fills_the_system_prompt(page):
     page.get_by_role("option", name="Deterministic", exact=True).click()
     expect(page.locator("#lc-preset input")).to_have_value("Deterministic")
     expect(system).to_have_value(wanted["system_prompt"])
-    expect(page.locator(".sidebar")).to_contain_text(wanted["description"])
+    expect(page.locator("#lc-settings-panel")).to_contain_text(wanted["description"])
 
 
 # -- Settings: model, sampling; dark mode; PWA ---------------------------------------------------

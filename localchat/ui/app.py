@@ -65,12 +65,16 @@ footer { display: none !important; }
 #lc-conversations label { width: 100%; box-sizing: border-box; border: 0; background: transparent; }
 #lc-conversations label span { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 #lc-conversations input[type=radio] { display: none; }
-#lc-conversations label.selected { background: var(--color-accent-soft); font-weight: 600; }
+#lc-conversations label.selected { background: var(--background-fill-secondary); color: var(--body-text-color);
+  font-weight: 600; }
+#lc-conversations label:hover { background: var(--background-fill-secondary); }
 .lc-member { font-size: 0.9em; display: flex; gap: 8px; align-items: center; flex-wrap: wrap; }
 .lc-member button, .lc-import { cursor: pointer; text-decoration: underline; background: none; border: 0;
   color: var(--link-text-color); padding: 0; font-size: 0.95em; }
 .lc-import input { display: none; }
 @media (max-width: 640px) {  /* phones: bubbles use the width instead of leaving margins */
+  #lc-header button { padding: 4px 8px; min-width: 0 !important; flex: 0 0 auto !important; width: auto !important; }
+  #lc-header .lc-status { font-size: 0.75em; }
   #lc-chat .message-row.bubble { max-width: calc(100% - 12px); margin-left: 6px; margin-right: 6px; }
 }
 """
@@ -381,7 +385,6 @@ class ChatUI:
             privacy_notice(self.household, member),
             gr.Column(visible=admin),  # load controls
             gr.Button(visible=admin and not member.builtin),  # the household panel
-            gr.Button(visible=member.builtin),  # set up accounts (single-user mode)
         ]
 
     # -- models -------------------------------------------------------------------------------
@@ -445,8 +448,8 @@ class ChatUI:
         with gr.Blocks(title="localchat", fill_height=True, analytics_enabled=False) as demo:
             turns = gr.State([])
             current = gr.State(None)  # the open conversation's id; None: not saved yet (or incognito)
-            with gr.Sidebar(label="Chats", open=True, width=280, elem_id="lc-chats"):
-                new_chat_side = gr.Button("＋ New chat", size="sm", elem_id="lc-new-side")
+            with gr.Sidebar(label="Chats", open=False, width=280, elem_id="lc-chats") as chats_bar:
+                new_chat_side = gr.Button("+ New chat", size="sm", elem_id="lc-new-side")
                 search = gr.Textbox(placeholder="Search chats", show_label=False, max_lines=1, elem_id="lc-search")
                 listing = gr.Radio([], show_label=False, container=False, elem_id="lc-conversations")
                 incognito = gr.Checkbox(
@@ -463,7 +466,9 @@ class ChatUI:
                 gr.HTML(IMPORT_FORM)
                 notice = gr.Markdown("", elem_id="lc-privacy-notice")
                 who = gr.HTML("", elem_id="lc-member")
-            with gr.Sidebar(label="Settings", open=False, width=340, position="right") as sidebar:
+            with gr.Sidebar(
+                label="Settings", open=False, width=340, position="right", elem_id="lc-settings-panel"
+            ) as sidebar:
                 preset = gr.Dropdown(
                     [p.name for p in presets],
                     value=default.name if default else None,
@@ -524,9 +529,6 @@ class ChatUI:
                 household_btn = gr.Button(
                     "Household", size="sm", scale=0, min_width=80, visible=False, elem_id="lc-household"
                 )
-                setup_btn = gr.Button(
-                    "Share", size="sm", scale=0, min_width=60, visible=False, link="/setup", elem_id="lc-setup"
-                )
                 open_settings = gr.Button("Settings", size="sm", scale=0, min_width=80, elem_id="lc-settings")
             with gr.Column(visible=False, elem_id="lc-admin") as admin_view:
                 admin_refresh = self.admin.build()
@@ -559,6 +561,16 @@ class ChatUI:
                     send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="lc-send")
                     stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, visible=False, elem_id="lc-stop")
             timer = gr.Timer(1.5, active=self.service.loading() is not None)
+            wide = gr.Checkbox(False, visible=False)  # set by the browser: is the screen wide?
+            # On a phone the chat list covers the chat: it closes once a chat is picked.
+            close_if_narrow = {
+                "fn": lambda is_wide: gr.skip() if is_wide else gr.Sidebar(open=False),
+                "inputs": [wide],
+                "outputs": [chats_bar],
+                "js": "() => [window.innerWidth >= 900]",
+                "queue": False,
+                **_hidden,
+            }
 
             reply_in = [turns, current, system, *sliders]
             reply_out = [chatbot, turns, send, stop]
@@ -573,9 +585,9 @@ class ChatUI:
             chatbot.edit(self.edit, [turns, current], [turns, chatbot], queue=False, **_hidden).then(**go, **_hidden)
             fresh = [turns, chatbot, current, listing, title, links]
             chatbot.clear(self.new_chat, None, fresh, queue=False, api_name="clear")
-            for button in (new_chat, new_chat_side):
-                button.click(self.new_chat, None, fresh, queue=False, **_hidden)
+            new_chat.click(self.new_chat, None, fresh, queue=False, **_hidden)
             incognito.change(self.new_chat, None, fresh, queue=False, **_hidden)
+            new_chat_side.click(self.new_chat, None, fresh, queue=False, **_hidden).then(**close_if_narrow)
 
             c = self.conversations
             listing.input(
@@ -584,7 +596,7 @@ class ChatUI:
                 [turns, chatbot, current, title, links],
                 queue=False,
                 api_name="open_conversation",
-            )
+            ).then(**close_if_narrow)
             search.change(c.search, [search, current], [listing], queue=False, **_hidden)
             rename.click(c.rename, [current, title, search], [listing], queue=False, api_name="rename_conversation")
             delete.click(
@@ -632,10 +644,19 @@ class ChatUI:
             ).then(self.after_load, None, [picker, status], queue=False, **_hidden)
             timer.tick(self.status, None, [status, model_info, timer], queue=False, **_hidden)
             demo.load(self.status, None, [status, model_info, timer], queue=False, **_hidden)
+            # The chat list opens by itself on a wide screen; on a phone it would cover the chat.
+            demo.load(
+                lambda is_wide: gr.Sidebar(open=bool(is_wide)),
+                [wide],
+                [chats_bar],
+                js="() => [window.innerWidth >= 900]",
+                queue=False,
+                **_hidden,
+            )
             demo.load(
                 self.on_load,
                 None,
-                [listing, preset, preset_note, system, *sliders, who, notice, loader, household_btn, setup_btn],
+                [listing, preset, preset_note, system, *sliders, who, notice, loader, household_btn],
                 queue=False,
                 **_hidden,
             )

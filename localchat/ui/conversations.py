@@ -89,8 +89,11 @@ class Conversations:
 
 
 def member_line(household: Household, member: Member) -> str:
-    if member.builtin:
-        return ""
+    if member.builtin:  # single-user mode: the way to share with the household
+        return (
+            '<p class="lc-member"><a href="/setup" id="lc-setup">Share with your household…</a> '
+            "(accounts, so each person has their own private chats)</p>"
+        )
     role = " (admin)" if member.is_admin else ""
     return (
         f'<form method="post" action="/logout" class="lc-member">Signed in as <b>{html.escape(member.name)}</b>'
