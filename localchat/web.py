@@ -226,7 +226,8 @@ SETUP_FIELDS = """<label for="name">Your name</label><input id="name" name="name
 
 
 def _safe_next(target: str | None) -> str:
-    return target if target and target.startswith("/") and not target.startswith("//") else "/"
+    ok = target and target.startswith("/") and not target.startswith(("//", "/\\")) and "\\" not in target
+    return target if ok else "/"
 
 
 def _set_session(response: Response, request: Request, token: str, lifetime: float) -> Response:

@@ -377,9 +377,9 @@ class ChatUI:
         admin = self.household.may_load_models(member)
         return [
             gr.Radio(choices=conversation_choices(self.household, member), value=None),
-            gr.Dropdown(value=preset.name if preset else None, interactive=editable),
+            gr.update(value=preset.name if preset else None, interactive=editable),
             note,
-            gr.Textbox(value=system, interactive=editable),
+            gr.update(value=system, interactive=editable),
             *[gr.update(value=v, interactive=editable) for v in values],
             member_line(self.household, member),
             privacy_notice(self.household, member),
