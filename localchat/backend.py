@@ -36,9 +36,16 @@ class ModelLoadFailed(BackendError):
 
 class Backend(Protocol):
     def stream(
-        self, messages: Sequence[Message], params: SamplingParams, cancel: threading.Event | None = None
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+        *,
+        trim: bool = True,
+        prompt: str | None = None,
     ) -> Iterator[Chunk]:
-        """Yield text chunks; the last chunk carries usage. Closing the iterator cancels."""
+        """Yield text chunks; the last chunk carries usage. Closing the iterator cancels.
+        `trim=False`: raise PromptTooLong instead of shortening; `prompt`: raw text completion."""
         ...
 
     def count_tokens(self, messages: Sequence[Message]) -> int: ...

@@ -84,10 +84,19 @@ class ChatService:
         return ([Message("system", system)] if system else []) + [m for m in history if m.role != "system"]
 
     def complete(
-        self, messages: Sequence[Message], params: SamplingParams, cancel: threading.Event | None = None
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+        *,
+        trim: bool = True,
+        prompt: str | None = None,
     ) -> Iterator[Chunk]:
-        """Stateless streaming completion of fully built messages (for the API)."""
-        return self.backend.stream(messages, params, cancel)
+        """Stateless streaming completion of fully built messages. The API passes trim=False (a
+        prompt past the window is an error, never shortened) and `prompt` for raw completions."""
+        if trim and prompt is None:
+            return self.backend.stream(messages, params, cancel)
+        return self.backend.stream(messages, params, cancel, trim=trim, prompt=prompt)
 
     def reply(
         self,

@@ -39,9 +39,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from localchat.privacy import go_offline, has_default_route
+    from urllib.parse import urlsplit
 
-    if settings.offline or (settings.offline is None and not has_default_route()):
+    from localchat.privacy import go_offline, has_default_route, is_local
+
+    remote_engine = settings.engine == "openai" and not is_local(urlsplit(settings.engine_url or "").hostname)
+    if settings.offline and remote_engine:
+        print(f"localchat: --offline would block the engine at {settings.engine_url}", file=sys.stderr)
+        return 2
+    if settings.offline or (settings.offline is None and not remote_engine and not has_default_route()):
         go_offline()
     # Gradio's upload/cache folder goes inside the data dir too (it reads this at import time).
     os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.data / "tmp" / "gradio"))
@@ -115,6 +121,8 @@ def users(argv: list[str]) -> int:
             store.remove_member(member.id)
             print(f"Removed {member.name} and their chats.")
         elif args.command == "role":
+            if member.is_admin and args.role != "admin" and sum(m.is_admin for m in store.members()) == 1:
+                raise ValueError("The household needs at least one admin")
             store.set_role(member.id, args.role)
             print(f"{member.name} is now {args.role}.")
         return 0

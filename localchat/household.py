@@ -11,6 +11,7 @@ caller can name a member by id.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 import threading
@@ -63,7 +64,8 @@ def check_password(password: str) -> str:
 
 
 class LoginLimiter:
-    """Failed sign-ins allowed per name and per client address within a sliding window."""
+    """Sign-in attempts allowed per name and per client address within a sliding window. Every
+    attempt counts until it succeeds, so parallel guesses cannot slip between check and count."""
 
     def __init__(
         self,
@@ -75,30 +77,35 @@ class LoginLimiter:
         self.limits = {"name": per_name, "client": per_client}
         self.window = window
         self.clock = clock
-        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._attempts: dict[tuple[str, str], deque[float]] = {}
         self._lock = threading.Lock()
 
     def _recent(self, key: tuple[str, str]) -> deque[float]:
-        times = self._failures.setdefault(key, deque())
+        times = self._attempts.get(key, deque())
         while times and times[0] <= self.clock() - self.window:
             times.popleft()
+        if not times:
+            self._attempts.pop(key, None)
         return times
 
-    def check(self, name: str, client: str) -> None:
+    def attempt(self, name: str, client: str) -> None:
+        """Count an attempt, or raise RateLimited (the client is checked first, so a blocked client
+        cannot grow the table with new names)."""
         with self._lock:
-            for key in (("name", name.lower()), ("client", client)):
+            keys = [("client", client)] + ([("name", name.lower())] if NAME_PATTERN.match(name) else [])
+            for key in keys:
                 times = self._recent(key)
                 if len(times) >= self.limits[key[0]]:
                     raise RateLimited(times[0] + self.window - self.clock())
+            for key in keys:
+                self._attempts.setdefault(key, deque()).append(self.clock())
 
-    def failed(self, name: str, client: str) -> None:
+    def succeeded(self, name: str, client: str) -> None:
         with self._lock:
-            for key in (("name", name.lower()), ("client", client)):
-                self._recent(key).append(self.clock())
-
-    def succeeded(self, name: str) -> None:
-        with self._lock:
-            self._failures.pop(("name", name.lower()), None)
+            self._attempts.pop(("name", name.lower()), None)
+            times = self._attempts.get(("client", client))
+            if times:
+                times.pop()
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,7 @@ class Household:
         self.limiter = limiter or LoginLimiter()
         self.session_lifetime = session_lifetime
         self._dummy_hash = self.hasher.hash(secrets.token_hex(8))
+        self._accounts_lock = threading.RLock()
 
     # -- mode ---------------------------------------------------------------------------------
     @property
@@ -153,16 +161,24 @@ class Household:
     def add_member(self, name: str, password: str, role: str = "member", by: Member | None = None) -> Member:
         if by is not None:
             self.require_admin(by)
-        first = self.store.count_accounts() == 0
-        member = self.store.add_member(check_name(name), self.hasher.hash(check_password(password)), role)
-        if first and role == "admin":  # the first admin takes over the chats of the single-user app
-            self.store.adopt(self.store.builtin_member().id, member.id)
+        with self._accounts_lock:
+            first_admin = role == "admin" and self._admin_count() == 0
+            member = self.store.add_member(check_name(name), self.hasher.hash(check_password(password)), role)
+            if first_admin:  # the first admin takes over the chats of the single-user app
+                self.store.adopt(self.store.builtin_member().id, member.id)
         return member
+
+    def add_first_admin(self, name: str, password: str) -> Member:
+        """The first-run page: only while no account exists (checked again under the lock)."""
+        with self._accounts_lock:
+            if self.store.count_accounts():
+                raise AccessDenied("The household already has an account")
+            return self.add_member(name, password, "admin")
 
     def login(self, name: str, password: str, client: str) -> Session:
         name = " ".join((name or "").split())
-        self.limiter.check(name, client)
-        member = self.store.member_by_name(name) if name else None
+        self.limiter.attempt(name, client)
+        member = self.store.member_by_name(name) if NAME_PATTERN.match(name) else None
         stored = self.store.password_hash(member.id) if member else None
         try:
             self.hasher.verify(stored or self._dummy_hash, password or "")  # same cost for unknown names
@@ -170,9 +186,8 @@ class Household:
         except (VerificationError, InvalidHashError):
             ok = False
         if not ok or member is None:
-            self.limiter.failed(name, client)
             raise LoginRefused("Wrong name or password")
-        self.limiter.succeeded(name)
+        self.limiter.succeeded(name, client)
         if self.hasher.check_needs_rehash(stored):  # type: ignore[arg-type]
             self.store.set_password_hash(member.id, self.hasher.hash(password))
         return self.start_session(member)
@@ -194,6 +209,30 @@ class Household:
             raise AccessDenied("The current password is wrong") from None
         self.store.set_password_hash(member.id, self.hasher.hash(check_password(new)))
         return self.start_session(member)
+
+    # -- API keys ------------------------------------------------------------------------------
+    def create_api_key(self, member: Member, name: str) -> str:
+        """A new key for this member; the only time the whole key is ever shown."""
+        if member.builtin:
+            raise AccessDenied("API keys belong to household accounts; without accounts the API needs no key")
+        name = " ".join((name or "").split())[:60] or "API key"
+        prefix = secrets.token_hex(6)
+        key = f"lc-{prefix}-{secrets.token_urlsafe(32)}"
+        self.store.add_api_key(member.id, name, prefix, hash_token(key))
+        return key
+
+    def member_for_api_key(self, key: str | None) -> Member | None:
+        """The member a bearer key belongs to; in single-user mode any caller is the built-in member."""
+        if self.single_user:
+            return self.store.builtin_member()
+        parts = (key or "").split("-", 2)
+        if len(parts) != 3 or parts[0] != "lc":
+            return None
+        found = self.store.api_key_by_prefix(parts[1])
+        if found is None or not hmac.compare_digest(found[0], hash_token(key or "")):
+            return None
+        self.store.touch_api_key(parts[1])
+        return found[1]
 
     # -- admin --------------------------------------------------------------------------------
     def require_admin(self, member: Member | None) -> Member:

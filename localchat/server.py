@@ -15,6 +15,7 @@ import gradio as gr
 from fastapi import FastAPI
 
 from localchat import web
+from localchat.api import routes as openai_api
 from localchat.backend import Backend
 from localchat.chat import ChatService
 from localchat.household import Household
@@ -39,6 +40,10 @@ def build_app(settings: Settings, backend: Backend | None = None, household: Hou
     settings.data.mkdir(parents=True, exist_ok=True)
     if household is None:
         household = Household(Store(settings.database), listen=settings.household_mode)
+    if backend is None and settings.engine == "openai":
+        from localchat.engine.remote import OpenAIBackend
+
+        backend = OpenAIBackend(settings.engine_url or "", settings.engine_key)
     if backend is None:
         from localchat.engine.backend import TransformersBackend
 
@@ -64,6 +69,7 @@ def build_app(settings: Settings, backend: Backend | None = None, household: Hou
         }
 
     web.install(api, household, settings.extra_hosts)  # before the UI's mount at "/" so its routes win
+    openai_api.install(api, service, household)
     demo = ChatUI(service, settings, household).build()
     demo.queue(default_concurrency_limit=None)
     api = gr.mount_gradio_app(
@@ -77,6 +83,7 @@ def build_app(settings: Settings, backend: Backend | None = None, household: Hou
         pwa=True,  # installable on a phone: manifest and service worker served by us
         favicon_path=str(ICON),
         mcp_server=False,
+        run_history=False,  # else Gradio keeps every chat in the browser's storage (and offers to upload it)
         auth_dependency=web.auth_dependency(household),
     )
     return App(api=api, service=service, backend=backend, household=household)

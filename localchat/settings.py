@@ -50,6 +50,9 @@ class Settings:
     context_length: int | None = None
     preset: str = "Balanced"
     max_waiting: int = 32
+    engine: str = "transformers"  # or "openai": an OpenAI-compatible server does the generating
+    engine_url: str | None = None
+    engine_key: str | None = None
     load_on_start: bool = True
     offline: bool | None = None  # None: offline when the machine has no network route
     log_level: str = "info"
@@ -88,6 +91,8 @@ class Settings:
             (0 < self.port < 65536, "port must be between 1 and 65535"),
             (self.max_waiting >= 1, "max waiting must be at least 1"),
             (self.log_level.lower() in LOG_LEVELS, f"log level must be one of {', '.join(LOG_LEVELS)}"),
+            (self.engine in ("transformers", "openai"), "engine must be transformers or openai"),
+            (self.engine != "openai" or bool(self.engine_url), "--engine openai needs --engine-url URL"),
         ]
         for ok, why in checks:
             if not ok:
@@ -130,6 +135,10 @@ HELP: dict[str, str] = {
     "context_length": "cap the model's context window in tokens (less memory; default: the model's own)",
     "preset": "name of the preset selected when the page opens",
     "max_waiting": "how many replies may wait for the model before new ones are told it is busy",
+    "engine": "transformers (load models here) or openai: use an OpenAI-compatible server (vLLM, llama.cpp, "
+    "Ollama, another localchat) as the engine; the UI, accounts and history stay here",
+    "engine_url": "base URL of that server, e.g. http://gpu-box:8000/v1",
+    "engine_key": "API key for that server (prefer the LOCALCHAT_ENGINE_KEY environment variable)",
     "offline": "block every connection to other hosts (--no-offline to allow; default: offline when "
     "this machine has no network route)",
     "load_on_start": "load the model when the server starts (--no-load-on-start to pick one in the UI)",

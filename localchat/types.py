@@ -53,6 +53,8 @@ class SamplingParams:
     max_new_tokens: int = 512
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already in the reply
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence in the reply
 
     def validate(self) -> SamplingParams:
         checks = [
@@ -64,6 +66,8 @@ class SamplingParams:
             (1 <= self.max_new_tokens <= 32768, "max_new_tokens must be between 1 and 32768"),
             (self.seed is None or self.seed >= 0, "seed must be empty or a non-negative integer"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty text"),
+            (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be between -2 and 2"),
+            (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be between -2 and 2"),
         ]
         for ok, why in checks:
             if not ok:
@@ -109,7 +113,7 @@ class ModelSpec:
 
     id: str  # what goes into LoadOptions.model
     name: str
-    source: Literal["bundled", "folder", "gguf", "hf-cache"]
+    source: Literal["bundled", "folder", "gguf", "hf-cache", "engine"]
     size_bytes: int | None = None
     note: str = ""
 

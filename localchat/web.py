@@ -15,17 +15,20 @@ import json
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import cookie_parser
 
 from localchat.household import SESSION_COOKIE, AccessDenied, Household, LoginRefused, RateLimited
 from localchat.store import Member, NotFound, StoreError
 from localchat.transfer import MAX_IMPORT_BYTES, ImportProblem, parse_import, to_json, to_markdown
 
+MAX_EVENT_BYTES = 8 * 2**20  # one Gradio event body (a chat message and its history)
+MAX_FORM_BYTES = 16 * 1024  # the sign-in and set-up forms
 PUBLIC_PATHS = {"/login", "/setup", "/health", "/manifest.json", "/favicon.ico"}
 SAFE_METHODS = {"GET", "HEAD"}
 
@@ -92,6 +95,9 @@ class Guard:
             await _respond(send, 403, "Requests from other sites are refused.")
             return
         path = scope.get("path", "")
+        if path.startswith("/v1/"):  # the OpenAI API checks its own bearer keys
+            await self.app(scope, receive, _strip_cors(send) if foreign else send)
+            return
         member = self.household.member_for_token(_cookie(headers.get("cookie", "")))
         if member is None and path not in PUBLIC_PATHS:
             if method == "GET" and "text/html" in headers.get("accept", ""):
@@ -99,8 +105,8 @@ class Guard:
             else:
                 await _respond(send, 401, "Sign in first.", json_body=True)
             return
-        if path.endswith("/upload") and "gradio_api" in path:
-            await _respond(send, 403, "Uploads are turned off.")
+        if _blocked(path):
+            await _respond(send, 403, "Uploads, recordings and fetching other sites are turned off.")
             return
         if member is not None:
             receive = await self._bind_session_hash(scope, receive, send, member)
@@ -109,37 +115,43 @@ class Guard:
         await self.app(scope, receive, _strip_cors(send) if foreign else send)
 
     async def _bind_session_hash(self, scope: dict, receive: Callable, send: Callable, member: Member):
-        """A Gradio session hash belongs to the member who first used it; another member's
-        request naming it (to read that stream) is refused."""
+        """A Gradio session hash (a tab's server-side state and event stream) belongs to the member
+        who first used it; any request naming it for another member is refused. Hashes are looked
+        for everywhere Gradio reads them: every query value, path segments and JSON bodies."""
         path = scope.get("path", "")
+        found = [
+            v for k, vs in parse_qs(scope.get("query_string", b"").decode()).items() if k == "session_hash" for v in vs
+        ]
+        parts = path.split("/")
+        for marker in ("heartbeat", "stream"):
+            if marker in parts and parts.index(marker) + 1 < len(parts):
+                found.append(parts[parts.index(marker) + 1])
         body = b""
-        session_hash = None
-        if path.endswith("/queue/data"):
-            session_hash = parse_qs(scope.get("query_string", b"").decode()).get("session_hash", [None])[0]
-        elif "/heartbeat/" in path:
-            session_hash = path.rsplit("/", 1)[-1]
-        elif path.endswith("/queue/join") and scope.get("method") == "POST":
+        if scope.get("method") == "POST" and ("/gradio_api/" in path or path.startswith("/api/")):
             more = True
             while more:
                 message = await receive()
                 body += message.get("body", b"")
                 more = message.get("more_body", False)
-                if len(body) > 4 * MAX_IMPORT_BYTES:
+                if len(body) > MAX_EVENT_BYTES:
                     await _respond(send, 413, "Too large.")
                     return None
             try:
-                session_hash = json.loads(body or b"{}").get("session_hash")
-            except (ValueError, AttributeError):
-                session_hash = None
-        if session_hash:
+                data = json.loads(body or b"{}")
+            except ValueError:
+                data = None
+            if isinstance(data, dict) and data.get("session_hash") is not None:
+                found.append(str(data["session_hash"]))
+        for session_hash in found:
             owner = self._session_owner.get(session_hash)
             if owner is not None and owner != member.id:
                 await _respond(send, 403, "That session belongs to someone else.")
                 return None
+        for session_hash in found:
             self._session_owner[session_hash] = member.id
             self._session_owner.move_to_end(session_hash)
-            while len(self._session_owner) > 50_000:
-                self._session_owner.popitem(last=False)
+        while len(self._session_owner) > 50_000:
+            self._session_owner.popitem(last=False)
         if not body:
             return receive
         sent = False
@@ -154,14 +166,20 @@ class Guard:
         return replay
 
 
+def _blocked(path: str) -> bool:
+    """Gradio routes that would store files (shared by every member) or fetch other hosts."""
+    lower = path.lower()
+    return (
+        lower.endswith("/upload")
+        or "/process_recording" in lower
+        or "file=http" in lower
+        or "file=//" in lower
+        or "/proxy=" in lower
+    )
+
+
 def _cookie(header: str) -> str | None:
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(header)
-    except Exception:  # noqa: BLE001 - a malformed cookie header is the same as none
-        return None
-    morsel = jar.get(SESSION_COOKIE)
-    return morsel.value if morsel else None
+    return cookie_parser(header).get(SESSION_COOKIE)  # the parser Starlette (and so Gradio) uses
 
 
 def _strip_cors(send: Callable) -> Callable:
@@ -244,7 +262,14 @@ def _set_session(response: Response, request: Request, token: str, lifetime: flo
 
 
 async def _form(request: Request) -> dict[str, str]:
-    body = (await request.body())[:65536].decode("utf-8", "replace")
+    """A small urlencoded form, read with a cap (the sign-in page is public)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_FORM_BYTES:
+            break
+        chunks.append(chunk)
+    body = b"".join(chunks)[:MAX_FORM_BYTES].decode("utf-8", "replace")
     return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
 
 
@@ -269,7 +294,7 @@ def household_routes(household: Household) -> APIRouter:
         form = await _form(request)
         name, next_ = form.get("name", ""), _safe_next(form.get("next"))
         try:
-            session = household.login(name, form.get("password", ""), client_address(request))
+            session = await run_in_threadpool(household.login, name, form.get("password", ""), client_address(request))
         except RateLimited as exc:
             page = login_page(name, next_, str(exc), 429)
             page.headers["Retry-After"] = str(exc.retry_after)
@@ -308,8 +333,8 @@ def household_routes(household: Household) -> APIRouter:
             return PlainTextResponse("The first-run page is only for this computer, before any account exists.", 404)
         form = await _form(request)
         try:
-            member = household.add_member(form.get("name", ""), form.get("password", ""), "admin")
-        except (ValueError, StoreError) as exc:
+            member = await run_in_threadpool(household.add_first_admin, form.get("name", ""), form.get("password", ""))
+        except (ValueError, StoreError, AccessDenied) as exc:
             return _page("Set up your household", "", SETUP_FIELDS, "Create admin account", str(exc), 400)
         session = household.start_session(member)
         return _set_session(RedirectResponse("/", status_code=303), request, session.token, household.session_lifetime)
@@ -331,7 +356,7 @@ def household_routes(household: Household) -> APIRouter:
         except NotFound as exc:
             return PlainTextResponse(str(exc), 404)
         body = to_json(chats) if fmt == "json" else to_markdown(chats)
-        filename = "localchat-" + ("all" if stem == "all" else _slug(chats[0].title)) + "." + fmt
+        filename = "localchat-" + ("all" if stem == "all" else _slug(chats[0].title)) + "." + fmt  # ASCII
         kind = "application/json" if fmt == "json" else "text/markdown; charset=utf-8"
         return Response(
             body,
@@ -342,34 +367,23 @@ def household_routes(household: Household) -> APIRouter:
     @router.post("/import")
     async def import_(request: Request) -> Response:
         member = member_of(request)
-        wants_json = "json" in request.headers.get("content-type", "") or "json" in request.headers.get("accept", "")
         if member is None:
             return JSONResponse({"error": {"message": "Sign in first."}}, 401)
         try:
-            data = await _upload(request)
-            chats = parse_import(data)
+            chats = parse_import(await _upload(request))
             ids = [household.store.import_conversation(member.id, c.title, c.messages, c.created_at) for c in chats]
         except (ImportProblem, StoreError) as exc:
-            if wants_json:
-                return JSONResponse({"error": {"message": str(exc)}}, 400)
-            return _page("Import failed", html.escape(str(exc)), "", "Back to chat", status=400, back=True)
-        if wants_json:
-            return JSONResponse({"imported": len(ids), "ids": ids})
-        done = f"Imported {len(ids)} conversation{'s' if len(ids) != 1 else ''}. They are in your chat list."
-        return _page("Import done", done, "", "Back to chat", back=True)
+            return JSONResponse({"error": {"message": str(exc)}}, 400)
+        return JSONResponse({"imported": len(ids), "ids": ids})
 
     return router
 
 
 async def _upload(request: Request) -> bytes:
+    """The raw JSON body, with a cap. Multipart is not accepted: its temporary files would land
+    outside the data dir; the page reads the file and posts its text."""
     if "multipart/form-data" in request.headers.get("content-type", ""):
-        form = await request.form(max_part_size=MAX_IMPORT_BYTES)
-        file = form.get("file")
-        if file is None or isinstance(file, str):
-            raise ImportProblem("Choose a .json file to import")
-        data = await file.read(MAX_IMPORT_BYTES + 1)
-        await form.close()
-        return data
+        raise ImportProblem("Send the JSON file itself as the request body (Content-Type: application/json)")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -380,7 +394,7 @@ async def _upload(request: Request) -> bytes:
 
 
 def _slug(title: str) -> str:
-    slug = "".join(ch if ch.isalnum() else "-" for ch in title.lower()).strip("-")
+    slug = "".join(ch if ch.isascii() and ch.isalnum() else "-" for ch in title.lower()).strip("-")
     return "-".join(filter(None, slug.split("-")))[:40] or "chat"
 
 
@@ -400,4 +414,4 @@ def install(api: FastAPI, household: Household, allowed_hosts: frozenset[str] = 
     api.add_middleware(Guard, household=household, allowed_hosts=allowed_hosts)
 
 
-__all__ = ["AccessDenied", "Guard", "auth_dependency", "host_allowed", "install"]
+__all__ = ["Guard", "auth_dependency", "host_allowed", "install"]

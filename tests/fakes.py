@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 
-from localchat.backend import BackendError, ModelLoadFailed, NoModelLoaded
+from localchat.backend import BackendError, ModelLoadFailed, NoModelLoaded, PromptTooLong
 from localchat.types import Chunk, ContextFit, LoadedInfo, LoadOptions, Message, ModelSpec, SamplingParams, Usage
 
 # Real argon2id at the lowest cost, so tests that create accounts stay fast.
@@ -29,6 +29,8 @@ class Call:
     messages: list[Message]
     params: SamplingParams
     cancel: threading.Event | None
+    trim: bool = True
+    prompt: str | None = None
 
 
 def words(text: str) -> list[str]:
@@ -68,9 +70,19 @@ class FakeBackend:
 
     # -- replies ------------------------------------------------------------------------------
     def stream(
-        self, messages: Sequence[Message], params: SamplingParams, cancel: threading.Event | None = None
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+        *,
+        trim: bool = True,
+        prompt: str | None = None,
     ) -> Iterator[Chunk]:
-        self.calls.append(Call(list(messages), params, cancel))
+        if prompt is not None:
+            messages = [Message("user", prompt)]
+        self.calls.append(Call(list(messages), params, cancel, trim, prompt))
+        if not trim and self.count_tokens(messages) >= self.context_length:
+            raise PromptTooLong(f"The prompt does not fit the {self.context_length}-token context window")
         return self._stream(list(messages), params, cancel or threading.Event())
 
     def _stream(self, messages: list[Message], params: SamplingParams, cancel: threading.Event) -> Iterator[Chunk]:

@@ -81,17 +81,27 @@ def test_the_rate_limit_is_per_name_and_per_client_and_expires() -> None:
     clock = Clock()
     limiter = LoginLimiter(per_name=3, per_client=5, window=60, clock=clock)
     for _ in range(3):
-        limiter.failed("ann", "10.0.0.2")
+        limiter.attempt("ann", "10.0.0.2")
     with pytest.raises(RateLimited) as exc:
-        limiter.check("Ann", "10.0.0.9")  # the name is locked from any client
+        limiter.attempt("Ann", "10.0.0.9")  # the name is locked from any client
     assert 0 < exc.value.retry_after <= 60
-    limiter.check("bob", "10.0.0.3")
-    for name in ("x", "y"):
-        limiter.failed(name, "10.0.0.2")
+    limiter.attempt("bob", "10.0.0.3")
+    limiter.attempt("x", "10.0.0.2")
+    limiter.attempt("y", "10.0.0.2")
     with pytest.raises(RateLimited):
-        limiter.check("bob", "10.0.0.2")  # this client has tried five names
+        limiter.attempt("bob", "10.0.0.2")  # this client has tried five times
+    with pytest.raises(RateLimited):
+        limiter.attempt("z" * 60000, "10.0.0.2")  # a blocked client cannot add entries
+    assert len(limiter._attempts) == 6  # names ann, bob, x, y and two clients: the long name added nothing
     clock.now += 61
-    limiter.check("ann", "10.0.0.2")
+    limiter.attempt("ann", "10.0.0.2")
+    limiter.succeeded("ann", "10.0.0.2")
+    assert ("name", "ann") not in limiter._attempts
+
+
+def test_a_successful_sign_in_does_not_use_up_the_limit(household: Household) -> None:
+    for _ in range(10):
+        household.login("Ann", "ann-password", "10.0.0.2")
 
 
 def test_a_password_change_ends_every_session_but_the_new_one(household: Household) -> None:
@@ -154,7 +164,7 @@ def test_admins_read_chats_only_when_turned_on(household: Household) -> None:
     household.set_admins_read_chats(ann, True)
     assert household.read_member_chats(ann, bob.id)[0].messages[0].content == "dear diary"
     ui, _ = ui_for(household)
-    notice = ui.on_load(as_member(household, "Bob"))[-3]
+    notice = ui.on_load(as_member(household, "Bob"))[-4]
     assert "can read your chats" in notice  # members are told
 
 

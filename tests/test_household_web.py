@@ -158,11 +158,31 @@ def test_an_unknown_host_name_is_refused(household_app) -> None:
     assert get(household_app.url + "/health", headers={"Host": "localhost:7860"}).status_code == 200
 
 
-def test_gradio_uploads_are_turned_off(household_app) -> None:
+def test_gradio_uploads_recordings_and_fetches_are_turned_off(household_app) -> None:
     cookie = sign_in(household_app.url, "Ann")
     files = {"files": ("chat.txt", b"Ann's chat", "text/plain")}
-    r = httpx.post(household_app.url + "/gradio_api/upload", files=files, cookies={SESSION_COOKIE: cookie})
-    assert r.status_code == 403
+    for path in ("/gradio_api/upload", "/gradio_api/process_recording"):
+        r = httpx.post(household_app.url + path, files=files, cookies={SESSION_COOKIE: cookie})
+        assert r.status_code == 403, path
+    assert get(household_app.url + "/gradio_api/file=https://example.com/x", cookie).status_code == 403
+
+
+def test_gradio_keeps_no_run_history_in_the_browser(household_app) -> None:
+    config = get(household_app.url + "/config", sign_in(household_app.url, "Ann")).json()
+    assert config["run_history"] is False
+
+
+def test_other_cookies_on_the_same_host_do_not_break_the_session(household_app) -> None:
+    cookie = sign_in(household_app.url, "Ann")
+    header = f'theme={{"a":1}}; x[1]=2; {SESSION_COOKIE}={cookie}; other=a b'
+    r = httpx.get(household_app.url + "/export/all.json", headers={"Cookie": header})
+    assert r.status_code == 200
+
+
+def test_export_of_a_title_in_any_script(household_app) -> None:
+    chat = ann_chat(household_app, "Привет, как дела? 你好")
+    r = get(household_app.url + f"/export/{chat}.md", sign_in(household_app.url, "Ann"))
+    assert r.status_code == 200 and "Привет" in r.text
 
 
 # -- export and import ----------------------------------------------------------------------
@@ -180,10 +200,17 @@ def test_export_and_import_round_trip(household_app) -> None:
     }
     r = httpx.post(
         household_app.url + "/import",
+        content=exported.content,
+        headers={"Content-Type": "application/json"},
+        cookies={SESSION_COOKIE: cookie},
+    )
+    assert r.status_code == 200 and r.json()["imported"] == 1
+    multipart = httpx.post(
+        household_app.url + "/import",
         files={"file": ("chats.json", exported.content, "application/json")},
         cookies={SESSION_COOKIE: cookie},
     )
-    assert r.status_code == 200 and "Imported 1 conversation" in r.text
+    assert multipart.status_code == 400  # no temporary upload files outside the data dir
     store = household_app.app.household.store
     ann = store.member_by_name("Ann")
     chats = [store.conversation(ann.id, c.id) for c in store.conversations(ann.id)]
@@ -254,6 +281,13 @@ def test_a_member_cannot_read_another_members_stream_by_its_session_hash(househo
     r = httpx.post(household_app.url + "/gradio_api/queue/join", json=body, cookies={SESSION_COOKIE: bob})
     assert r.status_code == 403
     assert get(household_app.url + "/gradio_api/heartbeat/ann-tab-1", bob).status_code == 403
+    # a second, innocent-looking value in front must not hide the victim's hash
+    r = get(household_app.url + "/gradio_api/queue/data?session_hash=bob-tab&session_hash=ann-tab-1", bob)
+    assert r.status_code == 403
+    for path in ("/gradio_api/run/predict", "/gradio_api/call/respond", "/gradio_api/cancel"):
+        r = httpx.post(household_app.url + path, json={"data": [], "fn_index": 1, "session_hash": "ann-tab-1"},
+                       cookies={SESSION_COOKIE: bob})  # fmt: skip
+        assert r.status_code == 403, path
 
 
 def test_only_admins_load_models(household_app) -> None:

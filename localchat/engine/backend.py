@@ -24,7 +24,7 @@ from localchat.engine import models
 from localchat.engine.generate import ContextOverflow, fit_to_window, prompt_ids, stream_reply
 from localchat.engine.loading import Loaded, LoadError, load_model
 from localchat.engine.scheduler import Busy, InferenceWorker
-from localchat.types import Chunk, LoadedInfo, LoadOptions, Message, ModelSpec, SamplingParams, Usage
+from localchat.types import Chunk, ContextFit, LoadedInfo, LoadOptions, Message, ModelSpec, SamplingParams, Usage
 
 log = logging.getLogger(__name__)
 _DONE = object()
@@ -106,8 +106,16 @@ class TransformersBackend:
         return self.worker.call(lambda: len(prompt_ids(current.tokenizer, messages)))
 
     def stream(
-        self, messages: Sequence[Message], params: SamplingParams, cancel: threading.Event | None = None
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+        *,
+        trim: bool = True,
+        prompt: str | None = None,
     ) -> Iterator[Chunk]:
+        """`trim=False`: a prompt that does not fit is an error instead of being shortened (the API).
+        `prompt`: complete this raw text instead of the chat `messages` (/v1/completions)."""
         cancel = cancel or threading.Event()
         params.validate()
         out: queue.Queue = queue.Queue()
@@ -116,12 +124,23 @@ class TransformersBackend:
         def job() -> Usage:
             started = time.perf_counter()
             current = self._require()  # checked when the job runs: a reply queued behind a load waits
-            try:
-                ids, fit = fit_to_window(
-                    current.tokenizer, messages, current.info.context_length, params.max_new_tokens
+            window = current.info.context_length
+            if prompt is not None or not trim:
+                ids = (
+                    list(current.tokenizer(prompt)["input_ids"])
+                    if prompt is not None
+                    else prompt_ids(current.tokenizer, messages)
                 )
-            except ContextOverflow as exc:
-                raise PromptTooLong(f"The conversation does not fit the context window: {exc}") from exc
+                fit = ContextFit()
+                if len(ids) >= window:
+                    raise PromptTooLong(
+                        f"The prompt has {len(ids)} tokens, but this model's context window is {window} tokens"
+                    )
+            else:
+                try:
+                    ids, fit = fit_to_window(current.tokenizer, messages, window, params.max_new_tokens)
+                except ContextOverflow as exc:
+                    raise PromptTooLong(f"The conversation does not fit the context window: {exc}") from exc
             if fit.trimmed:
                 out.put(Chunk(fit=fit))
             decoded = stream_reply(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from localchat.types import ContextFit, FinishReason, Message, SamplingParams
@@ -237,6 +237,20 @@ class _Halt(StoppingCriteria):
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
+class PresenceFrequencyPenalty(LogitsProcessor):
+    """OpenAI's presence and frequency penalties over the tokens of the reply so far."""
+
+    def __init__(self, prompt_length: int, presence: float, frequency: float):
+        self.prompt_length, self.presence, self.frequency = prompt_length, presence, frequency
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        reply = input_ids[:, self.prompt_length :]
+        if reply.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, reply, torch.ones_like(reply, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
 @dataclass(frozen=True)
 class Decoded:
     completion_tokens: int
@@ -260,6 +274,10 @@ def stream_reply(
     kwargs = generation_kwargs(params, tokenizer)
     room = window - len(ids)
     kwargs["max_new_tokens"] = max(1, min(params.max_new_tokens, room))
+    if params.presence_penalty or params.frequency_penalty:
+        kwargs["logits_processor"] = LogitsProcessorList(
+            [PresenceFrequencyPenalty(len(ids), params.presence_penalty, params.frequency_penalty)]
+        )
     if params.seed is not None:
         torch.manual_seed(params.seed)
     else:

@@ -43,3 +43,12 @@ class Conversation:
     created_at: float
     updated_at: float
     messages: tuple[StoredMessage, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    id: int
+    name: str
+    prefix: str
+    created_at: float
+    last_used_at: float | None

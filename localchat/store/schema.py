@@ -50,4 +50,17 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     )
     """,
+    # 3: API keys (only a hash is stored; `prefix` finds the row, the hash is compared in constant time)
+    """
+    CREATE TABLE api_keys (
+        id INTEGER PRIMARY KEY,
+        member_id INTEGER NOT NULL REFERENCES members(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        prefix TEXT NOT NULL UNIQUE,
+        key_hash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_used_at REAL
+    );
+    CREATE INDEX api_keys_member ON api_keys(member_id)
+    """,
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from localchat.store.db import Database, NotFound, StoreError
-from localchat.store.records import Conversation, ConversationInfo, Member, StoredMessage
+from localchat.store.records import ApiKeyInfo, Conversation, ConversationInfo, Member, StoredMessage
 
 BUILTIN_NAME = "(this computer)"
 TITLE_LENGTH = 60
@@ -286,3 +286,32 @@ class Store:
                     (conversation_id, position, m.role, m.content, m.stats, now),
                 )
         return conversation_id
+
+    # -- API keys (always scoped to a member) -------------------------------------------------
+    def add_api_key(self, member_id: int, name: str, prefix: str, key_hash: str) -> None:
+        self.db.execute(
+            "INSERT INTO api_keys (member_id, name, prefix, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            (member_id, name, prefix, key_hash, self.clock()),
+        )
+
+    def api_keys(self, member_id: int) -> list[ApiKeyInfo]:
+        rows = self.db.query(
+            "SELECT id, name, prefix, created_at, last_used_at FROM api_keys WHERE member_id = ? ORDER BY id",
+            (member_id,),
+        )
+        return [ApiKeyInfo(r["id"], r["name"], r["prefix"], r["created_at"], r["last_used_at"]) for r in rows]
+
+    def api_key_by_prefix(self, prefix: str) -> tuple[str, Member] | None:
+        """(stored hash, its member) for the key with this public prefix."""
+        row = self.db.query_one(
+            "SELECT k.key_hash, m.* FROM api_keys k JOIN members m ON m.id = k.member_id WHERE k.prefix = ?",
+            (prefix,),
+        )
+        return (row["key_hash"], _member(row)) if row else None
+
+    def touch_api_key(self, prefix: str) -> None:
+        self.db.execute("UPDATE api_keys SET last_used_at = ? WHERE prefix = ?", (self.clock(), prefix))
+
+    def revoke_api_key(self, member_id: int, key_id: int) -> None:
+        if self.db.execute("DELETE FROM api_keys WHERE id = ? AND member_id = ?", (key_id, member_id)) != 1:
+            raise NotFound("That key does not exist (it may have been revoked already)")

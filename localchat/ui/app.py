@@ -50,6 +50,7 @@ from localchat.ui.conversations import (
     member_line,
     privacy_notice,
 )
+from localchat.ui.keys import ApiKeys
 from localchat.ui.members import member_of
 
 CSS = """
@@ -118,6 +119,7 @@ class ChatUI:
         self._lock = threading.Lock()
         self.conversations = Conversations(household, lambda request, rewritten: self.stop(request, True, rewritten))
         self.admin = AdminPanel(household, service)
+        self.keys = ApiKeys(household)
 
     # -- chat ---------------------------------------------------------------------------------
     def stop(self, request: gr.Request, discard: bool = False, rewritten: bool = False) -> None:
@@ -340,12 +342,25 @@ class ChatUI:
             return [gr.update()] * (2 + len(SAMPLING_FIELDS))
         return [preset.system_prompt, f"*{preset.description}*", *sampling_to_ui(preset.sampling)]
 
-    def remember(self, preset: str, system: str, *sampling_and_request) -> None:
+    def remember(  # noqa: PLR0913 - one argument per control, as Gradio passes them
+        self,
+        preset: str,
+        system: str,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        min_p: float,
+        repetition_penalty: float,
+        max_new_tokens: int,
+        seed: int,
+        stop: str,
+        request: gr.Request,
+    ) -> None:
         """Keep this member's preset, system prompt and sampling values for their next visit."""
-        *sampling, request = sampling_and_request
         member = member_of(self.household, request)
         if member.locked_preset:
             return
+        sampling = (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens, seed, stop)
         prefs = {
             "preset": preset,
             "system_prompt": system,
@@ -385,6 +400,7 @@ class ChatUI:
             privacy_notice(self.household, member),
             gr.Column(visible=admin),  # load controls
             gr.Button(visible=admin and not member.builtin),  # the household panel
+            gr.Accordion(visible=not member.builtin),  # API keys belong to accounts
         ]
 
     # -- models -------------------------------------------------------------------------------
@@ -517,6 +533,8 @@ class ChatUI:
                         )
                         load = gr.Button("Load model", variant="primary", elem_id="lc-load")
                         load_result = gr.Markdown("", elem_id="lc-load-result")
+                with gr.Accordion("API keys", open=False, visible=False, elem_id="lc-api-keys") as keys_box:
+                    keys_refresh = self.keys.build()
                 if self.service.preset_problems:
                     gr.Markdown(
                         "**Some presets have problems:**\n"
@@ -644,6 +662,7 @@ class ChatUI:
             ).then(self.after_load, None, [picker, status], queue=False, **_hidden)
             timer.tick(self.status, None, [status, model_info, timer], queue=False, **_hidden)
             demo.load(self.status, None, [status, model_info, timer], queue=False, **_hidden)
+            demo.load(**keys_refresh)
             # The chat list opens by itself on a wide screen; on a phone it would cover the chat.
             demo.load(
                 lambda is_wide: gr.Sidebar(open=bool(is_wide)),
@@ -656,7 +675,7 @@ class ChatUI:
             demo.load(
                 self.on_load,
                 None,
-                [listing, preset, preset_note, system, *sliders, who, notice, loader, household_btn],
+                [listing, preset, preset_note, system, *sliders, who, notice, loader, household_btn, keys_box],
                 queue=False,
                 **_hidden,
             )

@@ -30,10 +30,15 @@ def export_links(conversation_id: str | None) -> str:
     return "  \n".join(links)
 
 
-IMPORT_FORM = """<form action="/import" method="post" enctype="multipart/form-data" id="lc-import-form">
-<label class="lc-import">Import chats (.json)
-<input type="file" name="file" accept=".json,application/json" id="lc-import-file"
- onchange="this.form.submit()"></label></form>"""
+# The page reads the chosen file and posts its text to /import (our route, scoped to the session):
+# nothing passes through Gradio's shared upload folder.
+IMPORT_FORM = """<label class="lc-import" id="lc-import">Import chats (.json)
+<input type="file" accept=".json,application/json" id="lc-import-file" onchange="
+const f = this.files[0]; if (!f) return;
+f.text().then(t => fetch('/import', {method: 'POST', headers: {'Content-Type': 'application/json'}, body: t}))
+ .then(r => r.json()).then(j => { alert(j.error ? 'Import failed: ' + j.error.message
+   : 'Imported ' + j.imported + ' chat(s).'); if (!j.error) location.reload(); });
+this.value = '';"></label>"""
 
 
 class Conversations:

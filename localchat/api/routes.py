@@ -1,0 +1,274 @@
+"""/v1 routes on the same server as the UI: models, chat completions, text completions, and
+model loading for admin keys.
+
+Invariants: every call is made by a Member resolved from its bearer key (any caller is the
+built-in member only in single-user mode); a key reaches only the models its member may use; a
+prompt past the context window is a 400, never trimmed; a client that goes away cancels its own
+generation (the cancel event is set when the response stream is torn down) and nobody else's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from localchat.api.schema import (
+    ApiError,
+    ApiRequest,
+    chat_chunk,
+    chat_completion,
+    finish_reason,
+    new_id,
+    parse,
+    text_completion,
+)
+from localchat.backend import BackendError, NoModelLoaded, PromptTooLong, ServerBusy
+from localchat.chat import ChatService
+from localchat.household import Household
+from localchat.store import Member
+from localchat.types import Chunk, InvalidValue, LoadedInfo, LoadOptions, Usage
+
+log = logging.getLogger(__name__)
+_END = object()
+LOAD_FIELDS = {"model", "quantization", "device", "dtype", "context_length", "quant_type_4bit", "compute_dtype",
+               "double_quant"}  # fmt: skip
+
+
+def _error_status(exc: BackendError) -> ApiError:
+    if isinstance(exc, PromptTooLong):
+        return ApiError(400, str(exc), code="context_length_exceeded", param="messages")
+    if isinstance(exc, ServerBusy):
+        return ApiError(503, str(exc), kind="server_error", code="server_busy")
+    if isinstance(exc, NoModelLoaded):
+        return ApiError(503, str(exc), kind="server_error", code="model_not_loaded")
+    return ApiError(500, str(exc), kind="server_error")
+
+
+def _sse(data: Any) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class OpenAIRoutes:
+    def __init__(self, service: ChatService, household: Household):
+        self.service = service
+        self.household = household
+
+    # -- who and which model ------------------------------------------------------------------
+    def caller(self, request: Request) -> Member:
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        member = self.household.member_for_api_key(key)
+        if member is None:
+            raise ApiError(
+                401,
+                "Invalid or missing API key. Create one in localchat: Settings, API keys.",
+                code="invalid_api_key",
+            )
+        return member
+
+    def model_for(self, member: Member, requested: str | None) -> LoadedInfo:
+        info = self.service.backend.loaded()
+        if info is None:
+            raise ApiError(503, "No model is loaded yet", kind="server_error", code="model_not_loaded")
+        if requested and requested not in (info.options.model, info.name):
+            raise ApiError(
+                404,
+                f"The model {requested!r} is not loaded; the loaded model is {info.options.model!r}. "
+                "An admin can load another one (POST /v1/models/load).",
+                param="model",
+                code="model_not_found",
+            )
+        if not member.may_use(info.options.model):
+            raise ApiError(403, f"This key may not use the model {info.options.model!r}", code="model_not_allowed")
+        return info
+
+    # -- running a request --------------------------------------------------------------------
+    def start(self, req: ApiRequest, info: LoadedInfo, cancel: threading.Event) -> Iterator[Chunk]:
+        if req.max_tokens_given and req.params.max_new_tokens >= info.context_length:
+            raise ApiError(
+                400,
+                f"max_tokens ({req.params.max_new_tokens}) does not fit this model's context window of "
+                f"{info.context_length} tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        return self.service.complete(list(req.messages), req.params, cancel, trim=False, prompt=req.prompt)
+
+    @staticmethod
+    async def pull(stream: Iterator[Chunk]) -> Any:
+        """The next chunk that matters (queue positions are for people), or _END."""
+        while True:
+            try:
+                chunk = await run_in_threadpool(next, stream, _END)
+            except BackendError as exc:
+                raise _error_status(exc) from None
+            if chunk is _END or chunk.text or chunk.usage is not None or chunk.error is not None:
+                return chunk
+
+    async def respond(self, request: Request, chat: bool) -> Any:
+        member = self.caller(request)
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise ApiError(400, "The request body is not valid JSON") from None
+        req = parse(body, chat)
+        info = self.model_for(member, req.model)
+        cancel = threading.Event()
+        try:  # a backend may refuse when called, not only while streaming
+            stream = self.start(req, info, cancel)
+        except BackendError as exc:
+            raise _error_status(exc) from None
+        try:
+            first = await self.pull(stream)  # errors before the first token are a proper HTTP status
+        except BaseException:
+            cancel.set()
+            raise
+        model, rid = info.options.model, new_id("chatcmpl" if chat else "cmpl")
+        if not req.stream:
+            try:
+                text, usage = await self._collect(stream, first)
+            finally:
+                cancel.set()
+            if chat:
+                return chat_completion(rid, model, text, usage)
+            return text_completion(rid, model, text, usage)
+        return StreamingResponse(
+            self._events(stream, first, cancel, rid, model, chat, req.include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def _collect(self, stream: Iterator[Chunk], chunk: Any) -> tuple[str, Usage | None]:
+        parts: list[str] = []
+        while chunk is not _END:
+            if chunk.error is not None:
+                raise ApiError(500, chunk.error, kind="server_error")
+            parts.append(chunk.text)
+            if chunk.usage is not None:
+                return "".join(parts), chunk.usage
+            chunk = await self.pull(stream)
+        return "".join(parts), None
+
+    async def _events(  # noqa: PLR0913
+        self,
+        stream: Iterator[Chunk],
+        chunk: Any,
+        cancel: threading.Event,
+        rid: str,
+        model: str,
+        chat: bool,
+        include_usage: bool,
+    ) -> AsyncIterator[str]:
+        usage: Usage | None = None
+        try:
+            if chat:
+                yield _sse(chat_chunk(rid, model, {"role": "assistant", "content": ""}))
+            while chunk is not _END:
+                if chunk.error is not None:
+                    yield _sse(ApiError(500, chunk.error, kind="server_error").body())
+                    break
+                if chunk.text:
+                    if chat:
+                        yield _sse(chat_chunk(rid, model, {"content": chunk.text}))
+                    else:
+                        yield _sse(text_completion(rid, model, chunk.text, None, final=False, chunk=True))
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                    break
+                try:
+                    chunk = await self.pull(stream)
+                except ApiError as exc:
+                    yield _sse(exc.body())
+                    break
+            if chat:
+                yield _sse(chat_chunk(rid, model, {}, finish_reason(usage)))
+            else:
+                yield _sse(text_completion(rid, model, "", usage, final=True, chunk=True))
+            if include_usage:
+                yield _sse(chat_chunk(rid, model, {}, usage=usage, with_usage=True))
+            yield "data: [DONE]\n\n"
+        finally:  # also when the client went away: its generation stops at the next token
+            cancel.set()
+            close = getattr(stream, "close", None)
+            if close is not None:
+                await run_in_threadpool(close)
+
+    # -- models -------------------------------------------------------------------------------
+    def models(self, request: Request) -> dict[str, Any]:
+        member = self.caller(request)
+        info = self.service.backend.loaded()
+        specs = self.service.backend.available_models()
+        ids = [s.id for s in specs]
+        if info is not None and info.options.model not in ids:
+            ids.insert(0, info.options.model)
+        loaded = info.options.model if info else None
+        data = [
+            {"id": i, "object": "model", "created": 0, "owned_by": "localchat", "loaded": i == loaded}
+            for i in sorted(ids, key=lambda i: i != loaded)
+            if member.may_use(i)
+        ]
+        return {"object": "list", "data": data}
+
+    async def load(self, request: Request) -> dict[str, Any]:
+        member = self.caller(request)
+        if not self.household.may_load_models(member):
+            raise ApiError(403, "Only a household admin's key can load models", code="admin_only")
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise ApiError(400, "The request body is not valid JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise ApiError(400, 'Send {"model": "..."} and optional loader options', param="model")
+        unknown = sorted(set(body) - LOAD_FIELDS)
+        if unknown:  # trust_remote_code and other loader switches are never accepted here
+            raise ApiError(400, f"Not accepted: {', '.join(unknown)}", param=unknown[0], code="unsupported_parameter")
+        try:
+            options = LoadOptions(**body).validate()
+        except (InvalidValue, TypeError) as exc:
+            raise ApiError(400, str(exc)) from None
+        try:
+            info = await run_in_threadpool(self.service.load, options)
+        except BackendError as exc:
+            raise ApiError(400, str(exc), code="model_load_failed") from None
+        return {"id": info.options.model, "object": "model", "loaded": True, "description": info.describe()}
+
+    def unload(self, request: Request) -> dict[str, Any]:
+        member = self.caller(request)
+        if not self.household.may_load_models(member):
+            raise ApiError(403, "Only a household admin's key can unload models", code="admin_only")
+        unload = getattr(self.service.backend, "unload", None)
+        if unload is None:
+            raise ApiError(400, "This engine cannot unload models")
+        unload()
+        return {"object": "model", "loaded": False}
+
+
+def install(api: FastAPI, service: ChatService, household: Household) -> None:
+    routes = OpenAIRoutes(service, household)
+    router = APIRouter(prefix="/v1")
+    router.add_api_route("/models", routes.models, methods=["GET"])
+    router.add_api_route("/models/load", routes.load, methods=["POST"])
+    router.add_api_route("/models/unload", routes.unload, methods=["POST"])
+
+    async def chat(request: Request) -> Any:
+        return await routes.respond(request, chat=True)
+
+    async def completions(request: Request) -> Any:
+        return await routes.respond(request, chat=False)
+
+    router.add_api_route("/chat/completions", chat, methods=["POST"])
+    router.add_api_route("/completions", completions, methods=["POST"])
+    api.include_router(router)
+
+    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    api.add_exception_handler(ApiError, api_error)

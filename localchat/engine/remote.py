@@ -1,0 +1,198 @@
+"""OpenAIBackend: use any OpenAI-compatible server (vLLM, llama.cpp's server, Ollama, another
+localchat) as the engine, for a household that outgrows one box.
+
+Owns: the HTTP calls to that server. Invariants: no torch here; history, accounts and presets
+stay local (only the messages of one request are sent); Stop or a closed stream closes that one
+HTTP response, which makes the server stop generating; every failure is one line for the user.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import httpx
+
+from localchat.backend import BackendError, ModelLoadFailed, NoModelLoaded, PromptTooLong, ServerBusy
+from localchat.types import Chunk, LoadedInfo, LoadOptions, Message, ModelSpec, SamplingParams, Usage
+
+
+class OpenAIBackend:
+    def __init__(self, url: str, key: str | None = None, timeout: float = 600.0):
+        self.url = url.rstrip("/")
+        if not self.url.endswith("/v1"):
+            self.url += "/v1"
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
+        self._info: LoadedInfo | None = None
+        self._lock = threading.Lock()
+        self.last_load_error: str | None = None
+
+    # -- models -------------------------------------------------------------------------------
+    def _models(self) -> list[dict[str, Any]]:
+        try:
+            r = self.http.get(self.url + "/models")
+        except httpx.HTTPError as exc:
+            raise BackendError(f"The engine at {self.url} cannot be reached: {exc}") from exc
+        if r.status_code == 401:
+            raise BackendError(f"The engine at {self.url} refused the key (--engine-key)")
+        if r.status_code != 200:
+            raise BackendError(f"The engine at {self.url} answered {r.status_code} for its model list")
+        return [m for m in r.json().get("data", []) if isinstance(m, dict) and m.get("id")]
+
+    def available_models(self) -> list[ModelSpec]:
+        try:
+            models = self._models()
+        except BackendError:
+            return []
+        return [ModelSpec(id=m["id"], name=m["id"], source="engine", note="remote engine") for m in models]
+
+    def loaded(self) -> LoadedInfo | None:
+        return self._info
+
+    def load(self, options: LoadOptions) -> LoadedInfo:
+        """Choose one of the engine's models (the engine loaded it; quantization is its business)."""
+        started = time.perf_counter()
+        try:
+            models = self._models()
+        except BackendError as exc:
+            self.last_load_error = str(exc)
+            raise ModelLoadFailed(str(exc)) from exc
+        found = next((m for m in models if m["id"] == options.model), None)
+        if found is None:
+            names = ", ".join(m["id"] for m in models) or "none"
+            self.last_load_error = f"The engine has no model {options.model!r} (it has: {names})"
+            raise ModelLoadFailed(self.last_load_error)
+        context = int(found.get("max_model_len") or found.get("context_length") or options.context_length or 0)
+        info = LoadedInfo(
+            options=options,
+            name=options.model,
+            device=f"engine {httpx.URL(self.url).host}",
+            dtype="",
+            quantization="",
+            memory_bytes=0,
+            context_length=context,
+            load_seconds=time.perf_counter() - started,
+            has_chat_template=True,
+        )
+        with self._lock:
+            self._info = info
+        self.last_load_error = None
+        return info
+
+    def load_in_background(self, options: LoadOptions) -> None:
+        """Choosing a remote model is quick; a failure is remembered for the status line."""
+        try:
+            self.load(options)
+        except ModelLoadFailed:
+            if options.model.startswith("bundled:"):  # the default names a local model: take the engine's first
+                models = self.available_models()
+                if models:
+                    self.load(LoadOptions(model=models[0].id))
+
+    # -- replies ------------------------------------------------------------------------------
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return sum(4 + len(m.content) // 4 for m in messages)  # an estimate: the engine does not say
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+        *,
+        trim: bool = True,
+        prompt: str | None = None,
+    ) -> Iterator[Chunk]:
+        info = self._info
+        if info is None:
+            raise NoModelLoaded("No model of the engine is chosen yet; pick one and press Load")
+        cancel = cancel or threading.Event()
+        body: dict[str, Any] = {
+            "model": info.options.model,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_new_tokens,
+        }
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.presence_penalty or params.frequency_penalty:
+            body.update(presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty)
+        if prompt is not None:
+            body["prompt"] = prompt
+            path = "/completions"
+        else:
+            body["messages"] = [{"role": m.role, "content": m.content} for m in messages]
+            path = "/chat/completions"
+        return self._stream(path, body, cancel)
+
+    def _stream(self, path: str, body: dict[str, Any], cancel: threading.Event) -> Iterator[Chunk]:
+        submitted = time.perf_counter()
+        first_at: float | None = None
+        usage: dict[str, Any] = {}
+        reason = "stop"
+        pieces = 0
+        try:
+            with self.http.stream("POST", self.url + path, json=body) as response:
+                if response.status_code != 200:
+                    raise _error(response)
+                for line in response.iter_lines():
+                    if cancel.is_set():
+                        reason = "cancelled"
+                        break  # leaving the block closes the connection: the engine stops
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    event = json.loads(data)
+                    if "error" in event:
+                        raise BackendError(f"The engine failed: {event['error'].get('message', event['error'])}")
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices") or []:
+                        text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+                        if text:
+                            first_at = first_at or time.perf_counter()
+                            pieces += 1
+                            yield Chunk(text=text)
+                        if choice.get("finish_reason"):
+                            reason = "length" if choice["finish_reason"] == "length" else "stop"
+        except httpx.HTTPError as exc:
+            raise BackendError(f"The engine at {self.url} stopped answering: {exc}") from exc
+        finally:
+            cancel.set()
+        end = time.perf_counter()
+        completion = int(usage.get("completion_tokens") or pieces)
+        yield Chunk(
+            usage=Usage(
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=completion,
+                time_to_first_token=None if first_at is None else first_at - submitted,
+                tokens_per_second=(completion - 1) / (end - first_at)
+                if first_at and completion > 1 and end > first_at
+                else None,
+                finish_reason=reason,  # type: ignore[arg-type]
+            )
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _error(response: httpx.Response) -> BackendError:
+    response.read()
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:200]
+    if response.status_code == 400 and "context" in message.lower():
+        return PromptTooLong(message)
+    if response.status_code in (429, 503):
+        return ServerBusy(f"The engine is busy: {message}")
+    return BackendError(f"The engine answered {response.status_code}: {message}")
