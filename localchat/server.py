@@ -66,6 +66,7 @@ def build_app(settings: Settings, backend: Backend | None = None, household: Hou
             "model": info.name if info else None,
             "loading": service.status(),
             "offline": is_offline(),
+            **(backend.activity() if hasattr(backend, "activity") else {}),
         }
 
     web.install(api, household, settings.extra_hosts)  # before the UI's mount at "/" so its routes win

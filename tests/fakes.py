@@ -143,6 +143,9 @@ class FakeBackend:
     def loaded(self) -> LoadedInfo | None:
         return self._info
 
+    def unload(self) -> None:
+        self._info = None
+
     def available_models(self) -> list[ModelSpec]:
         return [ModelSpec(id=m, name=m, source="folder", size_bytes=100 * 2**20) for m in self.models]
 

@@ -18,6 +18,7 @@ from localchat.chat import ChatService
 from localchat.household import AccessDenied, Household, LoginLimiter, LoginRefused, RateLimited
 from localchat.settings import Settings
 from localchat.store import Store
+from localchat.types import LoadOptions
 from localchat.ui.admin import AdminPanel
 from localchat.ui.app import ChatUI
 
@@ -336,3 +337,26 @@ def test_users_are_managed_from_the_command_line(tmp_path: Path) -> None:
 def test_listen_refuses_to_start_without_an_account(tmp_path: Path) -> None:
     result = cli("--listen", "--data-dir", str(tmp_path), "--no-load-on-start")
     assert result.returncode == 2 and "localchat users add NAME --admin" in result.stderr
+
+
+def test_api_keys_are_shown_once_and_revoked_only_by_their_member(household: Household) -> None:
+    from localchat.ui.keys import ApiKeys
+
+    keys = ApiKeys(household)
+    shown, listing, name_box = keys.create("my editor", as_member(household, "Bob"))
+    key = shown.split("```")[1].strip()
+    assert key.startswith("lc-") and household.member_for_api_key(key).name == "Bob"
+    ((label, key_id),) = listing.choices
+    assert "my editor" in label and key not in label  # the list never shows the key again
+    assert keys.listing(as_member(household, "Ann")).choices == []  # nor to anyone else
+    message, _ = keys.revoke(key_id, as_member(household, "Ann"))
+    assert message.startswith("⚠") and household.member_for_api_key(key) is not None
+    message, _ = keys.revoke(key_id, as_member(household, "Bob"))
+    assert message.startswith("✓") and household.member_for_api_key(key) is None
+
+
+def test_only_admins_unload_and_the_api_unload_frees_the_model(household: Household) -> None:
+    ui, backend = ui_for(household)
+    backend.load(LoadOptions("fake-small"))
+    assert "Only a household admin" in ui.unload_model(as_member(household, "Bob")) and backend.loaded()
+    assert ui.unload_model(as_member(household, "Ann")).startswith("✓") and backend.loaded() is None

@@ -93,6 +93,10 @@ class TransformersBackend:
         future.add_done_callback(done)
         return future
 
+    def activity(self) -> dict[str, int]:
+        """For /health: is a reply being generated now, and how many wait."""
+        return {"generating": int(self.worker.busy), "waiting": self.worker.waiting()}
+
     def unload(self) -> None:
         def job() -> None:
             self._current = None

@@ -444,6 +444,16 @@ class ChatUI:
             return
         yield f"✓ Loaded in {info.load_seconds:.1f} s: {info.describe()}"
 
+    def unload_model(self, request: gr.Request) -> str:
+        """Free the model's memory (admins only); the next load brings one back."""
+        if not self.household.may_load_models(member_of(self.household, request)):
+            return "⚠ Only a household admin can load or unload models."
+        unload = getattr(self.service.backend, "unload", None)
+        if unload is None:
+            return "⚠ This engine does not unload models."
+        unload()
+        return "✓ Unloaded: the memory is free. Load a model to chat again."
+
     def status(self) -> tuple:
         """The header line (short, for a phone), the full details in the Model panel, the timer."""
         loading = self.service.loading() is not None
@@ -531,7 +541,9 @@ class ChatUI:
                             precision=0,
                             minimum=0,
                         )
-                        load = gr.Button("Load model", variant="primary", elem_id="lc-load")
+                        with gr.Row():
+                            load = gr.Button("Load model", variant="primary", elem_id="lc-load")
+                            unload = gr.Button("Unload", elem_id="lc-unload")
                         load_result = gr.Markdown("", elem_id="lc-load-result")
                 with gr.Accordion("API keys", open=False, visible=False, elem_id="lc-api-keys") as keys_box:
                     keys_refresh = self.keys.build()
@@ -660,6 +672,9 @@ class ChatUI:
                 concurrency_limit=None,
                 api_name="load_model",
             ).then(self.after_load, None, [picker, status], queue=False, **_hidden)
+            unload.click(self.unload_model, None, [load_result], queue=False, **_hidden).then(
+                self.status, None, [status, model_info, timer], queue=False, **_hidden
+            )
             timer.tick(self.status, None, [status, model_info, timer], queue=False, **_hidden)
             demo.load(self.status, None, [status, model_info, timer], queue=False, **_hidden)
             demo.load(**keys_refresh)
