@@ -327,7 +327,7 @@ def test_load_a_4bit_model_from_settings(browser, own_app, artifacts):
         expect(page.locator('#lc-model [data-testid="4bit-radio-label"] input')).to_be_checked()
         expect(four_bit_type).to_be_visible()  # the 4-bit options group appears
         page.locator("#lc-load").click()
-        info = page.locator("#lc-model-info")
+        info = page.locator("#lc-load-result")
         expect(info).to_contain_text("✓ Loaded in", timeout=REPLY_TIMEOUT)
         expect(info).to_contain_text("4bit")
         page.wait_for_function(f"prev => {{ const m = ({STATUS_MIB})(); return m !== null && m < prev; }}", arg=before)
