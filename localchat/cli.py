@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"localchat: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine request is noise
     from localchat.store import Store, StoreError
 
     try:

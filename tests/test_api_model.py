@@ -112,9 +112,22 @@ def test_a_second_localchat_uses_the_first_as_its_engine(running_app, tmp_path: 
         outputs = list(job) or job.outputs()
         final = message_text(output_chat(job.outputs()[-1])[-1])
         assert len(job.outputs()) > 2 and "Paris" in final and "tok/s" in final
+        # Stop ends a reply that the engine is generating
+        client.predict("Write a very long story about a dragon.", api_name="/add_user")
+        job = client.submit("", 0.8, 0.9, 40, 0.0, 1.0, 1500, -1, "", api_name="/respond")
+        while len(job.outputs()) < 4:
+            time.sleep(0.05)
+        client.predict(api_name="/stop")
+        job.result(timeout=60)
+        stopped = message_text(output_chat(job.outputs()[-1])[-1])
+        assert "stopped" in stopped
+        stop_at = time.monotonic()
+        while health(running_app.url)["generating"]:  # the engine stops too: the connection was closed
+            assert time.monotonic() - stop_at < 30, "the engine went on generating after Stop"
+            time.sleep(0.05)
         remote_models = [m["id"] for m in httpx.get(second.url + "/v1/models").json()["data"]]
         assert SMOLLM2 in remote_models
         assert outputs is not None
     finally:
-        second.process.terminate()
+        second.process.kill()
         second.process.wait(timeout=15)
