@@ -4,6 +4,7 @@ Measured in one run on the bundled SmolLM2-135M-Instruct, greedy, fixed length (
   1. baseline   raw model.generate on the main thread, no streamer
   2. engine     TransformersBackend.stream (worker thread, streamer, queue) in-process
   3. ui         the real app in a subprocess, streamed through its Gradio endpoint (gradio_client)
+  4. api        the same app's OpenAI-compatible /v1/chat/completions, streamed as server-sent events
 and, per quantization (fp32, bf16, 8-bit, 4-bit), load time and raw decode speed.
 Prints medians and ratios against the baseline. Run: python bench/streaming.py [--runs 5] [--tokens 128]
 """
@@ -65,6 +66,20 @@ def ui_stream(url: str, tokens: int) -> tuple[float, int]:
     stats = message_text(output_chat(job.outputs()[-1])[-1]).rsplit("<sub>", 1)[-1]
     completion = int(stats.split(" tokens")[0])
     return completion / elapsed, updates
+
+
+def api_stream(url: str, tokens: int) -> float:
+    import httpx
+
+    body = {"messages": [{"role": "user", "content": PROMPT}], "temperature": 0, "max_tokens": tokens,
+            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    start = time.perf_counter()
+    usage = None
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                usage = json.loads(line[6:]).get("usage") or usage
+    return usage["completion_tokens"] / (time.perf_counter() - start)
 
 
 def median(xs: list[float]) -> float:
@@ -129,6 +144,8 @@ def main() -> None:
     try:
         ui_stream(app.url, 8)
         ui_runs = [ui_stream(app.url, args.tokens) for _ in range(args.runs)]
+        api_stream(app.url, 8)
+        api = median([api_stream(app.url, args.tokens) for _ in range(args.runs)])
     finally:
         app.process.terminate()
         try:
@@ -143,6 +160,7 @@ def main() -> None:
     print(f"{'raw model.generate (baseline)':<36}{baseline:>8.1f}{1.0:>9.2f}")
     print(f"{'engine: backend.stream':<36}{engine:>8.1f}{engine / baseline:>9.2f}")
     print(f"{'ui: app + Gradio stream (client)':<36}{ui:>8.1f}{ui / baseline:>9.2f}   ({updates:.0f} updates)")
+    print(f"{'api: /v1 chat completions (SSE)':<36}{api:>8.1f}{api / baseline:>9.2f}")
     print(f"\n{'load option':<14}{'load s':>8}{'tok/s':>8}{'vs fp32':>9}")
     for label, row in rows.items():
         print(f"{label:<14}{row['load_s']:>8.1f}{row['tok_s']:>8.1f}{row['tok_s'] / baseline:>9.2f}")

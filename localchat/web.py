@@ -212,7 +212,7 @@ PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <link rel="icon" href="/favicon.ico"><style>
 :root {{ color-scheme: light dark; font-family: ui-sans-serif, system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }}
 body {{ margin: 0; min-height: 100vh; display: grid; place-items: center; background: Canvas; }}
-main {{ width: min(360px, calc(100vw - 32px)); padding: 24px; border-radius: 16px;
+main {{ box-sizing: border-box; width: min(360px, calc(100vw - 32px)); padding: 24px; border-radius: 16px;
   box-shadow: 0 2px 16px rgb(0 0 0 / 15%); }}
 h1 {{ font-size: 1.4rem; margin: 0 0 4px; }} p {{ margin: 0 0 16px; opacity: .8; }}
 label {{ display: block; margin: 12px 0 4px; font-weight: 600; }}

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import ROOT, RunningApp, start_app
+from conftest import ARTIFACTS, ROOT, RunningApp, start_app
 from test_browser import LOCAL_HOSTS, UI_TIMEOUT, ask, browser, expect, wait_for_reply  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.model]
@@ -60,10 +60,16 @@ def signed_in(chromium, app: RunningApp, name: str, **context_options):
     page.fill("#password", "wrong password")
     page.click("button[type=submit]")
     expect(page.locator("#lc-login-error")).to_contain_text("Wrong name or password")
+    page.screenshot(path=str(ARTIFACTS / f"household-login-{name.lower()}.png"))
     page.fill("#password", PASSWORDS[name])
     page.click("button[type=submit]")
     page.locator("#lc-input textarea").wait_for(state="visible")
     return context, page, requests
+
+
+def app_url(app: RunningApp, href: str | None) -> str:
+    assert href and href.startswith("/export/"), href
+    return app.url + href
 
 
 def chat_titles(page) -> list[str]:
@@ -99,6 +105,20 @@ def test_two_members_each_see_only_their_own_conversations(browser, household, a
         expect(bob.locator("#lc-chats")).not_to_have_class(re.compile(r"\bopen\b"))  # out of the way on a phone
         bob.wait_for_timeout(600)
         bob.screenshot(path=str(artifacts / "household-phone-reopened.png"))
+        # export this chat from the page, then import it back through the page's own form
+        bob.locator("#lc-chats").get_by_role("button", name="Toggle Sidebar").click()
+        href = bob.locator("#lc-export a", has_text="JSON").first.get_attribute("href")
+        response = bob.request.get(app_url(household, href))  # with this browser's session cookie
+        assert response.ok and "attachment" in response.headers["content-disposition"]
+        exported = response.text()
+        assert "football" in exported and "pasta" not in exported
+        messages: list[str] = []
+        bob.once("dialog", lambda d: (messages.append(d.message), d.accept()))
+        bob.locator("#lc-import-file").set_input_files(
+            files=[{"name": "chats.json", "mimeType": "application/json", "buffer": exported.encode()}]
+        )
+        bob.wait_for_function("() => document.querySelectorAll('#lc-conversations label').length === 2")
+        assert messages and "Imported 1" in messages[0]
         # only the admin has the household panel and the model loader
         expect(ann.locator("#lc-household")).to_be_visible()
         expect(bob.locator("#lc-household")).to_be_hidden()

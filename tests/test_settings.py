@@ -38,6 +38,9 @@ SAMPLE = {
     "context_length": "128",
     "preset": "Coder",
     "max_waiting": "3",
+    "engine": "transformers",  # openai alone is refused without a URL: see the test below
+    "engine_url": "http://gpu-box:8000/v1",
+    "engine_key": "secret",
     "load_on_start": "false",
     "offline": "true",
     "log_level": "debug",
@@ -59,6 +62,9 @@ EXPECTED = {
     "context_length": 128,
     "preset": "Coder",
     "max_waiting": 3,
+    "engine": "transformers",  # openai alone is refused without a URL: see the test below
+    "engine_url": "http://gpu-box:8000/v1",
+    "engine_key": "secret",
     "load_on_start": False,
     "offline": True,
     "log_level": "debug",
@@ -92,6 +98,17 @@ def test_listen_alone_means_every_interface_and_makes_it_a_household(data: Path)
     assert s.bind_host == "192.168.1.5" and s.extra_hosts == frozenset({"chat.home", "box.lan"})
     assert load_settings(["--host", "0.0.0.0"], environ={}).household_mode  # any non-loopback bind needs accounts
     assert s.database == data / "localchat.db"
+
+
+def test_a_remote_engine_needs_its_url(data: Path) -> None:
+    with pytest.raises(InvalidValue, match="engine-url"):
+        load_settings(["--engine", "openai"], environ={})
+    with pytest.raises(InvalidValue, match="transformers or openai"):
+        load_settings(["--engine", "vllm"], environ={})
+    s = load_settings(
+        ["--engine", "openai", "--engine-url", "http://box:8000/v1"], environ={"LOCALCHAT_ENGINE_KEY": "k"}
+    )
+    assert (s.engine, s.engine_url, s.engine_key) == ("openai", "http://box:8000/v1", "k")
 
 
 def test_defaults(data: Path) -> None:
