@@ -64,7 +64,7 @@ class SamplingParams:
             (0.0 <= self.min_p < 1.0, "min_p must be at least 0 and below 1"),
             (0.5 <= self.repetition_penalty <= 2.5, "repetition_penalty must be between 0.5 and 2.5"),
             (1 <= self.max_new_tokens <= 32768, "max_new_tokens must be between 1 and 32768"),
-            (self.seed is None or self.seed >= 0, "seed must be empty or a non-negative integer"),
+            (self.seed is None or 0 <= self.seed < 2**63, "seed must be empty or a non-negative integer below 2**63"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty text"),
             (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be between -2 and 2"),
             (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be between -2 and 2"),

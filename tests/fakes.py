@@ -81,7 +81,7 @@ class FakeBackend:
         if prompt is not None:
             messages = [Message("user", prompt)]
         self.calls.append(Call(list(messages), params, cancel, trim, prompt))
-        if not trim and self.count_tokens(messages) >= self.context_length:
+        if not trim and self.context_length and self.count_tokens(messages) >= self.context_length:
             raise PromptTooLong(f"The prompt does not fit the {self.context_length}-token context window")
         return self._stream(list(messages), params, cancel or threading.Event())
 

@@ -240,3 +240,42 @@ def test_a_foreign_page_cannot_call_the_api_from_a_browser(household_api) -> Non
         headers={"Authorization": f"Bearer {household_api.keys['Bob']}", "Origin": "http://evil.example"},
     )
     assert r.status_code == 403
+
+
+def test_an_engine_without_a_known_window_still_takes_max_tokens(tmp_path: Path) -> None:
+    backend = FakeBackend("ok then", model="fake-small", context_length=0)
+    app = serve(tmp_path, backend=backend, listen=False)
+    try:
+        done = client(app).chat.completions.create(
+            model="fake-small", messages=[{"role": "user", "content": "hi"}], max_tokens=1
+        )
+        assert done.choices[0].finish_reason == "length"
+    finally:
+        app.stop()
+
+
+def test_an_unexpected_failure_is_still_an_openai_error(tmp_path: Path) -> None:
+    backend = FakeBackend("one two three", model="fake-small", error=MemoryError("CUDA out of memory"), error_after=1)
+    app = serve(tmp_path, backend=backend, listen=False)
+    try:
+        with pytest.raises(openai.InternalServerError) as exc:
+            client(app).chat.completions.create(model="fake-small", messages=[{"role": "user", "content": "hi"}])
+        assert "out of memory" in exc.value.body["message"]
+        body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+        with httpx.stream("POST", app.url + "/v1/chat/completions", json=body) as r:
+            events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+        assert "out of memory" in events[-2] and events[-1] == "[DONE]"
+    finally:
+        app.stop()
+
+
+def test_a_non_streaming_client_that_leaves_cancels_its_generation(tmp_path: Path) -> None:
+    backend = FakeBackend(" ".join(f"w{i}" for i in range(400)), model="fake-small", delay=0.02)
+    app = serve(tmp_path, backend=backend, listen=False)
+    try:
+        body = {"messages": [{"role": "user", "content": "long"}], "max_tokens": 400}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(app.url + "/v1/chat/completions", json=body, timeout=0.5)
+        assert backend.calls[-1].cancel.wait(5), "the reply went on after the client left"
+    finally:
+        app.stop()

@@ -9,6 +9,7 @@ generation (the cancel event is set when the response stream is torn down) and n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -51,6 +52,14 @@ def _error_status(exc: BackendError) -> ApiError:
     return ApiError(500, str(exc), kind="server_error")
 
 
+async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            cancel.set()
+            return
+
+
 def _sse(data: Any) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -91,7 +100,8 @@ class OpenAIRoutes:
 
     # -- running a request --------------------------------------------------------------------
     def start(self, req: ApiRequest, info: LoadedInfo, cancel: threading.Event) -> Iterator[Chunk]:
-        if req.max_tokens_given and req.params.max_new_tokens >= info.context_length:
+        window = info.context_length  # 0: unknown (a remote engine that does not say)
+        if req.max_tokens_given and window and req.params.max_new_tokens >= window:
             raise ApiError(
                 400,
                 f"max_tokens ({req.params.max_new_tokens}) does not fit this model's context window of "
@@ -109,11 +119,14 @@ class OpenAIRoutes:
                 chunk = await run_in_threadpool(next, stream, _END)
             except BackendError as exc:
                 raise _error_status(exc) from None
+            except Exception as exc:  # out of memory, a broken engine answer...: still an OpenAI error
+                log.exception("generation failed")
+                raise ApiError(500, f"Generation failed: {exc}", kind="server_error") from None
             if chunk is _END or chunk.text or chunk.usage is not None or chunk.error is not None:
                 return chunk
 
     async def respond(self, request: Request, chat: bool) -> Any:
-        member = self.caller(request)
+        member = await run_in_threadpool(self.caller, request)  # a database read and write
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -125,9 +138,13 @@ class OpenAIRoutes:
             stream = self.start(req, info, cancel)
         except BackendError as exc:
             raise _error_status(exc) from None
+        # Until a streamed response takes over (it watches for the client itself), a client that
+        # leaves while queued, during the prompt, or before a whole reply is ready, cancels it.
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
         try:
             first = await self.pull(stream)  # errors before the first token are a proper HTTP status
         except BaseException:
+            watcher.cancel()
             cancel.set()
             raise
         model, rid = info.options.model, new_id("chatcmpl" if chat else "cmpl")
@@ -135,10 +152,14 @@ class OpenAIRoutes:
             try:
                 text, usage = await self._collect(stream, first)
             finally:
+                watcher.cancel()
                 cancel.set()
+            if cancel.is_set() and usage is not None and usage.finish_reason == "cancelled":
+                raise ApiError(499, "The client closed the request", code="client_closed")
             if chat:
                 return chat_completion(rid, model, text, usage)
             return text_completion(rid, model, text, usage)
+        watcher.cancel()
         return StreamingResponse(
             self._events(stream, first, cancel, rid, model, chat, req.include_usage),
             media_type="text/event-stream",
@@ -167,12 +188,14 @@ class OpenAIRoutes:
         include_usage: bool,
     ) -> AsyncIterator[str]:
         usage: Usage | None = None
+        failed = False
         try:
             if chat:
                 yield _sse(chat_chunk(rid, model, {"role": "assistant", "content": ""}))
             while chunk is not _END:
                 if chunk.error is not None:
                     yield _sse(ApiError(500, chunk.error, kind="server_error").body())
+                    failed = True
                     break
                 if chunk.text:
                     if chat:
@@ -186,13 +209,18 @@ class OpenAIRoutes:
                     chunk = await self.pull(stream)
                 except ApiError as exc:
                     yield _sse(exc.body())
+                    failed = True
                     break
+            if failed:  # the error event ends the stream: no finish_reason pretends it went well
+                yield "data: [DONE]\n\n"
+                return
             if chat:
                 yield _sse(chat_chunk(rid, model, {}, finish_reason(usage)))
             else:
                 yield _sse(text_completion(rid, model, "", usage, final=True, chunk=True))
             if include_usage:
-                yield _sse(chat_chunk(rid, model, {}, usage=usage, with_usage=True))
+                last = chat_chunk(rid, model, {}, usage=usage, with_usage=True)
+                yield _sse(last if chat else {**last, "object": "text_completion"})
             yield "data: [DONE]\n\n"
         finally:  # also when the client went away: its generation stops at the next token
             cancel.set()
@@ -210,14 +238,25 @@ class OpenAIRoutes:
             ids.insert(0, info.options.model)
         loaded = info.options.model if info else None
         data = [
-            {"id": i, "object": "model", "created": 0, "owned_by": "localchat", "loaded": i == loaded}
+            {
+                "id": i,
+                "object": "model",
+                "created": 0,
+                "owned_by": "localchat",
+                "loaded": i == loaded,
+                **(
+                    {"context_length": info.context_length, "max_model_len": info.context_length}
+                    if info and i == loaded and info.context_length
+                    else {}
+                ),
+            }
             for i in sorted(ids, key=lambda i: i != loaded)
             if member.may_use(i)
         ]
         return {"object": "list", "data": data}
 
     async def load(self, request: Request) -> dict[str, Any]:
-        member = self.caller(request)
+        member = await run_in_threadpool(self.caller, request)
         if not self.household.may_load_models(member):
             raise ApiError(403, "Only a household admin's key can load models", code="admin_only")
         try:
@@ -235,6 +274,8 @@ class OpenAIRoutes:
             raise ApiError(400, str(exc)) from None
         try:
             info = await run_in_threadpool(self.service.load, options)
+        except ServerBusy as exc:
+            raise _error_status(exc) from None
         except BackendError as exc:
             raise ApiError(400, str(exc), code="model_load_failed") from None
         return {"id": info.options.model, "object": "model", "loaded": True, "description": info.describe()}
@@ -246,7 +287,10 @@ class OpenAIRoutes:
         unload = getattr(self.service.backend, "unload", None)
         if unload is None:
             raise ApiError(400, "This engine cannot unload models")
-        unload()
+        try:
+            unload()
+        except Exception as exc:  # noqa: BLE001 - e.g. the queue is full
+            raise ApiError(503, f"Could not unload now: {exc}", kind="server_error", code="server_busy") from None
         return {"object": "model", "loaded": False}
 
 

@@ -41,7 +41,11 @@ class OpenAIBackend:
             raise BackendError(f"The engine at {self.url} refused the key (--engine-key)")
         if r.status_code != 200:
             raise BackendError(f"The engine at {self.url} answered {r.status_code} for its model list")
-        return [m for m in r.json().get("data", []) if isinstance(m, dict) and m.get("id")]
+        try:
+            data = r.json().get("data", [])
+        except (ValueError, AttributeError):
+            raise BackendError(f"The engine at {self.url} sent a model list that is not OpenAI's shape") from None
+        return [m for m in data if isinstance(m, dict) and m.get("id")] if isinstance(data, list) else []
 
     def available_models(self) -> list[ModelSpec]:
         try:
@@ -120,6 +124,13 @@ class OpenAIBackend:
         }
         if params.stop:
             body["stop"] = list(params.stop)
+        # Beyond OpenAI's fields, but vLLM, llama.cpp and localchat honour them: send what is set.
+        if params.top_k:
+            body["top_k"] = params.top_k
+        if params.min_p:
+            body["min_p"] = params.min_p
+        if params.repetition_penalty != 1.0:
+            body["repetition_penalty"] = params.repetition_penalty
         if params.seed is not None:
             body["seed"] = params.seed
         if params.presence_penalty or params.frequency_penalty:
@@ -142,6 +153,8 @@ class OpenAIBackend:
             with self.http.stream("POST", self.url + path, json=body) as response:
                 if response.status_code != 200:
                     raise _error(response)
+                # Stop closes the connection at once, even while the engine has nothing to send.
+                threading.Thread(target=_close_on, args=(cancel, response), daemon=True).start()
                 for line in response.iter_lines():
                     if cancel.is_set():
                         reason = "cancelled"
@@ -151,9 +164,16 @@ class OpenAIBackend:
                     data = line[5:].strip()
                     if data == "[DONE]":
                         break
-                    event = json.loads(data)
-                    if "error" in event:
-                        raise BackendError(f"The engine failed: {event['error'].get('message', event['error'])}")
+                    try:
+                        event = json.loads(data)
+                    except ValueError:
+                        raise BackendError(f"The engine sent something that is not JSON: {data[:80]!r}") from None
+                    if not isinstance(event, dict):
+                        continue
+                    if "error" in event or event.get("object") == "error":
+                        error = event.get("error", event)
+                        message = error.get("message", error) if isinstance(error, dict) else error
+                        raise BackendError(f"The engine failed: {message}")
                     usage = event.get("usage") or usage
                     for choice in event.get("choices") or []:
                         text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
@@ -163,8 +183,11 @@ class OpenAIBackend:
                             yield Chunk(text=text)
                         if choice.get("finish_reason"):
                             reason = "length" if choice["finish_reason"] == "length" else "stop"
-        except httpx.HTTPError as exc:
-            raise BackendError(f"The engine at {self.url} stopped answering: {exc}") from exc
+        except (httpx.HTTPError, httpx.StreamError) as exc:
+            if cancel.is_set():  # we closed it ourselves (Stop)
+                reason = "cancelled"
+            else:
+                raise BackendError(f"The engine at {self.url} stopped answering: {exc}") from exc
         finally:
             cancel.set()
         end = time.perf_counter()
@@ -185,10 +208,15 @@ class OpenAIBackend:
         self.http.close()
 
 
+def _close_on(cancel: threading.Event, response: httpx.Response) -> None:
+    cancel.wait()
+    response.close()
+
+
 def _error(response: httpx.Response) -> BackendError:
     response.read()
     try:
-        message = response.json()["error"]["message"]
+        message = str(response.json()["error"]["message"])
     except (ValueError, KeyError, TypeError):
         message = response.text[:200]
     if response.status_code == 400 and "context" in message.lower():
