@@ -360,3 +360,20 @@ def test_only_admins_unload_and_the_api_unload_frees_the_model(household: Househ
     backend.load(LoadOptions("fake-small"))
     assert "Only a household admin" in ui.unload_model(as_member(household, "Bob")) and backend.loaded()
     assert ui.unload_model(as_member(household, "Ann")).startswith("✓") and backend.loaded() is None
+
+
+def test_signing_out_ends_a_reply_that_is_still_streaming(household: Household, monkeypatch) -> None:
+    import localchat.ui.app as ui_module
+
+    monkeypatch.setattr(ui_module, "SESSION_RECHECK", 0.0)
+    backend = FakeBackend(" ".join(f"w{i}" for i in range(200)), delay=0.01)
+    ui = ChatUI(ChatService(backend, PRESETS), Settings(), household, update_interval=0)
+    session = household.login("Bob", "bob-password", "phone")
+    tab = SimpleNamespace(
+        session_hash="bob-phone", username=str(session.member.id), cookies={"localchat_session": session.token}
+    )
+    outputs = ui.respond([{"role": "user", "content": "long", "stats": ""}], None, "", *SAMPLING[:5], 200, -1, "", tab)
+    next(outputs), next(outputs)
+    household.logout(session.token)  # e.g. from another device, or an admin's password reset
+    *_, (_, turns, _, _) = outputs
+    assert "stopped" in turns[-1]["stats"] and len(turns[-1]["content"].split()) < 200

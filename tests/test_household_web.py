@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import httpx
@@ -307,3 +308,26 @@ def test_only_admins_load_models(household_app) -> None:
 def test_the_first_run_page_is_never_offered_on_the_network(household_app, path: str) -> None:
     r = get(household_app.url + path, headers={"Host": f"192.168.1.20:{household_app.port}"})
     assert "Create admin account" not in r.text
+
+
+def test_a_streaming_reply_ends_when_its_session_is_signed_out(tmp_path: Path, monkeypatch) -> None:
+    from fakes import FakeBackend
+
+    import localchat.ui.app as ui_module
+
+    monkeypatch.setattr(ui_module, "SESSION_RECHECK", 0.0)
+    slow = FakeBackend(" ".join(f"w{i}" for i in range(300)), model="fake-small", delay=0.02)
+    app = serve(tmp_path, backend=slow, members={"Ann": "admin"})
+    try:
+        cookie = sign_in(app.url, "Ann")
+        ann = Client(app.url, verbose=False, headers={"Cookie": f"{SESSION_COOKIE}={cookie}"})
+        ann.predict("tell me a long story", api_name="/add_user")
+        job = ann.submit("", 0.5, 0.9, 40, 0.0, 1.0, 300, -1, "", api_name="/respond")
+        while len(job.outputs()) < 3:
+            time.sleep(0.02)
+        httpx.post(app.url + "/logout", cookies={SESSION_COOKIE: cookie})
+        job.result(timeout=30)
+        final = json.dumps(job.outputs()[-1])
+        assert "stopped" in final and "w299" not in final
+    finally:
+        app.stop()

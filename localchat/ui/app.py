@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import gradio as gr
 
 from localchat.chat import ChatService
-from localchat.household import Household
+from localchat.household import SESSION_COOKIE, Household
 from localchat.settings import Settings
 from localchat.store import Member, NotFound, StoreError
 from localchat.types import (
@@ -83,6 +83,7 @@ footer { display: none !important; }
 # At most ~12 screen updates a second: each update costs the server CPU that decoding needs
 # (measured on 2 cores: one update per token streamed at 0.75x raw speed).
 UPDATE_INTERVAL = 0.08
+SESSION_RECHECK = 2.0  # seconds between checks that a streaming reply's session still exists
 
 THEME = gr.themes.Soft(  # system fonts only: no request to Google Fonts
     font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
@@ -100,6 +101,7 @@ class _Reply:
     finished: threading.Event = field(default_factory=threading.Event)
     discarded: bool = False
     rewritten: bool = False
+    signed_in: Callable[[], bool] = lambda: True  # is the session that asked still valid?
 
 
 class ChatUI:
@@ -171,6 +173,7 @@ class ChatUI:
         if locked is not None:  # the page may send anything: a locked preset is applied here
             system_prompt, params = locked.system_prompt, locked.sampling
         reply = _Reply()
+        reply.signed_in = self._session_check(request)
         with self._lock:
             self._replies[key] = reply
         try:
@@ -207,6 +210,8 @@ class ChatUI:
             for update in updates:
                 if reply.discarded:
                     break
+                if not reply.signed_in():  # signed out, or the password was reset, meanwhile
+                    reply.cancel.set()
                 turns = apply_update(turns, update)
                 now = time.monotonic()
                 if update.done or now - shown_at >= self.update_interval:
@@ -223,6 +228,23 @@ class ChatUI:
             yield render(turns), turns, *_buttons(False)
         elif key not in self._replies:  # no newer reply owns the buttons
             yield gr.skip(), gr.skip(), *_buttons(False)
+
+    def _session_check(self, request: gr.Request) -> Callable[[], bool]:
+        """A check, at most every SESSION_RECHECK seconds, that the session which asked for the
+        reply still exists: signing out or a password reset ends replies already streaming."""
+        cookies = getattr(request, "cookies", None)
+        if cookies is None:  # not a browser or HTTP request (tests calling handlers directly)
+            return lambda: True
+        token = cookies.get(SESSION_COOKIE)
+        state = {"at": time.monotonic(), "ok": True}
+
+        def check() -> bool:
+            if state["ok"] and time.monotonic() - state["at"] >= SESSION_RECHECK:
+                state["at"] = time.monotonic()
+                state["ok"] = self.household.member_for_token(token) is not None
+            return state["ok"]
+
+        return check
 
     def _save_reply(self, member: Member, conversation_id: str | None, turns: list[Turn]) -> None:
         if conversation_id is None:  # an incognito chat is never written
