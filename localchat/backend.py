@@ -43,9 +43,11 @@ class Backend(Protocol):
         *,
         trim: bool = True,
         prompt: str | None = None,
+        owner: str | None = None,
     ) -> Iterator[Chunk]:
         """Yield text chunks; the last chunk carries usage. Closing the iterator cancels.
-        `trim=False`: raise PromptTooLong instead of shortening; `prompt`: raw text completion."""
+        `trim=False`: raise PromptTooLong instead of shortening; `prompt`: raw text completion;
+        `owner`: who asks (a household member), so the queue can take turns fairly."""
         ...
 
     def count_tokens(self, messages: Sequence[Message]) -> int: ...

@@ -91,12 +91,13 @@ class ChatService:
         *,
         trim: bool = True,
         prompt: str | None = None,
+        owner: str | None = None,
     ) -> Iterator[Chunk]:
         """Stateless streaming completion of fully built messages. The API passes trim=False (a
         prompt past the window is an error, never shortened) and `prompt` for raw completions."""
-        if trim and prompt is None:
+        if trim and prompt is None and owner is None:
             return self.backend.stream(messages, params, cancel)
-        return self.backend.stream(messages, params, cancel, trim=trim, prompt=prompt)
+        return self.backend.stream(messages, params, cancel, trim=trim, prompt=prompt, owner=owner)
 
     def reply(
         self,
@@ -104,12 +105,13 @@ class ChatService:
         system_prompt: str,
         params: SamplingParams,
         cancel: threading.Event | None = None,
+        owner: str | None = None,
     ) -> Iterator[ReplyUpdate]:
         """Stream the assistant's answer to `history` (which ends with the user's message)."""
         text, notice = "", ""
         stream = None
         try:  # a backend may raise when called, not only while iterating
-            stream = self.complete(self.messages_for(system_prompt, history), params, cancel)
+            stream = self.complete(self.messages_for(system_prompt, history), params, cancel, owner=owner)
             for chunk in stream:
                 if chunk.queue_position is not None:
                     yield ReplyUpdate(text, waiting_notice(chunk.queue_position))

@@ -31,6 +31,7 @@ class Call:
     cancel: threading.Event | None
     trim: bool = True
     prompt: str | None = None
+    owner: str | None = None
 
 
 def words(text: str) -> list[str]:
@@ -77,10 +78,11 @@ class FakeBackend:
         *,
         trim: bool = True,
         prompt: str | None = None,
+        owner: str | None = None,
     ) -> Iterator[Chunk]:
         if prompt is not None:
             messages = [Message("user", prompt)]
-        self.calls.append(Call(list(messages), params, cancel, trim, prompt))
+        self.calls.append(Call(list(messages), params, cancel, trim, prompt, owner))
         if not trim and self.context_length and self.count_tokens(messages) >= self.context_length:
             raise PromptTooLong(f"The prompt does not fit the {self.context_length}-token context window")
         return self._stream(list(messages), params, cancel or threading.Event())

@@ -80,6 +80,21 @@ def test_waiting_requests_see_their_queue_position(tiny_backend):
     assert rest[-1].usage.completion_tokens == 3 and rest[-1].usage.queue_seconds > 0
 
 
+def test_a_member_with_many_requests_waits_its_turn(tiny_backend):
+    gate = threading.Event()
+    tiny_backend.worker.submit(lambda: gate.wait(30))
+    params = SamplingParams(temperature=0, max_new_tokens=2)
+    try:
+        anns = [tiny_backend.stream(HI, params, owner="ann") for _ in range(3)]
+        ann_positions = [next(s).queue_position for s in anns]
+        bob = tiny_backend.stream(HI, params, owner="bob")
+        assert ann_positions == [1, 2, 3] and next(bob).queue_position == 2  # after Ann's first only
+    finally:
+        gate.set()
+    for stream in [*anns, bob]:
+        assert list(stream)[-1].usage.completion_tokens == 2
+
+
 def test_busy_when_too_many_are_waiting(tmp_path: Path, tiny_model: Path):
     backend = TransformersBackend(tmp_path, max_waiting=1)
     try:

@@ -203,3 +203,38 @@ def test_close_runs_queued_jobs_then_refuses_new_ones() -> None:
     assert queued.result(timeout=WAIT) == "queued"
     with pytest.raises(Busy, match="shutting down"):
         worker.submit(lambda: None)
+
+
+def test_one_member_with_ten_requests_does_not_starve_another(worker: InferenceWorker) -> None:
+    gate, _ = hold(worker)
+    ran: list[str] = []
+    many = [worker.submit(lambda i=i: ran.append(f"ann{i}"), owner="ann") for i in range(10)]
+    bobs = worker.submit(lambda: ran.append("bob"), owner="bob")
+    assert worker.position(many[0]) == 1 and worker.position(bobs) == 2  # right after Ann's first
+    assert worker.position(many[1]) == 3 and worker.position(many[9]) == 11
+    gate.release.set()
+    bobs.result(WAIT)
+    for f in many:
+        f.result(WAIT)
+    assert ran == ["ann0", "bob", *[f"ann{i}" for i in range(1, 10)]]
+
+
+def test_members_take_turns_and_loads_keep_their_place(worker: InferenceWorker) -> None:
+    gate, _ = hold(worker)
+    ran: list[str] = []
+    jobs = [
+        worker.submit(lambda: ran.append("a1"), owner="a"),
+        worker.submit(lambda: ran.append("a2"), owner="a"),
+        worker.submit(lambda: ran.append("load")),  # no owner: a turn of its own
+        worker.submit(lambda: ran.append("b1"), owner="b"),
+        worker.submit(lambda: ran.append("c1"), owner="c"),
+        worker.submit(lambda: ran.append("b2"), owner="b"),
+    ]
+    cancelled = worker.submit(lambda: ran.append("never"), owner="c")
+    cancelled.cancel()
+    positions = [worker.position(j) for j in jobs]
+    gate.release.set()
+    for j in jobs:
+        j.result(WAIT)
+    assert ran == ["a1", "load", "b1", "c1", "a2", "b2"]
+    assert positions == [1, 5, 2, 3, 4, 6]  # what each was told while waiting matches what happened

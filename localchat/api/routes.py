@@ -99,7 +99,7 @@ class OpenAIRoutes:
         return info
 
     # -- running a request --------------------------------------------------------------------
-    def start(self, req: ApiRequest, info: LoadedInfo, cancel: threading.Event) -> Iterator[Chunk]:
+    def start(self, req: ApiRequest, info: LoadedInfo, cancel: threading.Event, member: Member) -> Iterator[Chunk]:
         window = info.context_length  # 0: unknown (a remote engine that does not say)
         if req.max_tokens_given and window and req.params.max_new_tokens >= window:
             raise ApiError(
@@ -109,7 +109,9 @@ class OpenAIRoutes:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        return self.service.complete(list(req.messages), req.params, cancel, trim=False, prompt=req.prompt)
+        return self.service.complete(
+            list(req.messages), req.params, cancel, trim=False, prompt=req.prompt, owner=str(member.id)
+        )
 
     @staticmethod
     async def pull(stream: Iterator[Chunk]) -> Any:
@@ -135,7 +137,7 @@ class OpenAIRoutes:
         info = self.model_for(member, req.model)
         cancel = threading.Event()
         try:  # a backend may refuse when called, not only while streaming
-            stream = self.start(req, info, cancel)
+            stream = self.start(req, info, cancel, member)
         except BackendError as exc:
             raise _error_status(exc) from None
         # Until a streamed response takes over (it watches for the client itself), a client that

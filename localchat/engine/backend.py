@@ -117,6 +117,7 @@ class TransformersBackend:
         *,
         trim: bool = True,
         prompt: str | None = None,
+        owner: str | None = None,
     ) -> Iterator[Chunk]:
         """`trim=False`: a prompt that does not fit is an error instead of being shortened (the API).
         `prompt`: complete this raw text instead of the chat `messages` (/v1/completions)."""
@@ -170,7 +171,7 @@ class TransformersBackend:
             )
 
         try:
-            future = self.worker.submit(job, cancel)
+            future = self.worker.submit(job, cancel, owner)
         except Busy as exc:
             raise ServerBusy(f"The model is busy: {exc}") from exc
         future.add_done_callback(lambda _: out.put(_DONE))

@@ -109,6 +109,7 @@ class OpenAIBackend:
         *,
         trim: bool = True,
         prompt: str | None = None,
+        owner: str | None = None,
     ) -> Iterator[Chunk]:
         info = self._info
         if info is None:

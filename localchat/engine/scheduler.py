@@ -1,15 +1,16 @@
 """The one inference worker: a single thread that runs every torch operation, fed by a queue.
 
-Owns: the queue of jobs (loads and replies), queue positions, the bound on waiting jobs.
-Invariant: only the worker thread runs jobs. A second thread running torch ops would start a second
-OpenMP team, which measured 28 -> 16 tok/s on a 2-core CPU; callers only wait on queues.
+Owns: the queue of jobs (loads and replies), its fair order, queue positions, the bound on waiting
+jobs. Invariants: only the worker thread runs jobs (a second thread running torch ops would start
+a second OpenMP team, which measured 28 -> 16 tok/s on a 2-core CPU; callers only wait); waiting
+jobs are served round-robin between owners (household members), first come first served within
+one owner, so ten requests from one member never starve another member's one.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -29,6 +30,7 @@ class _Job:
     run: Callable[[], Any] = field(compare=False)
     future: Future = field(compare=False)
     cancel: threading.Event | None = field(compare=False, default=None)
+    owner: str = field(compare=False, default="")
 
 
 class InferenceWorker:
@@ -36,32 +38,51 @@ class InferenceWorker:
 
     def __init__(self, max_waiting: int = 32, name: str = "localchat-inference"):
         self.max_waiting = max_waiting
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._waiting: list[_Job] = []  # submitted, not yet started; guarded by _lock
-        self._lock = threading.Lock()
+        self._waiting: list[_Job] = []  # submitted, not yet started, in submission order
+        self._rotation: list[str] = []  # owners with waiting jobs, the next to be served first
+        self._changed = threading.Condition()  # guards everything above; notified on submit/close
+        self._lock = self._changed
         self._seq = itertools.count()
         self._running = False
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[[], Any], cancel: threading.Event | None = None) -> Future:
-        """Queue fn; raises Busy when max_waiting jobs are already waiting."""
-        with self._lock:
+    def submit(self, fn: Callable[[], Any], cancel: threading.Event | None = None, owner: str | None = None) -> Future:
+        """Queue fn for `owner` (a household member; None: a job of its own, such as a load);
+        raises Busy when max_waiting jobs are already waiting."""
+        with self._changed:
             if self._closed:
                 raise Busy("the server is shutting down")
             n = len(self._live())
             if n >= self.max_waiting:
                 raise Busy(f"{n} {'reply is' if n == 1 else 'replies are'} already waiting; try again in a moment")
-            job = _Job(next(self._seq), fn, Future(), cancel)
+            seq = next(self._seq)
+            job = _Job(seq, fn, Future(), cancel, owner if owner is not None else f"job-{seq}")
             self._waiting.append(job)
-            self._jobs.put(job)  # under the lock, so queue order is submission (seq) order
+            if job.owner not in self._rotation:
+                self._rotation.append(job.owner)
+            self._changed.notify()
         return job.future
+
+    def _order(self) -> list[_Job]:
+        """The live waiting jobs in the order they will run: one per owner per round."""
+        queues: dict[str, list[_Job]] = {}
+        for job in self._live():
+            queues.setdefault(job.owner, []).append(job)
+        owners = [o for o in self._rotation if o in queues]
+        order: list[_Job] = []
+        while owners:
+            for owner in list(owners):
+                order.append(queues[owner].pop(0))
+                if not queues[owner]:
+                    owners.remove(owner)
+        return order
 
     def position(self, future: Future) -> int | None:
         """How many jobs run before this one (0 = next), or None once it has started."""
-        with self._lock:
-            for i, job in enumerate(self._live()):
+        with self._changed:
+            for i, job in enumerate(self._order()):
                 if job.future is future:
                     return i + (1 if self.busy else 0)
         return None
@@ -87,13 +108,33 @@ class InferenceWorker:
             return fn()
         return self.submit(fn).result()
 
+    def _next(self) -> _Job | None:
+        """Wait for the next job in fair order (None: closed and nothing left); under the lock."""
+        while True:
+            for job in [j for j in self._waiting if j.future.cancelled()]:
+                self._take(job, served=False)  # stopped while waiting: it never runs
+            order = self._order()
+            if order:
+                return self._take(order[0], served=True)
+            if self._closed:
+                return None
+            self._changed.wait()
+
+    def _take(self, job: _Job, served: bool) -> _Job:
+        self._waiting.remove(job)
+        more = any(other.owner == job.owner for other in self._waiting)
+        if served or not more:
+            self._rotation.remove(job.owner)
+            if served and more:
+                self._rotation.append(job.owner)  # its next job waits for everyone else's turn
+        return job
+
     def _loop(self) -> None:
         while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            with self._lock:
-                self._waiting.remove(job)
+            with self._changed:
+                job = self._next()
+                if job is None:
+                    return
                 self._running = True
             try:
                 if job.cancel is not None and job.cancel.is_set():
@@ -104,11 +145,11 @@ class InferenceWorker:
                     except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
                         job.future.set_exception(exc)
             finally:
-                with self._lock:
+                with self._changed:
                     self._running = False
 
     def close(self) -> None:
-        with self._lock:  # jobs already queued still run; later submits get Busy instead of hanging
+        with self._changed:  # jobs already queued still run; later submits get Busy instead of hanging
             self._closed = True
-            self._jobs.put(None)
+            self._changed.notify()
         self._thread.join(timeout=10)

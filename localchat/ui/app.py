@@ -204,7 +204,7 @@ class ChatUI:
             self._save_reply(member, conversation_id, turns)
             yield render(turns), turns, *_buttons(False)
             return
-        updates = self.service.reply(to_messages(turns[:-1]), system, params, reply.cancel)
+        updates = self.service.reply(to_messages(turns[:-1]), system, params, reply.cancel, owner=str(member.id))
         shown_at = 0.0
         try:
             for update in updates:
