@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["users"]:
         return users(argv[1:])
+    if argv[:1] == ["doctor"]:
+        return doctor(argv[1:])
     try:
         settings = load_settings(argv)
     except InvalidValue as exc:
@@ -63,6 +65,36 @@ def main(argv: list[str] | None = None) -> int:
         where += "  (shared on the network: everyone signs in)"
     print(f"localchat is starting on {where}  (Ctrl+C to stop)", flush=True)
     uvicorn.run(app.api, host=settings.bind_host, port=settings.port, log_level="warning")
+    return 0
+
+
+def doctor(argv: list[str]) -> int:
+    """`localchat doctor [flags]`: this machine, and whether the configured model fits it."""
+    try:
+        settings = load_settings(argv)
+    except InvalidValue as exc:
+        print(f"localchat: {exc}", file=sys.stderr)
+        return 2
+    from localchat.engine import models
+    from localchat.engine.loading import LoadError, fit_report
+    from localchat.hardware import detect, disk_free, gib
+
+    print(detect().describe())
+    print(f"Data folder: {settings.data} ({gib(disk_free(settings.data))} free on its disk)")
+    found = models.discover(settings.models)
+    print(f"Models found: {len(found)}")
+    for spec in found:
+        print(f"  - {spec.name}: {spec.id}")
+    options = settings.load_options()
+    print(f"\nWill {options.model} fit?")
+    try:
+        real = models.materialize(options.model, settings.data)
+        from dataclasses import replace
+
+        report = fit_report(replace(options, model=real), settings.data / "cache" / "gguf-dequantized")
+        print(report.describe().replace("**", ""))
+    except (LoadError, OSError, ValueError) as exc:
+        print(f"  cannot tell: {exc}")
     return 0
 
 

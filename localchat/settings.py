@@ -43,7 +43,7 @@ class Settings:
     model: str = "bundled:smollm2-135m-instruct"
     device: str = "auto"
     dtype: str = "auto"
-    quantization: str = "none"
+    quantization: str = "auto"
     quant_type_4bit: str = "nf4"
     compute_dtype: str = "auto"
     double_quant: bool = True
@@ -128,7 +128,7 @@ HELP: dict[str, str] = {
     "a folder, a .gguf file, or a Hub id already in the local Hugging Face cache",
     "device": "auto (CUDA when present, else CPU), cuda, or cpu",
     "dtype": "weights dtype: auto (fp32 on CPU, bf16/fp16 on CUDA), float32, bfloat16, float16",
-    "quantization": "none, 8bit or 4bit (bitsandbytes; works on CUDA and on CPU)",
+    "quantization": "auto (the most accurate that fits this machine), none, 8bit or 4bit (bitsandbytes; CUDA and CPU)",
     "quant_type_4bit": "4-bit number format: nf4 (best for most models) or fp4",
     "compute_dtype": "dtype 4-bit layers compute in: auto (bf16 on CPU and on GPUs that have it), float32, ...",
     "double_quant": "also quantize the 4-bit scales (saves ~0.4 bit per weight; --no-double-quant to turn off)",

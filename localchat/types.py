@@ -14,7 +14,7 @@ Quantization = Literal["none", "8bit", "4bit"]
 Device = Literal["auto", "cuda", "cpu"]
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
-QUANTIZATIONS: tuple[str, ...] = ("none", "8bit", "4bit")
+QUANTIZATIONS: tuple[str, ...] = ("auto", "none", "8bit", "4bit")  # auto: the most accurate that fits
 DEVICES: tuple[str, ...] = ("auto", "cuda", "cpu")
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 QUANT_TYPES_4BIT: tuple[str, ...] = ("nf4", "fp4")

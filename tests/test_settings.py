@@ -229,7 +229,7 @@ def test_paths_are_expanded(data: Path) -> None:
         (["--port", "70000"], "port must be between 1 and 65535"),
         (["--device", "tpu"], "device must be one of auto, cuda, cpu"),
         (["--dtype", "int8"], "dtype must be one of"),
-        (["--quantization", "2bit"], "quantization must be one of none, 8bit, 4bit"),
+        (["--quantization", "2bit"], "quantization must be one of auto, none, 8bit, 4bit"),
         (["--context-length", "10"], "context length must be at least 64 tokens"),
         (["--quant-type-4bit", "int4"], "4-bit type must be nf4 or fp4"),
         (["--compute-dtype", "int8"], "compute dtype must be one of"),

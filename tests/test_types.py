@@ -80,7 +80,7 @@ def test_with_returns_a_new_value() -> None:
         ({"model": "   "}, "choose a model to load"),
         ({"device": "tpu"}, "device must be one of auto, cuda, cpu"),
         ({"dtype": "int8"}, "dtype must be one of auto, float32, bfloat16, float16"),
-        ({"quantization": "3bit"}, "quantization must be one of none, 8bit, 4bit"),
+        ({"quantization": "3bit"}, "quantization must be one of auto, none, 8bit, 4bit"),
         ({"quant_type_4bit": "int4"}, "4-bit type must be nf4 or fp4"),
         ({"compute_dtype": "float64"}, "compute dtype must be one of"),
         ({"context_length": 63}, "context length must be at least 64 tokens"),

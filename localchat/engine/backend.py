@@ -22,7 +22,7 @@ import torch
 from localchat.backend import ModelLoadFailed, NoModelLoaded, PromptTooLong, ServerBusy
 from localchat.engine import models
 from localchat.engine.generate import ContextOverflow, fit_to_window, prompt_ids, stream_reply
-from localchat.engine.loading import Loaded, LoadError, load_model
+from localchat.engine.loading import Loaded, LoadError, fit_report, load_model
 from localchat.engine.scheduler import Busy, InferenceWorker
 from localchat.types import Chunk, ContextFit, LoadedInfo, LoadOptions, Message, ModelSpec, SamplingParams, Usage
 
@@ -56,6 +56,16 @@ class TransformersBackend:
             return self.load_in_background(options).result()
         except Busy as exc:
             raise ServerBusy(str(exc)) from exc
+
+    def fit(self, options: LoadOptions) -> str:
+        """Will this model fit this machine, per load option (Markdown, for the Model panel)."""
+        try:
+            real = replace(options, model=models.materialize(options.model, self.data_dir))
+            return fit_report(real, self.data_dir / "cache" / "gguf-dequantized").describe()
+        except LoadError as exc:
+            return f"⚠ {exc}"
+        except Exception as exc:  # noqa: BLE001 - an estimate must never break the panel
+            return f"⚠ Could not estimate the memory for {options.model}: {exc}"
 
     def load_in_background(self, options: LoadOptions) -> Future:
         """Queue a load on the worker; replies queued after it run on the new model."""

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,35 @@ def _check_architecture(source: str) -> None:
         raise LoadError(f"{Path(source).name}: a {config.model_type} model cannot generate text, so it cannot chat")
 
 
+def fit_report(options: LoadOptions, cache_root: Path, free_bytes: int | None = None):
+    """How much memory each load option of this model needs, and which fit (engine.fit)."""
+    from localchat.engine import fit
+    from localchat.hardware import detect
+
+    resolved = resolve_model(options.model)
+    device = pick_device(options.device)
+    source, gguf_file = resolved.path, resolved.gguf_file
+    if gguf_file and (_gguf_cache_dir(resolved, cache_root) / "config.json").exists():
+        source, gguf_file = str(_gguf_cache_dir(resolved, cache_root)), None  # reading a GGUF takes seconds
+    config = fit.load_config(source, gguf_file)
+    free = detect().free_bytes(device) if free_bytes is None else free_bytes
+    return fit.report(resolved.name, config, device, free, options.context_length)
+
+
+def choose_quantization(options: LoadOptions, cache_root: Path, free_bytes: int | None = None) -> LoadOptions:
+    """quantization=auto -> the most accurate option that fits this machine (none, 8bit, 4bit)."""
+    if options.quantization != "auto":
+        return options
+    from localchat.engine.fit import QUANT_OF
+
+    report = fit_report(options, cache_root, free_bytes)
+    best = report.best()
+    if best is None:
+        raise LoadError(report.describe().splitlines()[0].replace("**", "") + " Choose a smaller model.")
+    log.info("quantization auto: %s for %s", best.option, report.name)
+    return replace(options, quantization=QUANT_OF[best.option])
+
+
 def _cache_fits(resolved: ResolvedModel, cache_root: Path) -> bool:
     """A dequantized copy is ~4-8x the GGUF; keep it only where the disk has plenty of room."""
     if _gguf_cache_dir(resolved, cache_root).exists():
@@ -199,6 +228,7 @@ def load_model(options: LoadOptions, cache_root: Path) -> Loaded:
     started = time.perf_counter()
     resolved: ResolvedModel | None = None
     try:
+        options = choose_quantization(options, cache_root)
         resolved = resolve_model(options.model)
         device = pick_device(options.device)
         dtype = pick_dtype(options.dtype, device)

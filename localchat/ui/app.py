@@ -466,6 +466,26 @@ class ChatUI:
             return
         yield f"✓ Loaded in {info.load_seconds:.1f} s: {info.describe()}"
 
+    def fit_estimate(self, model: str, device: str, context: float | None) -> str:
+        """Memory per load option for the picked model, and which of them fit this machine."""
+        fit = getattr(self.service.backend, "fit", None)
+        if fit is None or not (model or "").strip():
+            return ""
+        try:
+            options = LoadOptions(
+                model=model.strip(),
+                device=device,  # type: ignore[arg-type]
+                context_length=int(context) if context else None,
+            ).validate()
+        except InvalidValue as exc:
+            return f"⚠ {exc}"
+        return fit(options)
+
+    def hardware_text(self) -> str:
+        from localchat.hardware import detect
+
+        return detect().describe().replace("\n", "  \n")
+
     def unload_model(self, request: gr.Request) -> str:
         """Free the model's memory (admins only); the next load brings one back."""
         if not self.household.may_load_models(member_of(self.household, request)):
@@ -563,10 +583,14 @@ class ChatUI:
                             precision=0,
                             minimum=0,
                         )
+                        fit_button = gr.Button("Will it fit?", size="sm", elem_id="lc-fit-check")
+                        fit_info = gr.Markdown("", elem_id="lc-fit")
                         with gr.Row():
                             load = gr.Button("Load model", variant="primary", elem_id="lc-load")
                             unload = gr.Button("Unload", elem_id="lc-unload")
                         load_result = gr.Markdown("", elem_id="lc-load-result")
+                        with gr.Accordion("This machine", open=False):
+                            gr.Markdown(self.hardware_text, elem_id="lc-hardware")
                 with gr.Accordion("API keys", open=False, visible=False, elem_id="lc-api-keys") as keys_box:
                     keys_refresh = self.keys.build()
                 if self.service.preset_problems:
@@ -694,6 +718,9 @@ class ChatUI:
                 concurrency_limit=None,
                 api_name="load_model",
             ).then(self.after_load, None, [picker, status], queue=False, **_hidden)
+            fit_in = [picker, device, context]
+            fit_button.click(self.fit_estimate, fit_in, [fit_info], queue=False, **_hidden)
+            picker.input(self.fit_estimate, fit_in, [fit_info], queue=False, **_hidden)
             unload.click(self.unload_model, None, [load_result], queue=False, **_hidden).then(
                 self.status, None, [status, model_info, timer], queue=False, **_hidden
             )

@@ -1,0 +1,160 @@
+"""Will this model fit? Memory estimates per load option, from the model's config alone.
+
+Owns: counting parameters by building the model on the `meta` device (exact for every
+architecture transformers knows, and nothing is allocated), and turning counts into bytes for
+fp32, bf16/fp16, bitsandbytes 8-bit and 4-bit, plus the KV cache for a context length.
+Invariant: estimates are checked against real loads in the tests (the error is stated there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from localchat.hardware import gib
+
+OPTIONS = ("float32", "bfloat16", "8bit", "4bit")  # most accurate first
+QUANT_OF = {"float32": "none", "bfloat16": "none", "8bit": "8bit", "4bit": "4bit"}
+HEADROOM = 0.85  # of the free memory: activations, the tokenizer and the rest of the process need some
+OVERHEAD_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class Counts:
+    quantizable: int  # weights of nn.Linear layers that bitsandbytes replaces
+    quantizable_rows: int  # their output features (8-bit keeps one scale per row)
+    other: int  # embeddings, norms, biases, an untied lm_head: kept in the load dtype
+    layers: int
+    kv_heads: int
+    head_dim: int
+    context: int
+
+    @property
+    def total(self) -> int:
+        return self.quantizable + self.other
+
+
+@dataclass(frozen=True)
+class Estimate:
+    option: str
+    weights_bytes: int
+    cache_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.cache_bytes + OVERHEAD_BYTES
+
+
+def count(config: Any) -> Counts:
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    skip = {"lm_head"}  # transformers never quantizes the output layer
+    quantizable = rows = 0
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.split(".")[-1] not in skip:
+            quantizable += module.weight.numel()
+            rows += module.out_features
+            seen.add(id(module.weight))
+    other = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if id(p) not in seen)
+    text = getattr(config, "get_text_config", lambda: config)()
+    heads = getattr(text, "num_attention_heads", 1) or 1
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    context = 0
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(getattr(text, name, None), int):
+            context = getattr(text, name)
+            break
+    return Counts(
+        quantizable=quantizable,
+        quantizable_rows=rows,
+        other=other,
+        layers=getattr(text, "num_hidden_layers", 0),
+        kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=head_dim,
+        context=context,
+    )
+
+
+def estimate(
+    counts: Counts, option: str, context: int, rest_dtype_bytes: int = 4, double_quant: bool = True
+) -> Estimate:
+    """Bytes for one option. `rest_dtype_bytes`: what the layers bitsandbytes leaves alone are
+    stored in (the load dtype: 4 for fp32 on a CPU, 2 for bf16/fp16 on a GPU)."""
+    if option == "float32":
+        weights, kv = counts.total * 4, 4
+    elif option == "bfloat16":
+        weights, kv = counts.total * 2, 2
+    elif option == "8bit":
+        weights = counts.quantizable + counts.quantizable_rows * 4 + counts.other * rest_dtype_bytes
+        kv = rest_dtype_bytes
+    else:  # nf4/fp4: half a byte a weight, plus one scale per 64 (fp32, or 8-bit with double quantization)
+        scales = counts.quantizable / 64 * (1 + 4 / 256 if double_quant else 4)
+        weights = int(counts.quantizable / 2 + scales) + counts.other * rest_dtype_bytes
+        kv = 2  # the compute dtype (bf16 or fp16)
+    cache = 2 * counts.layers * counts.kv_heads * counts.head_dim * context * kv
+    return Estimate(option, int(weights), int(cache))
+
+
+@dataclass(frozen=True)
+class FitReport:
+    name: str
+    device: str
+    free_bytes: int
+    context: int
+    estimates: tuple[Estimate, ...]
+
+    def fits(self, e: Estimate) -> bool:
+        return e.total_bytes <= self.free_bytes * HEADROOM
+
+    def best(self) -> Estimate | None:
+        """The most accurate option that fits (fp32 on a CPU, bf16 on a GPU, then 8-bit, 4-bit)."""
+        order = ("float32", "8bit", "4bit") if self.device == "cpu" else ("bfloat16", "8bit", "4bit")
+        for option in order:
+            e = next(x for x in self.estimates if x.option == option)
+            if self.fits(e):
+                return e
+        return None
+
+    def describe(self) -> str:
+        where = "on the GPU" if self.device == "cuda" else "in RAM"
+        best = self.best()
+        labels = {"float32": "fp32", "bfloat16": "bf16", "8bit": "8-bit", "4bit": "4-bit"}
+        if best is None:
+            smallest = min(self.estimates, key=lambda e: e.total_bytes)
+            head = (
+                f"**Does not fit** {where}: even 4-bit needs {gib(smallest.total_bytes)}, "
+                f"you have {gib(self.free_bytes)} free."
+            )
+        else:
+            head = (
+                f"**Fits {where} in {labels[best.option]}** ({gib(best.total_bytes)} of {gib(self.free_bytes)} free)."
+            )
+        rows = [
+            f"- {labels[e.option]}: {gib(e.total_bytes)} ({gib(e.weights_bytes)} weights + "
+            f"{gib(e.cache_bytes)} for a {self.context:,}-token context) {'✓' if self.fits(e) else '✗ too big'}"
+            for e in self.estimates
+        ]
+        return "\n".join([head, *rows])
+
+
+def load_config(source: str, gguf_file: str | None) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source, gguf_file=gguf_file, local_files_only=True)
+
+
+def report(name: str, config: Any, device: str, free_bytes: int, context: int | None = None) -> FitReport:
+    counts = count(config)
+    ctx = min(context or counts.context or 2048, counts.context or context or 2048)
+    rest = 4 if device == "cpu" else 2
+    return FitReport(name, device, free_bytes, ctx, tuple(estimate(counts, o, ctx, rest) for o in OPTIONS))
+
+
+def folder_for(path: Path) -> Path:
+    return path if path.is_dir() else path.parent

@@ -1,0 +1,136 @@
+"""What this machine has: CPU, cores, RAM, each GPU with its memory, and whether bitsandbytes can
+run there. Read from the OS (no extra packages); torch is asked about GPUs only when present.
+
+Invariant: never fails; anything it cannot read is reported as unknown.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+    capability: str
+    bitsandbytes: bool
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cpu: str
+    cores: int
+    ram_total_bytes: int
+    ram_free_bytes: int
+    gpus: tuple[Gpu, ...] = field(default_factory=tuple)
+    bitsandbytes_cpu: bool = False
+    torch: str = ""
+
+    def free_bytes(self, device: str) -> int:
+        """Memory a model can use on `device` ("cpu" or "cuda", the first GPU)."""
+        if device == "cuda" and self.gpus:
+            return self.gpus[0].free_bytes
+        return self.ram_free_bytes
+
+    def describe(self) -> str:
+        lines = [
+            f"CPU: {self.cpu}, {self.cores} cores",
+            f"RAM: {gib(self.ram_free_bytes)} free of {gib(self.ram_total_bytes)}",
+        ]
+        for g in self.gpus:
+            bnb = "bitsandbytes 4/8-bit: yes" if g.bitsandbytes else "bitsandbytes 4/8-bit: no"
+            lines.append(
+                f"GPU {g.index}: {g.name} (compute {g.capability}), {gib(g.free_bytes)} free of "
+                f"{gib(g.total_bytes)}; {bnb}"
+            )
+        if not self.gpus:
+            lines.append("GPU: none usable (CUDA not available)")
+        lines.append(f"bitsandbytes on the CPU: {'yes' if self.bitsandbytes_cpu else 'no'}")
+        if self.torch:
+            lines.append(f"PyTorch: {self.torch}")
+        return "\n".join(lines)
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:,.0f} MB"
+
+
+def _meminfo() -> tuple[int, int]:
+    try:
+        fields = {}
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            fields[name] = int(rest.split()[0]) * 1024
+        return fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", 0))
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
+    try:  # macOS and other Unixes: total only; call the free part half of it
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return total, total // 2
+    except (ValueError, OSError, AttributeError):
+        return 0, 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _gpus() -> tuple[tuple[Gpu, ...], str]:
+    if importlib.util.find_spec("torch") is None:
+        return (), ""
+    import torch
+
+    version = torch.__version__ + (f", CUDA {torch.version.cuda}" if torch.version.cuda else ", CPU build")
+    if not torch.cuda.is_available():
+        return (), version
+    gpus = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        try:
+            free, total = torch.cuda.mem_get_info(i)
+        except RuntimeError:
+            free, total = 0, props.total_memory
+        major, minor = props.major, props.minor
+        # bitsandbytes' CUDA kernels need compute capability 5.0 or newer (7.5+ for the fastest int8)
+        bnb = importlib.util.find_spec("bitsandbytes") is not None and major >= 5
+        gpus.append(Gpu(i, props.name, int(total), int(free), f"{major}.{minor}", bnb))
+    return tuple(gpus), version
+
+
+def detect() -> Hardware:
+    total, free = _meminfo()
+    gpus, torch_version = _gpus()
+    return Hardware(
+        cpu=_cpu_name(),
+        cores=os.cpu_count() or 1,
+        ram_total_bytes=total,
+        ram_free_bytes=free,
+        gpus=gpus,
+        bitsandbytes_cpu=importlib.util.find_spec("bitsandbytes") is not None,
+        torch=torch_version,
+    )
+
+
+def disk_free(path: Path) -> int:
+    """Free bytes on the disk that holds `path` (or would, once it is created)."""
+    probe = Path(path).expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return 0
