@@ -153,6 +153,8 @@ class ChatService:
             return f"Loading {info_name(loading.model)}…"
         if info is None:
             return "No model loaded: open Settings, then Model"
+        if getattr(self.backend, "asleep", None) is info:
+            return f"{info.name} · unloaded while idle: it loads again with your next message"
         return f"{info.name} · {info.memory_bytes / 2**20:,.0f} MiB · {info.device}"
 
     def status(self) -> str:
@@ -164,4 +166,6 @@ class ChatService:
         if info is None:
             err = getattr(self.backend, "last_load_error", None)
             return f"No model loaded. {err}" if err else "No model loaded: pick one and press Load"
+        if getattr(self.backend, "asleep", None) is info:
+            return f"{info.describe()} (unloaded while idle; the next message loads it again)"
         return info.describe()

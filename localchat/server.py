@@ -47,7 +47,9 @@ def build_app(settings: Settings, backend: Backend | None = None, household: Hou
     if backend is None:
         from localchat.engine.backend import TransformersBackend
 
-        backend = TransformersBackend(settings.data, settings.models, max_waiting=settings.max_waiting)
+        backend = TransformersBackend(
+            settings.data, settings.models, max_waiting=settings.max_waiting, idle_unload=settings.idle_unload * 60
+        )
     service = ChatService(backend, settings.presets)
     if settings.load_on_start and backend.loaded() is None:
         loader: Any = getattr(backend, "load_in_background", None)

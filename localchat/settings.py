@@ -50,6 +50,7 @@ class Settings:
     context_length: int | None = None
     preset: str = "Balanced"
     max_waiting: int = 32
+    idle_unload: int = 10  # minutes without a request before the model's memory is given back; 0: never
     engine: str = "transformers"  # or "openai": an OpenAI-compatible server does the generating
     engine_url: str | None = None
     engine_key: str | None = None
@@ -90,6 +91,7 @@ class Settings:
         checks = [
             (0 < self.port < 65536, "port must be between 1 and 65535"),
             (self.max_waiting >= 1, "max waiting must be at least 1"),
+            (self.idle_unload >= 0, "idle unload must be 0 (never) or a number of minutes"),
             (self.log_level.lower() in LOG_LEVELS, f"log level must be one of {', '.join(LOG_LEVELS)}"),
             (self.engine in ("transformers", "openai"), "engine must be transformers or openai"),
             (self.engine != "openai" or bool(self.engine_url), "--engine openai needs --engine-url URL"),
@@ -134,6 +136,8 @@ HELP: dict[str, str] = {
     "double_quant": "also quantize the 4-bit scales (saves ~0.4 bit per weight; --no-double-quant to turn off)",
     "context_length": "cap the model's context window in tokens (less memory; default: the model's own)",
     "preset": "name of the preset selected when the page opens",
+    "idle_unload": "minutes without a request after which the model is unloaded to give its memory back "
+    "(it loads again with the next message; 0 = never; the small bundled model stays while memory is plentiful)",
     "max_waiting": "how many replies may wait for the model before new ones are told it is busy",
     "engine": "transformers (load models here) or openai: use an OpenAI-compatible server (vLLM, llama.cpp, "
     "Ollama, another localchat) as the engine; the UI, accounts and history stay here",

@@ -289,3 +289,10 @@ def test_a_stream_that_ends_without_usage_still_finishes_the_reply() -> None:
     updates = list(service.reply([Message("user", "q")], "", SamplingParams()))
     assert updates[-1].done and updates[-1].text == "Half an ans"
     assert "without finishing" in updates[-1].error
+
+
+def test_a_model_unloaded_while_idle_says_it_comes_back() -> None:
+    backend = FakeBackend(model="fake-small")
+    service = ChatService(backend)
+    backend.asleep = backend.loaded()
+    assert "unloaded while idle" in service.status_line() and "next message" in service.status()

@@ -32,8 +32,20 @@ POLL_SECONDS = 0.2
 
 
 class TransformersBackend:
-    def __init__(self, data_dir: Path, models_dir: Path | None = None, max_waiting: int = 32):
+    def __init__(
+        self,
+        data_dir: Path,
+        models_dir: Path | None = None,
+        max_waiting: int = 32,
+        idle_unload: float = 0,
+    ):
+        """`idle_unload`: seconds without a request after which the model is unloaded (0: never);
+        the next request loads it again with the same options."""
         self.data_dir = data_dir
+        self.idle_unload = idle_unload
+        self.asleep: LoadedInfo | None = None  # unloaded for being idle; loads again on the next request
+        self._last_used = time.monotonic()
+        self._closing = threading.Event()
         self.models_dir = models_dir or data_dir / "models"
         self.worker = InferenceWorker(max_waiting=max_waiting)
         self._current: Loaded | None = None
@@ -41,6 +53,8 @@ class TransformersBackend:
         self.last_load_error: str | None = None
         self._pending_loads: list[LoadOptions] = []
         self._loads_lock = threading.Lock()
+        if idle_unload > 0:
+            threading.Thread(target=self._watch_idle, name="localchat-idle", daemon=True).start()
 
     # -- models -------------------------------------------------------------------------------
     def available_models(self) -> list[ModelSpec]:
@@ -48,7 +62,7 @@ class TransformersBackend:
 
     def loaded(self) -> LoadedInfo | None:
         current = self._current
-        return current.info if current else None
+        return current.info if current else self.asleep
 
     def load(self, options: LoadOptions) -> LoadedInfo:
         """Load and wait; raises ModelLoadFailed with one line, the old model still loaded."""
@@ -71,23 +85,7 @@ class TransformersBackend:
         """Queue a load on the worker; replies queued after it run on the new model."""
 
         def job() -> LoadedInfo:
-            try:
-                real = replace(options, model=models.materialize(options.model, self.data_dir))
-                new = load_model(real, self.data_dir / "cache" / "gguf-dequantized")
-            except LoadError as exc:
-                _free_memory()  # e.g. the CUDA blocks of a half-loaded model that ran out of memory
-                raise ModelLoadFailed(str(exc)) from exc
-            except Exception as exc:  # noqa: BLE001 - a load must never take the app down
-                log.exception("load failed")
-                _free_memory()
-                raise ModelLoadFailed(f"Could not load {options.model}: {exc}".splitlines()[0]) from exc
-            name = models.DISPLAY_NAMES.get(options.model, new.info.name)
-            new.info = replace(new.info, options=options, name=name)  # keep the reference the user chose
-            old, self._current = self._current, new
-            del old
-            _free_memory()
-            log.info("loaded %s", new.info.describe())
-            return new.info
+            return self._load_now(options)
 
         def done(future: Future) -> None:
             with self._loads_lock:
@@ -103,21 +101,70 @@ class TransformersBackend:
         future.add_done_callback(done)
         return future
 
+    def _load_now(self, options: LoadOptions) -> LoadedInfo:
+        """Load on the worker thread, replacing the current model only on success."""
+        try:
+            real = replace(options, model=models.materialize(options.model, self.data_dir))
+            new = load_model(real, self.data_dir / "cache" / "gguf-dequantized")
+        except LoadError as exc:
+            _free_memory()  # e.g. the CUDA blocks of a half-loaded model that ran out of memory
+            raise ModelLoadFailed(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - a load must never take the app down
+            log.exception("load failed")
+            _free_memory()
+            raise ModelLoadFailed(f"Could not load {options.model}: {exc}".splitlines()[0]) from exc
+        name = models.DISPLAY_NAMES.get(options.model, new.info.name)
+        new.info = replace(new.info, options=options, name=name)  # keep the reference the user chose
+        old, self._current, self.asleep = self._current, new, None
+        del old
+        _free_memory()
+        self._last_used = time.monotonic()
+        log.info("loaded %s", new.info.describe())
+        return new.info
+
+    # -- memory governance --------------------------------------------------------------------
+    def _watch_idle(self) -> None:
+        while not self._closing.wait(min(30.0, max(0.2, self.idle_unload / 4))):
+            current = self._current
+            if current is None or self.worker.busy or self.worker.waiting():
+                continue
+            if time.monotonic() - self._last_used < self.idle_unload or self._keep_resident(current.info):
+                continue
+            try:
+                self.worker.submit(self._sleep)
+            except Busy:
+                pass
+
+    def _keep_resident(self, info: LoadedInfo) -> bool:
+        """The small bundled model stays loaded while it takes under a tenth of the free memory."""
+        from localchat.hardware import detect
+
+        bundled = info.options.model.startswith(models.BUNDLED_PREFIX)
+        return bundled and info.memory_bytes * 10 < detect().free_bytes(info.device)
+
+    def _sleep(self) -> None:
+        current = self._current
+        if current is None or time.monotonic() - self._last_used < self.idle_unload:
+            return  # a request came in meanwhile
+        self.asleep, self._current = current.info, None
+        del current
+        _free_memory()
+        log.info("unloaded %s after %.0f s without a request", self.asleep.name, self.idle_unload)
+
     def activity(self) -> dict[str, int]:
         """For /health: is a reply being generated now, and how many wait."""
         return {"generating": int(self.worker.busy), "waiting": self.worker.waiting()}
 
     def unload(self) -> None:
         def job() -> None:
-            self._current = None
+            self._current = self.asleep = None
             _free_memory()
 
         self.worker.call(job)
 
     # -- replies ------------------------------------------------------------------------------
     def count_tokens(self, messages: Sequence[Message]) -> int:
-        current = self._require()
-        return self.worker.call(lambda: len(prompt_ids(current.tokenizer, messages)))
+        return self.worker.call(lambda: len(prompt_ids(self._require().tokenizer, messages)))
 
     def stream(
         self,
@@ -214,12 +261,18 @@ class TransformersBackend:
             cancel.set()  # a closed iterator (Stop, dropped connection) ends the generation
 
     def _require(self) -> Loaded:
+        """The loaded model; on the worker, one unloaded for being idle is loaded again first."""
+        self._last_used = time.monotonic()
         current = self._current
+        if current is None and self.asleep is not None and self.worker.is_worker_thread():
+            self._load_now(self.asleep.options)
+            current = self._current
         if current is None:
             raise NoModelLoaded("No model is loaded yet; pick one and press Load")
         return current
 
     def close(self) -> None:
+        self._closing.set()
         self.worker.close()
 
 
