@@ -729,7 +729,7 @@ class ChatUI:
             demo.load(**keys_refresh)
             # The chat list opens by itself on a wide screen; on a phone it would cover the chat.
             demo.load(
-                lambda is_wide: gr.Sidebar(open=bool(is_wide)),
+                lambda is_wide: gr.Sidebar(open=True) if is_wide else gr.skip(),  # it starts closed
                 [wide],
                 [chats_bar],
                 js="() => [window.innerWidth >= 900]",
