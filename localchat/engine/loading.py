@@ -9,6 +9,7 @@ Invariant: nothing here touches the previously loaded model; the caller swaps on
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -170,7 +171,8 @@ def fit_report(options: LoadOptions, cache_root: Path, free_bytes: int | None = 
     from localchat.engine import fit
     from localchat.hardware import detect
 
-    resolved = resolve_model(options.model)
+    base = adapter_base(Path(options.model).expanduser())  # an adapter adds little: estimate its base
+    resolved = resolve_model(base or options.model)
     device = pick_device(options.device)
     source, gguf_file = resolved.path, resolved.gguf_file
     if gguf_file and (_gguf_cache_dir(resolved, cache_root) / "config.json").exists():
@@ -220,8 +222,61 @@ def _explain(exc: BaseException, resolved: ResolvedModel | None) -> str:
     return f"Could not load {what}: {text}"
 
 
+# Hub ids of the bundled models, so an adapter trained on one finds it here.
+BUNDLED_HUB_IDS = {"huggingfacetb/smollm2-135m-instruct": "smollm2"}
+
+
+def adapter_base(folder: Path) -> str | None:
+    """For a PEFT (LoRA) adapter folder: where its base model is on this machine; else None."""
+    if not (folder.is_dir() and (folder / "adapter_config.json").exists() and not (folder / "config.json").exists()):
+        return None
+    try:
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError) as exc:
+        raise LoadError(f"{folder.name}: its adapter_config.json cannot be read ({exc})") from exc
+    if not base:
+        raise LoadError(f"{folder.name}: the adapter does not say which base model it belongs to")
+    if BUNDLED_HUB_IDS.get(str(base).lower()) == "smollm2":
+        from localchat.engine.models import smollm2_path
+
+        bundled = smollm2_path()
+        if bundled is not None:
+            return str(bundled)
+    for candidate in (Path(base).expanduser(), folder.parent / base, folder.parent / str(base).rsplit("/", 1)[-1]):
+        if candidate.exists():
+            return str(candidate)
+    return str(base)  # a Hub id: found in the local cache, or a clear error from resolve_model
+
+
+def load_adapter(options: LoadOptions, cache_root: Path, folder: Path, base: str) -> Loaded:
+    """Load the base model with the user's options, then apply the adapter (merged when the base
+    is not quantized: same outputs, no per-token cost)."""
+    loaded = load_model(replace(options, model=base), cache_root)
+    try:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(loaded.model, str(folder), is_trainable=False)
+        if loaded.info.quantization == "none":
+            model = model.merge_and_unload()
+        model.eval()
+    except Exception as exc:  # noqa: BLE001 - one line for the user
+        log.exception("adapter %s failed", folder)
+        raise LoadError(f"{folder.name}: the adapter does not fit its base model ({exc})".splitlines()[0]) from exc
+    info = replace(
+        loaded.info,
+        options=options,
+        name=f"{loaded.info.name} + {folder.name}",
+        memory_bytes=int(model.get_memory_footprint()),
+    )
+    return Loaded(model=model, tokenizer=loaded.tokenizer, info=info)
+
+
 def load_model(options: LoadOptions, cache_root: Path) -> Loaded:
     """Load a model and tokenizer; raise LoadError with one clear line on any failure."""
+    folder = Path(options.model).expanduser()
+    base = adapter_base(folder)
+    if base is not None:
+        return load_adapter(options, cache_root, folder, base)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     options.validate()

@@ -8,6 +8,7 @@ chunks are assembled into `<data>/bundled/` on first load, not into ~/.cache).
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from pathlib import Path
 
@@ -85,9 +86,22 @@ def folder_models(models_dir: Path) -> list[ModelSpec]:
                 f.stat().st_size for f in p.glob("*.bin")
             )
             found.append(ModelSpec(str(p), p.name, "folder", size or None))
+        elif p.is_dir() and (p / "adapter_config.json").exists():
+            size = sum(f.stat().st_size for f in p.glob("adapter_model.*"))
+            base = adapter_base_name(p)
+            found.append(ModelSpec(str(p), f"{p.name} (LoRA on {base})", "folder", size or None, "LoRA adapter"))
         elif p.is_file() and p.suffix.lower() == ".gguf":
             found.append(ModelSpec(str(p), p.stem, "gguf", p.stat().st_size))
     return found
+
+
+def adapter_base_name(folder: Path) -> str:
+    """The base model a PEFT adapter folder names (as written in its adapter_config.json)."""
+    try:
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or "?"
+    except (OSError, ValueError):
+        return "?"
+    return str(base).rstrip("/").rsplit("/", 1)[-1]
 
 
 def cached_hub_models() -> list[ModelSpec]:
