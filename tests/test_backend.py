@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from localchat.backend import NoModelLoaded, ServerBusy
+from localchat.backend import ModelLoadFailed, NoModelLoaded, ServerBusy
 from localchat.engine.backend import TransformersBackend
 from localchat.types import LoadOptions, Message, SamplingParams
 
@@ -164,3 +164,30 @@ def test_stop_while_waiting_leaves_the_queue_at_once(tiny_backend):
         assert tiny_backend.worker.waiting() == 0 and not gate.is_set()
     finally:
         gate.set()
+
+
+def test_idle_unload_and_a_reload_that_fails_says_why(tmp_path: Path, tiny_model: Path):
+    import shutil
+    import time
+
+    copy = shutil.copytree(tiny_model, tmp_path / "tiny-copy")
+    backend = TransformersBackend(tmp_path / "data", idle_unload=0.3)
+    try:
+        backend.load(LoadOptions(model=str(copy), device="cpu"))
+        deadline = time.monotonic() + 20
+        while backend.asleep is None:
+            assert time.monotonic() < deadline, "the idle model was not unloaded"
+            time.sleep(0.05)
+        assert backend.loaded() is backend.asleep  # still named in the status line
+        assert (
+            list(backend.stream(HI, SamplingParams(temperature=0, max_new_tokens=2)))[-1].usage.completion_tokens == 2
+        )
+        while backend.asleep is None:
+            assert time.monotonic() < deadline + 20
+            time.sleep(0.05)
+        shutil.rmtree(copy)  # the files went away while it slept
+        with pytest.raises(ModelLoadFailed):
+            list(backend.stream(HI, SamplingParams(max_new_tokens=2)))
+        assert backend.asleep is None and backend.last_load_error and backend.loading is None
+    finally:
+        backend.close()

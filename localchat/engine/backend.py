@@ -22,8 +22,9 @@ import torch
 from localchat.backend import ModelLoadFailed, NoModelLoaded, PromptTooLong, ServerBusy
 from localchat.engine import models
 from localchat.engine.generate import ContextOverflow, fit_to_window, prompt_ids, stream_reply
-from localchat.engine.loading import Loaded, LoadError, fit_report, load_model
+from localchat.engine.loading import Loaded, LoadError, choose_quantization, fit_report, load_model, pick_device
 from localchat.engine.scheduler import Busy, InferenceWorker
+from localchat.hardware import detect
 from localchat.types import Chunk, ContextFit, LoadedInfo, LoadOptions, Message, ModelSpec, SamplingParams, Usage
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class TransformersBackend:
         self.last_load_error: str | None = None
         self._pending_loads: list[LoadOptions] = []
         self._loads_lock = threading.Lock()
+        self._materialize_lock = threading.Lock()
+        self.cache_root = data_dir / "cache" / "gguf-dequantized"
         if idle_unload > 0:
             threading.Thread(target=self._watch_idle, name="localchat-idle", daemon=True).start()
 
@@ -74,8 +77,9 @@ class TransformersBackend:
     def fit(self, options: LoadOptions) -> str:
         """Will this model fit this machine, per load option (Markdown, for the Model panel)."""
         try:
-            real = replace(options, model=models.materialize(options.model, self.data_dir))
-            return fit_report(real, self.data_dir / "cache" / "gguf-dequantized").describe()
+            with self._materialize_lock:  # a load may be assembling the same bundled file
+                real = replace(options, model=models.materialize(options.model, self.data_dir))
+            return fit_report(real, self.cache_root).describe()
         except LoadError as exc:
             return f"⚠ {exc}"
         except Exception as exc:  # noqa: BLE001 - an estimate must never break the panel
@@ -104,8 +108,13 @@ class TransformersBackend:
     def _load_now(self, options: LoadOptions) -> LoadedInfo:
         """Load on the worker thread, replacing the current model only on success."""
         try:
-            real = replace(options, model=models.materialize(options.model, self.data_dir))
-            new = load_model(real, self.data_dir / "cache" / "gguf-dequantized")
+            with self._materialize_lock:
+                real = replace(options, model=models.materialize(options.model, self.data_dir))
+            if real.quantization == "auto":  # the model being replaced gives its memory back
+                current = self._current
+                free = detect().free_bytes(pick_device(real.device)) + (current.info.memory_bytes if current else 0)
+                real = choose_quantization(real, self.cache_root, free)
+            new = load_model(real, self.cache_root)
         except LoadError as exc:
             _free_memory()  # e.g. the CUDA blocks of a half-loaded model that ran out of memory
             raise ModelLoadFailed(str(exc)) from exc
@@ -144,7 +153,7 @@ class TransformersBackend:
 
     def _sleep(self) -> None:
         current = self._current
-        if current is None or time.monotonic() - self._last_used < self.idle_unload:
+        if current is None or self.worker.waiting() or time.monotonic() - self._last_used < self.idle_unload:
             return  # a request came in meanwhile
         self.asleep, self._current = current.info, None
         del current
@@ -227,11 +236,12 @@ class TransformersBackend:
                 queue_seconds=started - submitted,
             )
 
+        self._last_used = time.monotonic()  # idle time counts from the last request and the last reply
         try:
             future = self.worker.submit(job, cancel, owner)
         except Busy as exc:
             raise ServerBusy(f"The model is busy: {exc}") from exc
-        future.add_done_callback(lambda _: out.put(_DONE))
+        future.add_done_callback(lambda _: (setattr(self, "_last_used", time.monotonic()), out.put(_DONE)))
         try:
             last_position = self.worker.position(future)
             if last_position:
@@ -265,7 +275,17 @@ class TransformersBackend:
         self._last_used = time.monotonic()
         current = self._current
         if current is None and self.asleep is not None and self.worker.is_worker_thread():
-            self._load_now(self.asleep.options)
+            options = self.asleep.options
+            with self._loads_lock:
+                self.loading = options  # the status line says "Loading…" meanwhile
+            try:
+                self._load_now(options)
+            except ModelLoadFailed as exc:
+                self.asleep, self.last_load_error = None, str(exc)  # the status line says why
+                raise
+            finally:
+                with self._loads_lock:
+                    self.loading = self._pending_loads[-1] if self._pending_loads else None
             current = self._current
         if current is None:
             raise NoModelLoaded("No model is loaded yet; pick one and press Load")

@@ -19,6 +19,9 @@ from localchat.hardware import gib
 OPTIONS = ("float32", "bfloat16", "8bit", "4bit")  # most accurate first
 QUANT_OF = {"float32": "none", "bfloat16": "none", "8bit": "8bit", "4bit": "4bit"}
 HEADROOM = 0.85  # of the free memory: activations, the tokenizer and the rest of the process need some
+# The KV cache grows with the conversation; without a cap, size it for a long chat, not for the
+# model's whole window (131,072 tokens for some models would refuse models that run fine).
+PRACTICAL_CONTEXT = 8192
 OVERHEAD_BYTES = 64 * 2**20
 
 
@@ -96,7 +99,7 @@ def estimate(
     else:  # nf4/fp4: half a byte a weight, plus one scale per 64 (fp32, or 8-bit with double quantization)
         scales = counts.quantizable / 64 * (1 + 4 / 256 if double_quant else 4)
         weights = int(counts.quantizable / 2 + scales) + counts.other * rest_dtype_bytes
-        kv = 2  # the compute dtype (bf16 or fp16)
+        kv = rest_dtype_bytes  # bitsandbytes hands its output back in the input's dtype
     cache = 2 * counts.layers * counts.kv_heads * counts.head_dim * context * kv
     return Estimate(option, int(weights), int(cache))
 
@@ -108,13 +111,16 @@ class FitReport:
     free_bytes: int
     context: int
     estimates: tuple[Estimate, ...]
+    unquantized: str = "float32"  # what `none` means here: float32 or bfloat16
+    bitsandbytes: bool = True
 
     def fits(self, e: Estimate) -> bool:
         return e.total_bytes <= self.free_bytes * HEADROOM
 
     def best(self) -> Estimate | None:
-        """The most accurate option that fits (fp32 on a CPU, bf16 on a GPU, then 8-bit, 4-bit)."""
-        order = ("float32", "8bit", "4bit") if self.device == "cpu" else ("bfloat16", "8bit", "4bit")
+        """The most accurate option that fits: unquantized in the load dtype (fp32 on a CPU, bf16
+        on a GPU, unless asked otherwise), then 8-bit, then 4-bit (where bitsandbytes runs)."""
+        order = (self.unquantized, "8bit", "4bit") if self.bitsandbytes else (self.unquantized,)
         for option in order:
             e = next(x for x in self.estimates if x.option == option)
             if self.fits(e):
@@ -128,8 +134,8 @@ class FitReport:
         if best is None:
             smallest = min(self.estimates, key=lambda e: e.total_bytes)
             head = (
-                f"**Does not fit** {where}: even 4-bit needs {gib(smallest.total_bytes)}, "
-                f"you have {gib(self.free_bytes)} free."
+                f"**Does not fit** {where}: even {labels[smallest.option]} needs {gib(smallest.total_bytes)}, "
+                f"and {gib(int(self.free_bytes * HEADROOM))} of the {gib(self.free_bytes)} free can be used."
             )
         else:
             head = (
@@ -149,11 +155,30 @@ def load_config(source: str, gguf_file: str | None) -> Any:
     return AutoConfig.from_pretrained(source, gguf_file=gguf_file, local_files_only=True)
 
 
-def report(name: str, config: Any, device: str, free_bytes: int, context: int | None = None) -> FitReport:
+def report(  # noqa: PLR0913
+    name: str,
+    config: Any,
+    device: str,
+    free_bytes: int,
+    context: int | None = None,
+    float32: bool | None = None,
+    bitsandbytes: bool = True,
+) -> FitReport:
+    """`float32`: the load dtype is fp32 (default: on a CPU); `bitsandbytes`: it runs on `device`."""
     counts = count(config)
-    ctx = min(context or counts.context or 2048, counts.context or context or 2048)
-    rest = 4 if device == "cpu" else 2
-    return FitReport(name, device, free_bytes, ctx, tuple(estimate(counts, o, ctx, rest) for o in OPTIONS))
+    window = counts.context or context or 2048
+    ctx = min(context or PRACTICAL_CONTEXT, window)
+    wide = device == "cpu" if float32 is None else float32
+    rest = 4 if wide else 2
+    return FitReport(
+        name,
+        device,
+        free_bytes,
+        ctx,
+        tuple(estimate(counts, o, ctx, rest) for o in OPTIONS),
+        "float32" if wide else "bfloat16",
+        bitsandbytes,
+    )
 
 
 def folder_for(path: Path) -> Path:

@@ -178,8 +178,11 @@ def fit_report(options: LoadOptions, cache_root: Path, free_bytes: int | None = 
     if gguf_file and (_gguf_cache_dir(resolved, cache_root) / "config.json").exists():
         source, gguf_file = str(_gguf_cache_dir(resolved, cache_root)), None  # reading a GGUF takes seconds
     config = fit.load_config(source, gguf_file)
-    free = detect().free_bytes(device) if free_bytes is None else free_bytes
-    return fit.report(resolved.name, config, device, free, options.context_length)
+    hardware = detect()
+    free = hardware.free_bytes(device) if free_bytes is None else free_bytes
+    bnb = hardware.bitsandbytes_cpu if device == "cpu" else bool(hardware.gpus and hardware.gpus[0].bitsandbytes)
+    float32 = pick_dtype(options.dtype, device) == torch.float32
+    return fit.report(resolved.name, config, device, free, options.context_length, float32, bnb)
 
 
 def choose_quantization(options: LoadOptions, cache_root: Path, free_bytes: int | None = None) -> LoadOptions:
@@ -261,7 +264,8 @@ def load_adapter(options: LoadOptions, cache_root: Path, folder: Path, base: str
         model.eval()
     except Exception as exc:  # noqa: BLE001 - one line for the user
         log.exception("adapter %s failed", folder)
-        raise LoadError(f"{folder.name}: the adapter does not fit its base model ({exc})".splitlines()[0]) from exc
+        del loaded  # the base model's memory goes back before the caller frees memory
+        raise LoadError(f"{folder.name}: the adapter does not fit its base model ({exc})".splitlines()[0]) from None
     info = replace(
         loaded.info,
         options=options,

@@ -57,6 +57,8 @@ class InferenceWorker:
             n = len(self._live())
             if n >= self.max_waiting:
                 raise Busy(f"{n} {'reply is' if n == 1 else 'replies are'} already waiting; try again in a moment")
+            for stale in [j for j in self._waiting if j.future.cancelled()]:
+                self._take(stale, served=False)  # a stopped job keeps no turn for its owner
             seq = next(self._seq)
             job = _Job(seq, fn, Future(), cancel, owner if owner is not None else f"job-{seq}")
             self._waiting.append(job)

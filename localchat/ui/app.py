@@ -493,7 +493,10 @@ class ChatUI:
         unload = getattr(self.service.backend, "unload", None)
         if unload is None:
             return "⚠ This engine does not unload models."
-        unload()
+        try:
+            unload()
+        except Exception as exc:  # noqa: BLE001 - e.g. too many replies waiting
+            return f"⚠ Could not unload now: {exc}"
         return "✓ Unloaded: the memory is free. Load a model to chat again."
 
     def status(self) -> tuple:
