@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
         return users(argv[1:])
     if argv[:1] == ["doctor"]:
         return doctor(argv[1:])
+    if argv[:1] in (["pull"], ["models"]):
+        return models_command(argv[0], argv[1:])
     try:
         settings = load_settings(argv)
     except InvalidValue as exc:
@@ -96,6 +98,59 @@ def doctor(argv: list[str]) -> int:
     except (LoadError, OSError, ValueError) as exc:
         print(f"  cannot tell: {exc}")
     return 0
+
+
+def models_command(command: str, argv: list[str]) -> int:
+    """`localchat pull ID` downloads a Hub model into the models folder (resumable);
+    `localchat models [--check-updates] [--delete NAME]` lists, checks and deletes them."""
+    p = argparse.ArgumentParser(prog=f"localchat {command}")
+    p.add_argument("--data-dir", help="data folder (default: as for the server)")
+    p.add_argument("--models-dir", help="models folder (default DATA_DIR/models)")
+    if command == "pull":
+        p.add_argument("repo_id", help="a Hub id like org/name")
+        p.add_argument("--allow-pickle", action="store_true", help="allow .bin weights (they can run code)")
+    else:
+        p.add_argument("--check-updates", action="store_true", help="ask the Hub whether a newer revision exists")
+        p.add_argument("--delete", metavar="NAME", help="delete a downloaded model folder")
+    args = p.parse_args(argv)
+    from localchat.engine import hub
+    from localchat.hardware import gib
+
+    flags = [
+        *(["--data-dir", args.data_dir] if args.data_dir else []),
+        *(["--models-dir", args.models_dir] if args.models_dir else []),
+    ]
+    settings = load_settings(flags)
+    if settings.offline:
+        print("localchat: --offline is set in the configuration; a download needs the network", file=sys.stderr)
+        return 2
+    try:
+        if command == "pull":
+
+            def show(done: int, total: int) -> None:
+                print(f"\r  {gib(done)} of {gib(total)} ({100 * done // max(total, 1)}%)", end="", flush=True)
+
+            pulled = hub.pull(args.repo_id, settings.models, allow_pickle=args.allow_pickle, progress=show)
+            print(f"\nDownloaded {pulled.repo_id} ({gib(pulled.size_bytes)}) into {pulled.folder}")
+            return 0
+        if args.delete:
+            freed = hub.delete(settings.models / args.delete, settings.models)
+            print(f"Deleted {args.delete} ({gib(freed)} freed)")
+            return 0
+        folders = sorted(f for f in settings.models.glob("*") if f.is_dir()) if settings.models.is_dir() else []
+        for folder in folders:
+            source = hub.source_of(folder)
+            line = f"{folder.name}\t{gib(hub.folder_size(folder))}"
+            if source:
+                line += f"\t{source['repo_id']}@{source['revision'][:8]}"
+                if args.check_updates:
+                    newer = hub.check_update(folder)
+                    line += f"\tupdate: {newer[:8]} (localchat pull {source['repo_id']})" if newer else "\tup to date"
+            print(line)
+        return 0
+    except hub.PullError as exc:
+        print(f"\nlocalchat: {exc}", file=sys.stderr)
+        return 1
 
 
 def _password(prompt: str) -> str:

@@ -1,0 +1,94 @@
+"""`localchat pull` and `localchat models` against a stand-in Hub on loopback (HF_ENDPOINT): the
+files arrive and load, a cut-off download continues with a Range request, gated repos need
+HF_TOKEN, pickle-only repos need consent, updates are found, and a model can be deleted."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from hub_server import HubServer, Repo, tiny_repo_files
+
+from localchat.engine.loading import load_model
+from localchat.engine.models import folder_models
+from localchat.types import LoadOptions
+
+
+@pytest.fixture()
+def hub(tiny_model: Path):
+    files = tiny_repo_files(tiny_model)
+    server = HubServer(
+        {
+            "org/tiny": Repo(files),
+            "org/gated": Repo(files, gated=True),
+            "org/pickled": Repo({"config.json": files["config.json"], "pytorch_model.bin": b"\x80\x02" + b"x" * 64}),
+        }
+    )
+    server.url = server.start()
+    yield server
+    server.stop()
+
+
+def localchat(hub: HubServer, data: Path, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    env.update(HF_ENDPOINT=hub.url, **({"HF_TOKEN": token} if token else {}))
+    return subprocess.run(
+        [sys.executable, "-m", "localchat.cli", *args, "--data-dir", str(data)],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+    )  # fmt: skip
+
+
+def test_a_pulled_model_is_listed_and_loads(hub: HubServer, tmp_path: Path, tiny_model: Path) -> None:
+    out = localchat(hub, tmp_path, "pull", "org/tiny")
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / "models" / "org--tiny"
+    assert (folder / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
+    assert [s.id for s in folder_models(tmp_path / "models")] == [str(folder)]
+    loaded = load_model(LoadOptions(model=str(folder), device="cpu"), tmp_path / "cache")
+    assert loaded.info.name == "org--tiny"
+    listing = localchat(hub, tmp_path, "models").stdout
+    assert "org--tiny" in listing and "org/tiny@aaaaaaaa" in listing
+
+
+def test_a_cut_off_download_continues_where_it_stopped(hub: HubServer, tmp_path: Path, tiny_model: Path) -> None:
+    hub.cuts["org/tiny/model.safetensors"] = 1
+    first = localchat(hub, tmp_path, "pull", "org/tiny")
+    assert first.returncode == 1 and "run the same pull again" in first.stderr
+    second = localchat(hub, tmp_path, "pull", "org/tiny")
+    assert second.returncode == 0, second.stderr
+    ranges = [r for method, path, r in hub.requests if method == "GET" and path.endswith("model.safetensors")]
+    assert ranges[0] is None and ranges[1] and int(ranges[1].split("=")[1].rstrip("-")) > 0
+    folder = tmp_path / "models" / "org--tiny"
+    assert (folder / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
+    assert not list(folder.glob("*.part"))
+
+
+def test_a_gated_repo_needs_a_token(hub: HubServer, tmp_path: Path) -> None:
+    refused = localchat(hub, tmp_path, "pull", "org/gated")
+    assert refused.returncode == 1 and "gated" in refused.stderr and "HF_TOKEN" in refused.stderr
+    assert localchat(hub, tmp_path, "pull", "org/gated", token=hub.token).returncode == 0
+
+
+def test_pickle_weights_need_consent(hub: HubServer, tmp_path: Path) -> None:
+    refused = localchat(hub, tmp_path, "pull", "org/pickled")
+    assert refused.returncode == 1 and "can run code" in refused.stderr
+    assert not (tmp_path / "models" / "org--pickled" / "pytorch_model.bin").exists()
+    assert localchat(hub, tmp_path, "pull", "org/pickled", "--allow-pickle").returncode == 0
+    assert (tmp_path / "models" / "org--pickled" / "pytorch_model.bin").exists()
+
+
+def test_updates_are_found_and_a_model_can_be_deleted(hub: HubServer, tmp_path: Path) -> None:
+    assert localchat(hub, tmp_path, "pull", "org/tiny").returncode == 0
+    assert "up to date" in localchat(hub, tmp_path, "models", "--check-updates").stdout
+    hub.repos["org/tiny"].sha = "b" * 40  # a new commit on the Hub
+    assert "update: bbbbbbbb" in localchat(hub, tmp_path, "models", "--check-updates").stdout
+    assert localchat(hub, tmp_path, "pull", "org/tiny").returncode == 0
+    assert "up to date" in localchat(hub, tmp_path, "models", "--check-updates").stdout
+    deleted = localchat(hub, tmp_path, "models", "--delete", "org--tiny")
+    assert deleted.returncode == 0 and "freed" in deleted.stdout
+    assert not (tmp_path / "models" / "org--tiny").exists()
+    assert localchat(hub, tmp_path, "models", "--delete", "../..").returncode == 1
