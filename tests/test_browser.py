@@ -326,6 +326,12 @@ def test_load_a_4bit_model_from_settings(browser, own_app, artifacts):
         page.locator('#lc-model [data-testid="4bit-radio-label"]').click()
         expect(page.locator('#lc-model [data-testid="4bit-radio-label"] input')).to_be_checked()
         expect(four_bit_type).to_be_visible()  # the 4-bit options group appears
+        page.locator("#lc-fit-check").click()  # the estimate before loading
+        expect(page.locator("#lc-fit")).to_contain_text("Fits in RAM", timeout=UI_TIMEOUT)
+        page.locator("#lc-get-models").get_by_text("Get more models").click()
+        expect(page.locator("#lc-catalog")).to_contain_text("Qwen/Qwen2.5-0.5B-Instruct")
+        expect(page.locator("#lc-catalog")).to_contain_text("fits")
+        page.screenshot(path=str(artifacts / "desktop-models.png"))
         page.locator("#lc-load").click()
         info = page.locator("#lc-load-result")
         expect(info).to_contain_text("✓ Loaded in", timeout=REPLY_TIMEOUT)

@@ -92,3 +92,49 @@ def test_updates_are_found_and_a_model_can_be_deleted(hub: HubServer, tmp_path: 
     assert deleted.returncode == 0 and "freed" in deleted.stdout
     assert not (tmp_path / "models" / "org--tiny").exists()
     assert localchat(hub, tmp_path, "models", "--delete", "../..").returncode == 1
+
+
+def test_the_catalog_estimates_match_the_known_sizes() -> None:
+    from localchat.engine.catalog import CATALOG
+
+    known = {  # parameters, from the model cards
+        "HuggingFaceTB/SmolLM2-360M-Instruct": 0.362e9,
+        "Qwen/Qwen2.5-0.5B-Instruct": 0.494e9,
+        "Qwen/Qwen2.5-1.5B-Instruct": 1.54e9,
+        "HuggingFaceTB/SmolLM2-1.7B-Instruct": 1.71e9,
+        "Qwen/Qwen2.5-3B-Instruct": 3.09e9,
+        "Qwen/Qwen2.5-7B-Instruct": 7.61e9,
+    }
+    for model in CATALOG:
+        assert abs(model.counts().total - known[model.repo_id]) / known[model.repo_id] < 0.02, model.repo_id
+    big = next(m for m in CATALOG if m.repo_id == "Qwen/Qwen2.5-7B-Instruct")
+    assert big.report("cpu", 12 * 2**30).best().option == "4bit"  # 12 GB free: only 4-bit fits
+    assert big.report("cpu", 8 * 2**30).best() is None
+
+
+def test_downloading_from_the_page_is_for_admins_and_shows_progress(
+    hub: HubServer, tmp_path: Path, monkeypatch
+) -> None:
+    from types import SimpleNamespace
+
+    import gradio as gr
+    from fakes import FAST_HASHER
+
+    from localchat.household import Household
+    from localchat.store import Store
+    from localchat.ui.downloads import Downloads
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    household = Household(Store(tmp_path / "db.sqlite"), listen=True, hasher=FAST_HASHER)
+    ann = household.add_member("Ann", "ann-password", "admin")
+    bob = household.add_member("Bob", "bob-password", "member")
+    downloads = Downloads(household, tmp_path / "models")
+    with pytest.raises(gr.Error):
+        list(downloads.download("org/tiny", False, SimpleNamespace(username=str(bob.id))))
+    lines = list(downloads.download("org/tiny", False, SimpleNamespace(username=str(ann.id))))
+    assert lines[-1].startswith("✓ Downloaded org/tiny")
+    text, _ = downloads.downloaded()
+    assert "org--tiny" in text and "org/tiny@aaaaaaaa" in text
+    assert "- `Qwen/Qwen2.5-0.5B-Instruct`:" in downloads.catalog() and "fits here" in downloads.catalog()
+    assert downloads.check_updates("org--tiny", SimpleNamespace(username=str(ann.id))) == "Up to date"
+    assert downloads.delete("org--tiny", SimpleNamespace(username=str(ann.id))).startswith("✓ Deleted")

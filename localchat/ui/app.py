@@ -50,6 +50,7 @@ from localchat.ui.conversations import (
     member_line,
     privacy_notice,
 )
+from localchat.ui.downloads import Downloads
 from localchat.ui.keys import ApiKeys
 from localchat.ui.members import member_of
 
@@ -122,6 +123,7 @@ class ChatUI:
         self.conversations = Conversations(household, lambda request, rewritten: self.stop(request, True, rewritten))
         self.admin = AdminPanel(household, service)
         self.keys = ApiKeys(household)
+        self.downloads = Downloads(household, settings.models)
 
     # -- chat ---------------------------------------------------------------------------------
     def stop(self, request: gr.Request, discard: bool = False, rewritten: bool = False) -> None:
@@ -592,6 +594,14 @@ class ChatUI:
                             load = gr.Button("Load model", variant="primary", elem_id="lc-load")
                             unload = gr.Button("Unload", elem_id="lc-unload")
                         load_result = gr.Markdown("", elem_id="lc-load-result")
+                        picker_refresh = {
+                            "fn": lambda: gr.Dropdown(choices=self.model_choices()),
+                            "inputs": None,
+                            "outputs": [picker],
+                            "queue": False,
+                            **_hidden,
+                        }
+                        downloads_refresh = self.downloads.build(picker_refresh)
                         with gr.Accordion("This machine", open=False):
                             gr.Markdown(self.hardware_text, elem_id="lc-hardware")
                 with gr.Accordion("API keys", open=False, visible=False, elem_id="lc-api-keys") as keys_box:
@@ -730,6 +740,7 @@ class ChatUI:
             timer.tick(self.status, None, [status, model_info, timer], queue=False, **_hidden)
             demo.load(self.status, None, [status, model_info, timer], queue=False, **_hidden)
             demo.load(**keys_refresh)
+            demo.load(**downloads_refresh)
             # The chat list opens by itself on a wide screen; on a phone it would cover the chat.
             demo.load(
                 lambda is_wide: gr.Sidebar(open=True) if is_wide else gr.skip(),  # it starts closed
