@@ -128,7 +128,7 @@ def models_command(command: str, argv: list[str]) -> int:
         if command == "pull":
 
             def show(done: int, total: int) -> None:
-                print(f"\r  {gib(done)} of {gib(total)} ({100 * done // max(total, 1)}%)", end="", flush=True)
+                print(f"\r  {hub.progress_bar(done, total)}  {gib(done)} of {gib(total)}   ", end="", flush=True)
 
             pulled = hub.pull(args.repo_id, settings.models, allow_pickle=args.allow_pickle, progress=show)
             print(f"\nDownloaded {pulled.repo_id} ({gib(pulled.size_bytes)}) into {pulled.folder}")

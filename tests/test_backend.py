@@ -191,3 +191,24 @@ def test_idle_unload_and_a_reload_that_fails_says_why(tmp_path: Path, tiny_model
         assert backend.asleep is None and backend.last_load_error and backend.loading is None
     finally:
         backend.close()
+
+
+def test_switching_models_while_someone_is_generating_lets_that_reply_finish(
+    tmp_path: Path, tiny_model: Path, tiny_base_model: Path
+):
+    backend = TransformersBackend(tmp_path)
+    try:
+        backend.load(LoadOptions(model=str(tiny_model), device="cpu"))
+        params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=40)
+        solo = "".join(c.text for c in backend.stream(HI, params))
+        stream = backend.stream(HI, params)
+        first = next(c for c in stream if c.text)  # generating now
+        switched = threading.Thread(target=lambda: backend.load(LoadOptions(model=str(tiny_base_model), device="cpu")))
+        switched.start()
+        rest = list(stream)
+        switched.join(60)
+        assert first.text + "".join(c.text for c in rest) == solo  # the same reply, not a mix of two models
+        assert rest[-1].usage.completion_tokens == 40
+        assert backend.loaded().options.model == str(tiny_base_model)
+    finally:
+        backend.close()

@@ -45,6 +45,7 @@ def localchat(hub: HubServer, data: Path, *args: str, token: str | None = None) 
 def test_a_pulled_model_is_listed_and_loads(hub: HubServer, tmp_path: Path, tiny_model: Path) -> None:
     out = localchat(hub, tmp_path, "pull", "org/tiny")
     assert out.returncode == 0, out.stderr
+    assert "█" * 20 + " 100%" in out.stdout  # the progress bar reached its end
     folder = tmp_path / "models" / "org--tiny"
     assert (folder / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
     assert [s.id for s in folder_models(tmp_path / "models")] == [str(folder)]

@@ -36,6 +36,13 @@ class Pulled:
     size_bytes: int
 
 
+def progress_bar(done: int, total: int, width: int = 20) -> str:
+    """█████░░░░░ 50% (shared by the command line and the page)."""
+    share = done / total if total else 0.0
+    filled = int(share * width)
+    return "█" * filled + "░" * (width - filled) + f" {int(share * 100)}%"
+
+
 def folder_name(repo_id: str) -> str:
     return repo_id.replace("/", "--")
 

@@ -52,7 +52,11 @@ class Downloads:
             origin = f" · {source['repo_id']}@{source['revision'][:8]}" if source else ""
             lines.append(f"- **{folder.name}** · {gib(hub.folder_size(folder))}{origin}")
             names.append(folder.name)
-        text = "\n".join(lines) or "*No downloaded models yet.*"
+        used = sum(hub.folder_size(f) for f in folders)
+        from localchat.hardware import disk_free
+
+        lines.append(f"\nTogether {gib(used)} on disk; {gib(disk_free(self.models_dir))} free there.")
+        text = "\n".join(lines) if folders else "*No downloaded models yet.*"
         return text, gr.Dropdown(choices=names, value=None)
 
     def download(self, repo_id: str, allow_pickle: bool, request: gr.Request) -> Iterator[str]:
@@ -78,7 +82,7 @@ class Downloads:
             worker.join(0.5)
             done, total = progress["done"], progress["total"]
             if total:
-                yield f"Downloading {repo_id}: {gib(done)} of {gib(total)} ({100 * done // total}%)"
+                yield f"Downloading {repo_id}: `{hub.progress_bar(done, total)}` {gib(done)} of {gib(total)}"
             else:
                 yield f"Asking the Hub about {repo_id}…"
         if "error" in result:
