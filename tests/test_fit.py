@@ -92,3 +92,16 @@ def test_doctor_reports_the_machine_and_the_fit(session_data_dir: Path, smol_bac
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "CPU:" in out.stdout and "RAM:" in out.stdout and "Fits in RAM" in out.stdout
+
+
+@pytest.mark.parametrize("quantization", ["none", "8bit", "4bit"])
+def test_every_load_checks_its_estimate(tmp_path: Path, tiny_model: Path, quantization: str) -> None:
+    from localchat.engine.backend import TransformersBackend
+
+    backend = TransformersBackend(tmp_path)
+    try:
+        info = backend.load(LoadOptions(model=str(tiny_model), device="cpu", quantization=quantization))
+        error = float(info.extra["estimate_error"].rstrip("%")) / 100
+        assert abs(error) < 0.05, info.extra
+    finally:
+        backend.close()

@@ -124,12 +124,33 @@ class TransformersBackend:
             raise ModelLoadFailed(f"Could not load {options.model}: {exc}".splitlines()[0]) from exc
         name = models.DISPLAY_NAMES.get(options.model, new.info.name)
         new.info = replace(new.info, options=options, name=name)  # keep the reference the user chose
+        self._check_estimate(real, new.info)
         old, self._current, self.asleep = self._current, new, None
         del old
         _free_memory()
         self._last_used = time.monotonic()
         log.info("loaded %s", new.info.describe())
         return new.info
+
+    def _check_estimate(self, options: LoadOptions, info: LoadedInfo) -> None:
+        """Compare the fit estimate with the real footprint, so a wrong estimate shows in the log."""
+        try:
+            report = fit_report(replace(options, quantization=info.quantization), self.cache_root, free_bytes=1)
+        except Exception:  # noqa: BLE001 - an estimate is advice, never a reason to fail a load
+            return
+        option = info.quantization if info.quantization != "none" else report.unquantized
+        if info.dtype == "bfloat16" and info.quantization == "none":
+            option = "bfloat16"
+        estimate = next((e.weights_bytes for e in report.estimates if e.option == option), None)
+        if estimate and info.memory_bytes:
+            error = (estimate - info.memory_bytes) / info.memory_bytes
+            info.extra["estimate_error"] = f"{error:+.1%}"
+            log.info(
+                "memory estimate %.1f MiB, real %.1f MiB (%+.1f%%)",
+                estimate / 2**20,
+                info.memory_bytes / 2**20,
+                error * 100,
+            )
 
     # -- memory governance --------------------------------------------------------------------
     def _watch_idle(self) -> None:
