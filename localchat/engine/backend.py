@@ -18,11 +18,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from transformers import DynamicCache
 
 from localchat.backend import ModelLoadFailed, NoModelLoaded, PromptTooLong, ServerBusy
 from localchat.engine import models
 from localchat.engine.generate import ContextOverflow, fit_to_window, prompt_ids, stream_reply
 from localchat.engine.loading import Loaded, LoadError, choose_quantization, fit_report, load_model, pick_device
+from localchat.engine.prefix import PrefixCache
 from localchat.engine.scheduler import Busy, InferenceWorker
 from localchat.hardware import detect
 from localchat.types import Chunk, ContextFit, LoadedInfo, LoadOptions, Message, ModelSpec, SamplingParams, Usage
@@ -55,6 +57,7 @@ class TransformersBackend:
         self._pending_loads: list[LoadOptions] = []
         self._loads_lock = threading.Lock()
         self._materialize_lock = threading.Lock()
+        self.prefix = PrefixCache()  # on the worker thread only
         self.cache_root = data_dir / "cache" / "gguf-dequantized"
         if idle_unload > 0:
             threading.Thread(target=self._watch_idle, name="localchat-idle", daemon=True).start()
@@ -127,6 +130,7 @@ class TransformersBackend:
         self._check_estimate(real, new.info)
         old, self._current, self.asleep = self._current, new, None
         del old
+        self.prefix.clear()  # its caches belong to the old model
         _free_memory()
         self._last_used = time.monotonic()
         log.info("loaded %s", new.info.describe())
@@ -178,6 +182,7 @@ class TransformersBackend:
             return  # a request came in meanwhile
         self.asleep, self._current = current.info, None
         del current
+        self.prefix.clear()
         _free_memory()
         log.info("unloaded %s after %.0f s without a request", self.asleep.name, self.idle_unload)
 
@@ -188,6 +193,7 @@ class TransformersBackend:
     def unload(self) -> None:
         def job() -> None:
             self._current = self.asleep = None
+            self.prefix.clear()
             _free_memory()
 
         self.worker.call(job)
@@ -235,6 +241,9 @@ class TransformersBackend:
                     raise PromptTooLong(f"The conversation does not fit the context window: {exc}") from exc
             if fit.trimmed:
                 out.put(Chunk(fit=fit))
+            cache, _ = self.prefix.take(ids)
+            if cache is None:
+                cache = DynamicCache(config=current.model.config)
             decoded = stream_reply(
                 current.model,
                 current.tokenizer,
@@ -243,7 +252,9 @@ class TransformersBackend:
                 current.info.context_length,
                 cancel,
                 lambda text: out.put(Chunk(text=text)),
+                past_key_values=cache,
             )
+            self.prefix.put([*ids, *decoded.tokens][: cache.get_seq_length()], cache)
             first = decoded.first_token_at
             speed = None
             if first is not None and decoded.completion_tokens > 1 and decoded.finished_at > first:

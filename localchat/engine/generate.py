@@ -257,6 +257,7 @@ class Decoded:
     finish_reason: FinishReason
     first_token_at: float | None
     finished_at: float
+    tokens: tuple[int, ...] = ()  # the reply's token ids
 
 
 def stream_reply(
@@ -267,8 +268,10 @@ def stream_reply(
     window: int,
     cancel: threading.Event,
     emit: Callable[[str], None],
+    past_key_values: Any = None,
 ) -> Decoded:
-    """Generate one reply for prompt `ids`, calling emit(text_delta) as text becomes final."""
+    """Generate one reply for prompt `ids`, calling emit(text_delta) as text becomes final.
+    `past_key_values`: a KV cache that already holds a prefix of `ids` (it is extended in place)."""
     stops = StopStringFilter(params.stop + (FALLBACK_STOPS if uses_fallback(tokenizer) else ()))
     streamer = _Streamer(tokenizer, stops, emit)
     kwargs = generation_kwargs(params, tokenizer)
@@ -289,6 +292,7 @@ def stream_reply(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             streamer=streamer,
+            past_key_values=past_key_values,
             stopping_criteria=StoppingCriteriaList([_Halt(cancel, stops)]),
             **kwargs,
         )
@@ -304,4 +308,4 @@ def stream_reply(
         reason = "stop"
     else:
         reason = "length" if n >= kwargs["max_new_tokens"] else "stop"
-    return Decoded(n, reason, streamer.first_token_at, time.perf_counter())
+    return Decoded(n, reason, streamer.first_token_at, time.perf_counter(), tuple(streamer.ids))

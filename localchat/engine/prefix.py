@@ -1,0 +1,83 @@
+"""The prefix cache: the next turn of a chat reuses the KV cache of the previous turn, so only the
+new tokens are read and the time to the first token does not grow with the length of the chat.
+
+Owns: a few KV caches keyed by the token ids they cover, least-recently-used first out, bounded in
+bytes. Invariants: used only on the inference worker thread (no locks); a cache is taken out while
+a reply extends it, so two replies never share one; only caches whose every layer keeps all past
+tokens are kept (sliding-window layers cannot be cut back to a prefix).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+MIN_REUSE = 8  # tokens: below this, reading the prompt afresh costs about the same
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def cache_bytes(cache: Any) -> int:
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if t is not None and hasattr(t, "numel"):
+                total += t.numel() * t.element_size()
+    return total
+
+
+def reusable(cache: Any) -> bool:
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+
+
+class PrefixCache:
+    def __init__(self, max_bytes: int = 256 * 2**20, max_entries: int = 8):
+        self.max_bytes, self.max_entries = max_bytes, max_entries
+        self._entries: OrderedDict[int, tuple[list[int], Any]] = OrderedDict()
+        self._next = 0
+        self.hits = 0
+        self.reused_tokens = 0
+
+    def take(self, ids: list[int]) -> tuple[Any | None, int]:
+        """The cache sharing the longest prefix with `ids`, cut back to that prefix (always
+        leaving at least one token of `ids` to read), and how many tokens it saves."""
+        best, best_len = None, 0
+        for key, (covered, _) in self._entries.items():
+            n = common_prefix(covered, ids)
+            # the same chat goes on when most of what the entry covers is shared; a mere shared
+            # template or system prompt would cost another chat its whole cache
+            if n > best_len and n * 2 >= len(covered):
+                best, best_len = key, n
+        keep = min(best_len, len(ids) - 1)
+        if best is None or keep < MIN_REUSE:
+            return None, 0
+        _, cache = self._entries.pop(best)
+        extra = cache.get_seq_length() - keep
+        if extra > 0:
+            cache.crop(-extra)
+        self.hits += 1
+        self.reused_tokens += keep
+        return cache, keep
+
+    def put(self, covered: list[int], cache: Any) -> None:
+        if not reusable(cache) or cache.get_seq_length() != len(covered):
+            return
+        self._entries[self._next] = (covered, cache)
+        self._next += 1
+        while len(self._entries) > self.max_entries or (
+            self._entries and sum(cache_bytes(c) for _, c in self._entries.values()) > self.max_bytes
+        ):
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
