@@ -95,8 +95,6 @@ class ChatService:
     ) -> Iterator[Chunk]:
         """Stateless streaming completion of fully built messages. The API passes trim=False (a
         prompt past the window is an error, never shortened) and `prompt` for raw completions."""
-        if trim and prompt is None and owner is None:
-            return self.backend.stream(messages, params, cancel)
         return self.backend.stream(messages, params, cancel, trim=trim, prompt=prompt, owner=owner)
 
     def reply(

@@ -240,18 +240,21 @@ class Household:
             raise AccessDenied("Only a household admin can do that")
         return member
 
-    def _target(self, by: Member, member_id: int) -> Member:
-        self.require_admin(by)
+    def _target(self, by: Member | None, member_id: int) -> Member:
+        """The member an admin acts on. `by=None`: someone at this machine's console (the
+        `localchat users` command), who may do what an admin may."""
+        if by is not None:
+            self.require_admin(by)
         target = self.store.member(member_id)
         if target is None or target.builtin:
             raise AccessDenied("There is no such household member")
         return target
 
-    def reset_password(self, by: Member, member_id: int, password: str) -> None:
+    def reset_password(self, by: Member | None, member_id: int, password: str) -> None:
         target = self._target(by, member_id)
         self.store.set_password_hash(target.id, self.hasher.hash(check_password(password)))
 
-    def set_role(self, by: Member, member_id: int, role: str) -> None:
+    def set_role(self, by: Member | None, member_id: int, role: str) -> None:
         target = self._target(by, member_id)
         if target.is_admin and role != "admin" and self._admin_count() == 1:
             raise AccessDenied("The household needs at least one admin")
@@ -261,7 +264,7 @@ class Household:
         target = self._target(by, member_id)
         self.store.set_policy(target.id, allowed, locked_preset)
 
-    def remove_member(self, by: Member, member_id: int) -> None:
+    def remove_member(self, by: Member | None, member_id: int) -> None:
         target = self._target(by, member_id)
         if target.is_admin and self._admin_count() == 1:
             raise AccessDenied("The household needs at least one admin")

@@ -261,16 +261,23 @@ def _set_session(response: Response, request: Request, token: str, lifetime: flo
     return response
 
 
-async def _form(request: Request) -> dict[str, str]:
-    """A small urlencoded form, read with a cap (the sign-in page is public)."""
+async def _read_capped(request: Request, limit: int) -> tuple[bytes, bool]:
+    """The body, at most `limit` bytes of it, read as it streams (never buffered whole), and
+    whether there was more."""
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_FORM_BYTES:
-            break
+        if size > limit:
+            return b"".join(chunks), True
         chunks.append(chunk)
-    body = b"".join(chunks)[:MAX_FORM_BYTES].decode("utf-8", "replace")
-    return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+    return b"".join(chunks), False
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A small urlencoded form, read with a cap (the sign-in page is public)."""
+    body, _ = await _read_capped(request, MAX_FORM_BYTES)
+    text = body.decode("utf-8", "replace")
+    return {k: v[0] for k, v in parse_qs(text, keep_blank_values=True).items()}
 
 
 def household_routes(household: Household) -> APIRouter:
@@ -384,13 +391,10 @@ async def _upload(request: Request) -> bytes:
     outside the data dir; the page reads the file and posts its text."""
     if "multipart/form-data" in request.headers.get("content-type", ""):
         raise ImportProblem("Send the JSON file itself as the request body (Content-Type: application/json)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_IMPORT_BYTES:
-            raise ImportProblem(f"The file is larger than {MAX_IMPORT_BYTES // 2**20} MB")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    body, too_large = await _read_capped(request, MAX_IMPORT_BYTES)
+    if too_large:
+        raise ImportProblem(f"The file is larger than {MAX_IMPORT_BYTES // 2**20} MB")
+    return body
 
 
 def _slug(title: str) -> str:

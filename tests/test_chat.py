@@ -165,7 +165,7 @@ def test_unexpected_exception_is_one_line_for_the_user() -> None:
 class EagerBackend(FakeBackend):
     """A backend whose stream() raises when called, before returning an iterator."""
 
-    def stream(self, messages, params, cancel=None):  # type: ignore[override]
+    def stream(self, messages, params, cancel=None, **_):  # type: ignore[override]
         raise NoModelLoaded("No model is loaded yet")
 
 
@@ -175,7 +175,7 @@ def test_backend_that_raises_when_called() -> None:
 
 
 class ErrorChunkBackend(FakeBackend):
-    def stream(self, messages, params, cancel=None) -> Iterator[Chunk]:  # type: ignore[override]
+    def stream(self, messages, params, cancel=None, **_) -> Iterator[Chunk]:  # type: ignore[override]
         yield Chunk(text="par")
         yield Chunk(text="tial", error="The remote engine hung up")
         yield Chunk(text=" never shown")
@@ -282,7 +282,7 @@ def test_shipped_presets() -> None:
 
 def test_a_stream_that_ends_without_usage_still_finishes_the_reply() -> None:
     class Truncated(FakeBackend):
-        def stream(self, messages, params, cancel=None):
+        def stream(self, messages, params, cancel=None, **_):
             yield Chunk(text="Half an ans")
 
     service = ChatService(Truncated("x"))

@@ -52,6 +52,13 @@ def _error_status(exc: BackendError) -> ApiError:
     return ApiError(500, str(exc), kind="server_error")
 
 
+async def _json_body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except ValueError:
+        raise ApiError(400, "The request body is not valid JSON") from None
+
+
 async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> None:
     while True:
         message = await request.receive()
@@ -129,10 +136,7 @@ class OpenAIRoutes:
 
     async def respond(self, request: Request, chat: bool) -> Any:
         member = await run_in_threadpool(self.caller, request)  # a database read and write
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise ApiError(400, "The request body is not valid JSON") from None
+        body = await _json_body(request)
         req = parse(body, chat)
         info = self.model_for(member, req.model)
         cancel = threading.Event()
@@ -261,10 +265,7 @@ class OpenAIRoutes:
         member = await run_in_threadpool(self.caller, request)
         if not self.household.may_load_models(member):
             raise ApiError(403, "Only a household admin's key can load models", code="admin_only")
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise ApiError(400, "The request body is not valid JSON") from None
+        body = await _json_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise ApiError(400, 'Send {"model": "..."} and optional loader options', param="model")
         unknown = sorted(set(body) - LOAD_FIELDS)

@@ -22,6 +22,7 @@ from transformers import DynamicCache
 
 from localchat.backend import ModelLoadFailed, NoModelLoaded, PromptTooLong, ServerBusy
 from localchat.engine import models
+from localchat.engine.fit import FitReport
 from localchat.engine.generate import ContextOverflow, fit_to_window, prompt_ids, stream_reply
 from localchat.engine.loading import Loaded, LoadError, choose_quantization, fit_report, load_model, pick_device
 from localchat.engine.prefix import PrefixCache
@@ -113,10 +114,12 @@ class TransformersBackend:
         try:
             with self._materialize_lock:
                 real = replace(options, model=models.materialize(options.model, self.data_dir))
+            report = None
             if real.quantization == "auto":  # the model being replaced gives its memory back
                 current = self._current
                 free = detect().free_bytes(pick_device(real.device)) + (current.info.memory_bytes if current else 0)
-                real = choose_quantization(real, self.cache_root, free)
+                report = fit_report(real, self.cache_root, free)
+                real = choose_quantization(real, self.cache_root, report=report)
             new = load_model(real, self.cache_root)
         except LoadError as exc:
             _free_memory()  # e.g. the CUDA blocks of a half-loaded model that ran out of memory
@@ -127,7 +130,7 @@ class TransformersBackend:
             raise ModelLoadFailed(f"Could not load {options.model}: {exc}".splitlines()[0]) from exc
         name = models.DISPLAY_NAMES.get(options.model, new.info.name)
         new.info = replace(new.info, options=options, name=name)  # keep the reference the user chose
-        self._check_estimate(real, new.info)
+        self._check_estimate(real, new.info, report)
         old, self._current, self.asleep = self._current, new, None
         del old
         self.prefix.clear()  # its caches belong to the old model
@@ -136,10 +139,11 @@ class TransformersBackend:
         log.info("loaded %s", new.info.describe())
         return new.info
 
-    def _check_estimate(self, options: LoadOptions, info: LoadedInfo) -> None:
-        """Compare the fit estimate with the real footprint, so a wrong estimate shows in the log."""
+    def _check_estimate(self, options: LoadOptions, info: LoadedInfo, report: FitReport | None = None) -> None:
+        """Compare the fit estimate with the real footprint, so a wrong estimate shows in the log.
+        `report`: the one `auto` already made (estimates do not depend on the free memory)."""
         try:
-            report = fit_report(replace(options, quantization=info.quantization), self.cache_root, free_bytes=1)
+            report = report or fit_report(options, self.cache_root, free_bytes=1)
         except Exception:  # noqa: BLE001 - an estimate is advice, never a reason to fail a load
             return
         option = info.quantization if info.quantization != "none" else report.unquantized

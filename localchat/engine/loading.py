@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from localchat.engine.fit import FitReport
 from localchat.types import LoadedInfo, LoadOptions
 
 log = logging.getLogger(__name__)
@@ -185,13 +186,16 @@ def fit_report(options: LoadOptions, cache_root: Path, free_bytes: int | None = 
     return fit.report(resolved.name, config, device, free, options.context_length, float32, bnb)
 
 
-def choose_quantization(options: LoadOptions, cache_root: Path, free_bytes: int | None = None) -> LoadOptions:
-    """quantization=auto -> the most accurate option that fits this machine (none, 8bit, 4bit)."""
+def choose_quantization(
+    options: LoadOptions, cache_root: Path, free_bytes: int | None = None, report: FitReport | None = None
+) -> LoadOptions:
+    """quantization=auto -> the most accurate option that fits this machine (none, 8bit, 4bit).
+    `report`: a fit report already made for these options (it is not made again)."""
     if options.quantization != "auto":
         return options
     from localchat.engine.fit import QUANT_OF
 
-    report = fit_report(options, cache_root, free_bytes)
+    report = report or fit_report(options, cache_root, free_bytes)
     best = report.best()
     if best is None:
         raise LoadError(report.describe().splitlines()[0].replace("**", "") + " Choose a smaller model.")
