@@ -48,7 +48,11 @@ def build_app(settings: Settings, backend: Backend | None = None, household: Hou
         from localchat.engine.backend import TransformersBackend
 
         backend = TransformersBackend(
-            settings.data, settings.models, max_waiting=settings.max_waiting, idle_unload=settings.idle_unload * 60
+            settings.data,
+            settings.models,
+            max_waiting=settings.max_waiting,
+            idle_unload=settings.idle_unload * 60,
+            max_batch=settings.max_batch,
         )
     service = ChatService(backend, settings.presets)
     if settings.load_on_start and backend.loaded() is None:

@@ -50,6 +50,7 @@ class Settings:
     context_length: int | None = None
     preset: str = "Balanced"
     max_waiting: int = 32
+    max_batch: int = 8  # replies that decode together, sharing each forward pass; 1: one at a time
     idle_unload: int = 10  # minutes without a request before the model's memory is given back; 0: never
     engine: str = "transformers"  # or "openai": an OpenAI-compatible server does the generating
     engine_url: str | None = None
@@ -91,6 +92,7 @@ class Settings:
         checks = [
             (0 < self.port < 65536, "port must be between 1 and 65535"),
             (self.max_waiting >= 1, "max waiting must be at least 1"),
+            (1 <= self.max_batch <= 64, "max batch must be between 1 and 64"),
             (self.idle_unload >= 0, "idle unload must be 0 (never) or a number of minutes"),
             (self.log_level.lower() in LOG_LEVELS, f"log level must be one of {', '.join(LOG_LEVELS)}"),
             (self.engine in ("transformers", "openai"), "engine must be transformers or openai"),
@@ -139,6 +141,7 @@ HELP: dict[str, str] = {
     "idle_unload": "minutes without a request after which the model is unloaded to give its memory back "
     "(it loads again with the next message; 0 = never; the small bundled model stays while memory is plentiful)",
     "max_waiting": "how many replies may wait for the model before new ones are told it is busy",
+    "max_batch": "how many replies may be generated together, sharing each step of the model (1 = one at a time)",
     "engine": "transformers (load models here) or openai: use an OpenAI-compatible server (vLLM, llama.cpp, "
     "Ollama, another localchat) as the engine; the UI, accounts and history stay here",
     "engine_url": "base URL of that server, e.g. http://gpu-box:8000/v1",

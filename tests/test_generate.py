@@ -7,15 +7,14 @@ import threading
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from localchat.engine.batch import stream_reply
 from localchat.engine.generate import (
     FALLBACK_SYSTEM,
     ContextOverflow,
     StopStringFilter,
     fallback_prompt,
     fit_to_window,
-    generation_kwargs,
     prompt_ids,
-    stream_reply,
 )
 from localchat.types import Message, SamplingParams
 
@@ -104,16 +103,20 @@ def test_reply_room_is_at_most_half_the_window(tok):
     assert not fit.trimmed  # ~150 tokens of prompt fit in the 256 left, despite max_new_tokens
 
 
-def test_generation_kwargs_greedy_and_sampling(tok):
-    greedy = generation_kwargs(SamplingParams(temperature=0, max_new_tokens=7), tok)
-    assert greedy["do_sample"] is False and greedy["max_new_tokens"] == 7
-    assert greedy["temperature"] is None and greedy["top_p"] is None
-    p = SamplingParams(temperature=0.8, top_p=0.5, top_k=3, min_p=0.1, repetition_penalty=1.2)
-    kw = generation_kwargs(p, tok)
-    assert kw["do_sample"] is True
-    assert (kw["temperature"], kw["top_p"], kw["top_k"], kw["min_p"]) == (0.8, 0.5, 3, 0.1)
-    assert kw["repetition_penalty"] == 1.2 and kw["pad_token_id"] == tok.pad_token_id
-    assert generation_kwargs(SamplingParams(min_p=0.0), tok)["min_p"] is None
+def test_processors_follow_the_sampling_settings():
+    from transformers import MinPLogitsWarper, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper
+
+    from localchat.engine.batch import processors
+    from localchat.engine.generate import PresenceFrequencyPenalty
+
+    assert list(processors(SamplingParams(temperature=0, repetition_penalty=1.0), 5)) == []
+    greedy = processors(SamplingParams(temperature=0, repetition_penalty=1.2, presence_penalty=0.5), 5)
+    assert [type(p) for p in greedy] == [RepetitionPenaltyLogitsProcessor, PresenceFrequencyPenalty]
+    sampled = processors(SamplingParams(temperature=0.8, top_p=0.5, top_k=3, min_p=0.1), 5)
+    names = [type(p).__name__ for p in sampled]
+    assert names[-4:] == ["TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper", "MinPLogitsWarper"]
+    assert isinstance(sampled[-4], TemperatureLogitsWarper) and isinstance(sampled[-1], MinPLogitsWarper)
+    assert not any("TopK" in type(p).__name__ for p in processors(SamplingParams(temperature=0.8, top_k=0), 5))
 
 
 @pytest.mark.parametrize(
@@ -185,16 +188,13 @@ def test_seed_makes_sampling_repeatable(model, tok):
 
 
 def test_streamer_waits_for_split_characters_and_drops_broken_bytes(tok):
-    import torch
-
-    from localchat.engine.generate import _Streamer
+    from localchat.engine.generate import TextStream
 
     out: list[str] = []
-    streamer = _Streamer(tok, StopStringFilter([]), out.append)
-    streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt: skipped
-    for ids in ([ord("a")], [0xC3], [0xA9], [0xC3], [ord("b")]):  # a, é split in two bytes, a broken byte, b
-        streamer.put(torch.tensor(ids))
-    streamer.end()
+    stream = TextStream(tok, StopStringFilter([]), out.append)
+    for token in (ord("a"), 0xC3, 0xA9, 0xC3, ord("b")):  # a, é split in two bytes, a broken byte, b
+        stream.add(token)
+    stream.end()
     assert out == ["a", "é", "b"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 
@@ -238,3 +239,73 @@ def test_members_take_turns_and_loads_keep_their_place(worker: InferenceWorker) 
         j.result(WAIT)
     assert ran == ["a1", "load", "b1", "c1", "a2", "b2"]
     assert positions == [1, 5, 2, 3, 4, 6]  # what each was told while waiting matches what happened
+
+
+class FakeBatch:
+    """A stand-in for the batch of replies: each reply needs `steps` steps; logs what happens."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.rows, self.log = size, [], []
+        self.lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def room(self) -> int:
+        return self.size - len(self.rows)
+
+    def join(self, name: str, steps: int) -> None:
+        self.rows.append([name, steps])
+        self.log.append(f"+{name}")
+
+    def step(self) -> None:
+        for row in self.rows:
+            row[1] -= 1
+        for name, _ in [r for r in self.rows if r[1] <= 0]:
+            self.log.append(f"-{name}")
+        self.rows = [r for r in self.rows if r[1] > 0]
+
+
+def test_replies_join_a_running_batch_and_a_load_waits_for_it_to_empty(worker: InferenceWorker) -> None:
+    batch = FakeBatch(size=2)
+    worker.stepper = batch
+    gate, held = hold(worker)  # line everything up before the worker looks at the queue
+    joins = [worker.submit(lambda n=n: batch.join(n, 3), owner=n, joins=True) for n in ("ann", "bob", "cy")]
+    load = worker.submit(lambda: batch.log.append("load"))
+    after = worker.submit(lambda: batch.join("dee", 1), owner="dee", joins=True)
+    assert [worker.position(f) for f in joins] == [1, 2, 3]  # a job (the gate) runs: all wait for it
+    gate.release.set()
+    for f in [*joins, load, after]:
+        f.result(timeout=WAIT)
+    worker.close()
+    log = batch.log
+    assert log[:2] == ["+ann", "+bob"]  # both start at once: the batch has room for two
+    assert log.index("+cy") > min(log.index("-ann"), log.index("-bob"))  # cy waits for room
+    assert log.index("load") > log.index("-cy")  # the load waits until no reply decodes...
+    assert log.index("+dee") > log.index("load")  # ...and a reply queued after it runs after it
+
+
+def test_a_quick_job_runs_between_steps_and_positions_count_the_room(worker: InferenceWorker) -> None:
+    batch = FakeBatch(size=2)
+    worker.stepper = batch
+    release = threading.Event()
+    slow_steps = threading.Event()
+
+    def step() -> None:  # replies that never end, until the test clears them
+        slow_steps.set()
+        release.wait(WAIT)
+        time.sleep(0.001)
+
+    batch.step = step  # type: ignore[method-assign]
+    worker.submit(lambda: batch.join("ann", 1000), owner="ann", joins=True).result(timeout=WAIT)
+    assert slow_steps.wait(WAIT)
+    waiting = [worker.submit(lambda n=n: batch.join(n, 1000), owner=n, joins=True) for n in ("bob", "cy", "dee")]
+    assert [worker.position(f) for f in waiting] == [0, 1, 2]  # bob takes the free place at the next turn
+    assert worker.busy
+    release.set()
+    assert worker.call(lambda: len(batch), quick=True) >= 1  # answered while the batch still decodes
+    waiting[0].result(timeout=WAIT)
+    assert batch.rows[0][0] == "ann" and len(batch) == 2
+    for f in waiting[1:]:
+        f.cancel()
+    batch.rows.clear()

@@ -38,6 +38,7 @@ SAMPLE = {
     "context_length": "128",
     "preset": "Coder",
     "max_waiting": "3",
+    "max_batch": "4",
     "idle_unload": "5",
     "engine": "transformers",  # openai alone is refused without a URL: see the test below
     "engine_url": "http://gpu-box:8000/v1",
@@ -63,6 +64,7 @@ EXPECTED = {
     "context_length": 128,
     "preset": "Coder",
     "max_waiting": 3,
+    "max_batch": 4,
     "idle_unload": 5,
     "engine": "transformers",  # openai alone is refused without a URL: see the test below
     "engine_url": "http://gpu-box:8000/v1",

@@ -18,12 +18,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
 from localchat.backend import ModelLoadFailed, NoModelLoaded, PromptTooLong, ServerBusy
 from localchat.engine import models
+from localchat.engine.batch import Batch, Reply
 from localchat.engine.fit import FitReport
-from localchat.engine.generate import ContextOverflow, fit_to_window, prompt_ids, stream_reply
+from localchat.engine.generate import ContextOverflow, Decoded, fit_to_window, prompt_ids
 from localchat.engine.loading import Loaded, LoadError, choose_quantization, fit_report, load_model, pick_device
 from localchat.engine.prefix import PrefixCache
 from localchat.engine.scheduler import Busy, InferenceWorker
@@ -42,9 +42,11 @@ class TransformersBackend:
         models_dir: Path | None = None,
         max_waiting: int = 32,
         idle_unload: float = 0,
+        max_batch: int = 8,
     ):
         """`idle_unload`: seconds without a request after which the model is unloaded (0: never);
-        the next request loads it again with the same options."""
+        the next request loads it again with the same options. `max_batch`: how many replies
+        may decode together (1: one at a time)."""
         self.data_dir = data_dir
         self.idle_unload = idle_unload
         self.asleep: LoadedInfo | None = None  # unloaded for being idle; loads again on the next request
@@ -53,6 +55,8 @@ class TransformersBackend:
         self.models_dir = models_dir or data_dir / "models"
         self.worker = InferenceWorker(max_waiting=max_waiting)
         self._current: Loaded | None = None
+        self._batch: Batch | None = None  # the replies decoding on the current model
+        self.max_batch = max_batch
         self.loading: LoadOptions | None = None  # set while a load is queued or running
         self.last_load_error: str | None = None
         self._pending_loads: list[LoadOptions] = []
@@ -134,6 +138,7 @@ class TransformersBackend:
         old, self._current, self.asleep = self._current, new, None
         del old
         self.prefix.clear()  # its caches belong to the old model
+        self._set_batch(new)
         _free_memory()
         self._last_used = time.monotonic()
         log.info("loaded %s", new.info.describe())
@@ -186,25 +191,35 @@ class TransformersBackend:
             return  # a request came in meanwhile
         self.asleep, self._current = current.info, None
         del current
-        self.prefix.clear()
+        self._set_batch(None)
         _free_memory()
         log.info("unloaded %s after %.0f s without a request", self.asleep.name, self.idle_unload)
 
+    def _set_batch(self, loaded: Loaded | None) -> None:
+        """On the worker, with no reply decoding: replies from now on decode on `loaded`."""
+        self.prefix.clear()  # its caches belong to the model before
+        self._batch = None
+        if loaded is not None:
+            window = loaded.info.context_length
+            self._batch = Batch(loaded.model, loaded.tokenizer, window, self.max_batch, prefix=self.prefix)
+        self.worker.stepper = self._batch
+
     def activity(self) -> dict[str, int]:
-        """For /health: is a reply being generated now, and how many wait."""
-        return {"generating": int(self.worker.busy), "waiting": self.worker.waiting()}
+        """For /health: how many replies are being generated now, and how many wait."""
+        batch = self._batch
+        return {"generating": len(batch) if batch is not None else 0, "waiting": self.worker.waiting()}
 
     def unload(self) -> None:
         def job() -> None:
             self._current = self.asleep = None
-            self.prefix.clear()
+            self._set_batch(None)
             _free_memory()
 
         self.worker.call(job)
 
     # -- replies ------------------------------------------------------------------------------
     def count_tokens(self, messages: Sequence[Message]) -> int:
-        return self.worker.call(lambda: len(prompt_ids(self._require().tokenizer, messages)))
+        return self.worker.call(lambda: len(prompt_ids(self._require().tokenizer, messages)), quick=True)
 
     def stream(
         self,
@@ -221,9 +236,10 @@ class TransformersBackend:
         cancel = cancel or threading.Event()
         params.validate()
         out: queue.Queue = queue.Queue()
+        ended: list[Usage | BaseException] = []  # set by the batch when the reply ends
         submitted = time.perf_counter()
 
-        def job() -> Usage:
+        def job() -> None:
             started = time.perf_counter()
             current = self._require()  # checked when the job runs: a reply queued behind a load waits
             window = current.info.context_length
@@ -245,39 +261,30 @@ class TransformersBackend:
                     raise PromptTooLong(f"The conversation does not fit the context window: {exc}") from exc
             if fit.trimmed:
                 out.put(Chunk(fit=fit))
-            cache, _ = self.prefix.take(ids)
-            if cache is None:
-                cache = DynamicCache(config=current.model.config)
-            decoded = stream_reply(
-                current.model,
-                current.tokenizer,
-                ids,
-                params,
-                current.info.context_length,
-                cancel,
-                lambda text: out.put(Chunk(text=text)),
-                past_key_values=cache,
-            )
-            self.prefix.put([*ids, *decoded.tokens][: cache.get_seq_length()], cache)
-            first = decoded.first_token_at
-            speed = None
-            if first is not None and decoded.completion_tokens > 1 and decoded.finished_at > first:
-                speed = (decoded.completion_tokens - 1) / (decoded.finished_at - first)
-            return Usage(
-                prompt_tokens=len(ids),
-                completion_tokens=decoded.completion_tokens,
-                time_to_first_token=None if first is None else first - submitted,
-                tokens_per_second=speed,
-                finish_reason=decoded.finish_reason,
-                queue_seconds=started - submitted,
-            )
+
+            def done(decoded: Decoded | None, exc: BaseException | None) -> None:
+                if exc is not None:
+                    ended.append(exc)
+                else:
+                    assert decoded is not None
+                    ended.append(usage(decoded, len(ids), submitted, started))
+                out.put(_DONE)
+
+            assert self._batch is not None
+            self._batch.add(Reply(ids, params, cancel, lambda text: out.put(Chunk(text=text)), done))
 
         self._last_used = time.monotonic()  # idle time counts from the last request and the last reply
         try:
-            future = self.worker.submit(job, cancel, owner)
+            future = self.worker.submit(job, cancel, owner, joins=True)
         except Busy as exc:
             raise ServerBusy(f"The model is busy: {exc}") from exc
-        future.add_done_callback(lambda _: (setattr(self, "_last_used", time.monotonic()), out.put(_DONE)))
+
+        def started_or_not(future: Future) -> None:
+            self._last_used = time.monotonic()
+            if future.cancelled() or future.exception() is not None:
+                out.put(_DONE)  # it never joined the batch: nothing else will say so
+
+        future.add_done_callback(started_or_not)
         try:
             last_position = self.worker.position(future)
             if last_position:
@@ -302,7 +309,10 @@ class TransformersBackend:
             exc = future.exception()
             if exc is not None:
                 raise exc
-            yield Chunk(usage=future.result())
+            result = ended[0]
+            if isinstance(result, BaseException):
+                raise result
+            yield Chunk(usage=result)
         finally:
             cancel.set()  # a closed iterator (Stop, dropped connection) ends the generation
 
@@ -330,6 +340,21 @@ class TransformersBackend:
     def close(self) -> None:
         self._closing.set()
         self.worker.close()
+
+
+def usage(decoded: Decoded, prompt_tokens: int, submitted: float, started: float) -> Usage:
+    first = decoded.first_token_at
+    speed = None
+    if first is not None and decoded.completion_tokens > 1 and decoded.finished_at > first:
+        speed = (decoded.completion_tokens - 1) / (decoded.finished_at - first)
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=decoded.completion_tokens,
+        time_to_first_token=None if first is None else first - submitted,
+        tokens_per_second=speed,
+        finish_reason=decoded.finish_reason,
+        queue_seconds=started - submitted,
+    )
 
 
 def _free_memory() -> None:

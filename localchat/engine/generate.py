@@ -1,24 +1,21 @@
 """Prompt building, context fitting and streamed decoding for one reply.
 
 Owns: the chat template (or a plain fallback for base models), fitting a conversation into the
-context window, SamplingParams -> generate() kwargs, stop strings and cancellation.
+context window, stop strings, and a reply's tokens turned into text.
 Invariant: every function that touches torch here is called on the inference worker thread only;
 `emit` callbacks only put text on a queue.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import LogitsProcessor
 
-from localchat.types import ContextFit, FinishReason, Message, SamplingParams
+from localchat.types import ContextFit, FinishReason, Message
 
 FALLBACK_SYSTEM = "The following is a conversation between a helpful assistant and a user."
 FALLBACK_STOPS = ("\nUser:", "\nuser:")
@@ -135,26 +132,6 @@ def fit_to_window(
     return ids, ContextFit(dropped_messages=len(turns) - 1, truncated_last_message=True)
 
 
-def generation_kwargs(params: SamplingParams, tokenizer: Any) -> dict[str, Any]:
-    """SamplingParams -> generate() keyword arguments (greedy when temperature is 0)."""
-    kw: dict[str, Any] = {
-        "max_new_tokens": params.max_new_tokens,
-        "repetition_penalty": params.repetition_penalty,
-        "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-    }
-    if params.temperature == 0:
-        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None, min_p=None)
-    else:
-        kw.update(
-            do_sample=True,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k,
-            min_p=params.min_p or None,
-        )
-    return kw
-
-
 class StopStringFilter:
     """Accumulates decoded text; emits only what cannot be the start of a stop string."""
 
@@ -193,22 +170,15 @@ class StopStringFilter:
         return rest
 
 
-class _Streamer(BaseStreamer):
-    """Called by generate() on the worker thread with each new token."""
+class TextStream:
+    """Turns a reply's tokens, one at a time, into text deltas that are final (never taken back)."""
 
     def __init__(self, tokenizer: Any, stops: StopStringFilter, emit: Callable[[str], None]):
         self.tokenizer, self.stops, self.emit = tokenizer, stops, emit
         self.ids: list[int] = []
-        self.prompt_seen = False
-        self.first_token_at: float | None = None
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-        self.ids.extend(value.reshape(-1).tolist())
+    def add(self, token: int) -> None:
+        self.ids.append(token)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):
             return  # half of a multi-byte character: wait for the rest
@@ -226,15 +196,6 @@ class _Streamer(BaseStreamer):
         rest = self.stops.flush()
         if rest:
             self.emit(rest)
-
-
-class _Halt(StoppingCriteria):
-    def __init__(self, cancel: threading.Event, stops: StopStringFilter):
-        self.cancel, self.stops = cancel, stops
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        done = self.cancel.is_set() or self.stops.hit
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
 class PresenceFrequencyPenalty(LogitsProcessor):
@@ -258,54 +219,3 @@ class Decoded:
     first_token_at: float | None
     finished_at: float
     tokens: tuple[int, ...] = ()  # the reply's token ids
-
-
-def stream_reply(
-    model: Any,
-    tokenizer: Any,
-    ids: list[int],
-    params: SamplingParams,
-    window: int,
-    cancel: threading.Event,
-    emit: Callable[[str], None],
-    past_key_values: Any = None,
-) -> Decoded:
-    """Generate one reply for prompt `ids`, calling emit(text_delta) as text becomes final.
-    `past_key_values`: a KV cache that already holds a prefix of `ids` (it is extended in place)."""
-    stops = StopStringFilter(params.stop + (FALLBACK_STOPS if uses_fallback(tokenizer) else ()))
-    streamer = _Streamer(tokenizer, stops, emit)
-    kwargs = generation_kwargs(params, tokenizer)
-    room = window - len(ids)
-    kwargs["max_new_tokens"] = max(1, min(params.max_new_tokens, room))
-    if params.presence_penalty or params.frequency_penalty:
-        kwargs["logits_processor"] = LogitsProcessorList(
-            [PresenceFrequencyPenalty(len(ids), params.presence_penalty, params.frequency_penalty)]
-        )
-    if params.seed is not None:
-        torch.manual_seed(params.seed)
-    else:
-        torch.seed()  # the RNG is shared: one member's fixed seed must not fix the next member's reply
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([ids], device=device)
-    with torch.inference_mode():
-        model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            streamer=streamer,
-            past_key_values=past_key_values,
-            stopping_criteria=StoppingCriteriaList([_Halt(cancel, stops)]),
-            **kwargs,
-        )
-    n = len(streamer.ids)
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        eos_ids.add(tokenizer.eos_token_id)
-    reason: FinishReason
-    if cancel.is_set():
-        reason = "cancelled"
-    elif stops.hit or (streamer.ids and streamer.ids[-1] in eos_ids):
-        reason = "stop"
-    else:
-        reason = "length" if n >= kwargs["max_new_tokens"] else "stop"
-    return Decoded(n, reason, streamer.first_token_at, time.perf_counter(), tuple(streamer.ids))

@@ -1,7 +1,11 @@
 """The one inference worker: a single thread that runs every torch operation, fed by a queue.
 
 Owns: the queue of jobs (loads and replies), its fair order, queue positions, the bound on waiting
-jobs. Invariants: only the worker thread runs jobs (a second thread running torch ops would start
+jobs, and the turns between starting jobs and stepping the running batch. A reply's job only starts
+it (reads its prompt and joins the batch, see batch.py); the worker then alternates: take the next
+job in fair order if it may start now, else advance every running reply by one token. A reply may
+join while the batch has room; any other job (a load, an unload) waits until the batch has emptied,
+and nothing queued after it starts before it, so a model switch is orderly. Invariants: only the worker thread runs jobs (a second thread running torch ops would start
 a second OpenMP team, which measured 28 -> 16 tok/s on a 2-core CPU; callers only wait); waiting
 jobs are served round-robin between owners (household members), first come first served within
 one owner, so ten requests from one member never starve another member's one.
@@ -15,7 +19,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,18 @@ class _Job:
     future: Future = field(compare=False)
     cancel: threading.Event | None = field(compare=False, default=None)
     owner: str = field(compare=False, default="")
+    joins: bool = field(compare=False, default=False)  # a reply: may start while others decode
+    quick: bool = field(compare=False, default=False)  # a short job that may run between two steps
+
+
+class Stepper(Protocol):
+    """The running batch of replies, as the worker sees it."""
+
+    def __len__(self) -> int: ...
+
+    def room(self) -> int: ...
+
+    def step(self) -> None: ...
 
 
 class InferenceWorker:
@@ -45,12 +61,23 @@ class InferenceWorker:
         self._seq = itertools.count()
         self._running = False
         self._closed = False
+        self.stepper: Stepper | None = None  # set by the backend: the batch of replies decoding now
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[[], Any], cancel: threading.Event | None = None, owner: str | None = None) -> Future:
+    def submit(
+        self,
+        fn: Callable[[], Any],
+        cancel: threading.Event | None = None,
+        owner: str | None = None,
+        *,
+        joins: bool = False,
+        quick: bool = False,
+    ) -> Future:
         """Queue fn for `owner` (a household member; None: a job of its own, such as a load);
-        raises Busy when max_waiting jobs are already waiting."""
+        raises Busy when max_waiting jobs are already waiting. `joins`: fn starts a reply that
+        joins the running batch (it may start while others decode); `quick`: fn is short and
+        may run between two decode steps."""
         with self._changed:
             if self._closed:
                 raise Busy("the server is shutting down")
@@ -60,7 +87,7 @@ class InferenceWorker:
             for stale in [j for j in self._waiting if j.future.cancelled()]:
                 self._take(stale, served=False)  # a stopped job keeps no turn for its owner
             seq = next(self._seq)
-            job = _Job(seq, fn, Future(), cancel, owner if owner is not None else f"job-{seq}")
+            job = _Job(seq, fn, Future(), cancel, owner if owner is not None else f"job-{seq}", joins, quick)
             self._waiting.append(job)
             if job.owner not in self._rotation:
                 self._rotation.append(job.owner)
@@ -82,16 +109,31 @@ class InferenceWorker:
         return order
 
     def position(self, future: Future) -> int | None:
-        """How many jobs run before this one (0 = next), or None once it has started."""
+        """How many replies must finish before this one starts (0 = it starts at the next turn),
+        or None once it has started. While a batch runs, the first `room` waiting jobs join it."""
         with self._changed:
             for i, job in enumerate(self._order()):
                 if job.future is future:
-                    return i + (1 if self.busy else 0)
+                    if self._stepping():
+                        room = self.stepper.room() if self.stepper is not None else 0
+                        return 0 if i < room else i - room + 1
+                    return i + (1 if self._running else 0)
         return None
+
+    def _stepping(self) -> bool:
+        return self.stepper is not None and len(self.stepper) > 0
 
     @property
     def busy(self) -> bool:
-        return self._running
+        """A job is running or replies are decoding."""
+        return self._running or self._stepping()
+
+    def may_start(self, job: _Job) -> bool:
+        """Can this job start now? Anything can when no reply decodes; while some do, another
+        reply may join if there is room, and a quick job may run between two steps."""
+        if not self._stepping():
+            return True
+        return job.quick or (job.joins and self.stepper is not None and self.stepper.room() > 0)
 
     def waiting(self) -> int:
         with self._lock:
@@ -104,20 +146,27 @@ class InferenceWorker:
     def is_worker_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
-    def call(self, fn: Callable[[], Any]) -> Any:
-        """Run fn on the worker and wait for its result (for short jobs such as counting tokens)."""
+    def call(self, fn: Callable[[], Any], quick: bool = False) -> Any:
+        """Run fn on the worker and wait for its result. `quick`: a short job (such as counting
+        tokens) that may run between two decode steps; otherwise it waits for the batch to end."""
         if self.is_worker_thread():
             return fn()
-        return self.submit(fn).result()
+        return self.submit(fn, quick=quick).result()
 
-    def _next(self) -> _Job | None:
-        """Wait for the next job in fair order (None: closed and nothing left); under the lock."""
+    def _next(self) -> _Job | None | bool:
+        """The next job in fair order if it may start now; False: step the batch first; None:
+        closed and nothing left. Waits while there is nothing to do; under the lock."""
         while True:
             for job in [j for j in self._waiting if j.future.cancelled()]:
                 self._take(job, served=False)  # stopped while waiting: it never runs
             order = self._order()
-            if order:
+            if order and self.may_start(order[0]):
                 return self._take(order[0], served=True)
+            quick = next((job for job in order if job.quick), None)
+            if quick is not None:  # short jobs pass a head that waits for room
+                return self._take(quick, served=True)
+            if self._stepping():
+                return False  # the head waits for room (or for the batch to end); decode on
             if self._closed:
                 return None
             self._changed.wait()
@@ -137,7 +186,10 @@ class InferenceWorker:
                 job = self._next()
                 if job is None:
                     return
-                self._running = True
+                self._running = job is not False
+            if job is False:
+                self._step()
+                continue
             try:
                 if job.cancel is not None and job.cancel.is_set():
                     job.future.cancel()
@@ -149,6 +201,13 @@ class InferenceWorker:
             finally:
                 with self._changed:
                     self._running = False
+
+    def _step(self) -> None:
+        try:
+            if self.stepper is not None:
+                self.stepper.step()
+        except BaseException:  # noqa: BLE001 - the batch handed the error to its replies
+            log.exception("a decode step failed")
 
     def close(self) -> None:
         with self._changed:  # jobs already queued still run; later submits get Busy instead of hanging

@@ -1,0 +1,156 @@
+"""Batching on the real bundled SmolLM2: replies that run at the same time share forward passes,
+and each stays exactly its own (greedy text equal to the same reply alone)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from localchat.engine.batch import Batch, Reply, batchable, stream_reply
+from localchat.engine.generate import prompt_ids
+from localchat.types import Chunk, LoadOptions, Message, SamplingParams
+
+GREEDY = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=40)
+SHORT = [Message("user", "What is the capital of France?")]
+LONG = [
+    Message("system", "You are a patient teacher who explains things step by step to a curious child."),
+    Message("user", "Why do leaves change colour in autumn? Please explain it simply, in a few sentences."),
+]
+
+
+@pytest.fixture()
+def rows_per_step(smol_backend) -> Iterator[list[int]]:
+    """How many replies each forward pass of the model carried."""
+    rows: list[int] = []
+    model = smol_backend._current.model
+    hook = model.register_forward_pre_hook(lambda _m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]),
+                                           with_kwargs=True)  # fmt: skip
+    yield rows
+    hook.remove()
+
+
+def text(chunks: list[Chunk]) -> str:
+    return "".join(c.text for c in chunks)
+
+
+def outcome(chunks: list[Chunk]) -> tuple[str, str, int]:
+    usage = chunks[-1].usage
+    return text(chunks), usage.finish_reason, usage.completion_tokens
+
+
+def solo(backend, messages: list[Message], params: SamplingParams = GREEDY) -> list[Chunk]:
+    return list(backend.stream(messages, params))
+
+
+def together(backend, first: list[Message], second: list[Message], params: SamplingParams = GREEDY):
+    """Start `first`, and `second` once `first` has its first words: both then decode together."""
+    a = backend.stream(first, params, owner="ann")
+    a_chunks = [next(c for c in a if c.text)]
+    b_chunks: list[Chunk] = []
+    b = threading.Thread(target=lambda: b_chunks.extend(backend.stream(second, params, owner="bob")))
+    b.start()
+    a_chunks.extend(a)
+    b.join(120)
+    return a_chunks, b_chunks
+
+
+@pytest.mark.parametrize("order", ["short first", "long first"])
+def test_two_concurrent_streams_each_equal_their_solo_greedy_reply(smol_backend, rows_per_step, order):
+    alone_short, alone_long = outcome(solo(smol_backend, SHORT)), outcome(solo(smol_backend, LONG))
+    smol_backend.prefix.clear()  # both read their whole prompt again, joining the batch mid-reply
+    rows_per_step.clear()
+    if order == "short first":
+        short, long = together(smol_backend, SHORT, LONG)
+    else:
+        long, short = together(smol_backend, LONG, SHORT)
+    assert max(rows_per_step) == 2  # they really shared forward passes
+    assert outcome(short) == alone_short and outcome(long) == alone_long
+    assert "Paris" in alone_short[0] and alone_long[1:] == ("length", 40)
+
+
+def test_stop_on_one_reply_leaves_the_other_complete(smol_backend, rows_per_step):
+    alone = solo(smol_backend, LONG)
+    a = smol_backend.stream(SHORT, SamplingParams(temperature=0, max_new_tokens=200), owner="ann")
+    next(c for c in a if c.text)
+    b_chunks: list[Chunk] = []
+    b = threading.Thread(target=lambda: b_chunks.extend(smol_backend.stream(LONG, GREEDY, owner="bob")))
+    b.start()
+    while max(rows_per_step, default=0) < 2:  # wait until both decode in one batch, then Stop Ann's
+        next(a)
+    a.close()
+    b.join(120)
+    assert text(b_chunks) == text(alone) and b_chunks[-1].usage.completion_tokens == 40
+    assert smol_backend.activity()["generating"] == 0
+
+
+def test_the_engine_equals_transformers_generate(smol_backend):
+    current = smol_backend._current
+    ids = prompt_ids(current.tokenizer, LONG)
+    with torch.inference_mode():
+        out = current.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     do_sample=False, max_new_tokens=40)  # fmt: skip
+    reference = out[0, len(ids) :].tolist()
+    decoded = smol_backend.worker.call(
+        lambda: stream_reply(current.model, current.tokenizer, ids, GREEDY, 2048, threading.Event(), lambda _: None)
+    )
+    assert list(decoded.tokens) == reference
+
+
+def test_a_seeded_sampled_reply_is_the_same_alone_and_in_company(smol_backend):
+    seeded = SamplingParams(temperature=0.9, top_p=0.95, top_k=40, max_new_tokens=30, seed=1234)
+    alone = text(solo(smol_backend, LONG, seeded))
+    smol_backend.prefix.clear()
+    company, _ = together(smol_backend, LONG, SHORT, seeded)
+    assert text(company) == alone  # its own random generator: the neighbour draws from another
+
+
+def test_many_replies_join_and_leave_a_batch_in_any_order(smol_backend):
+    """Replies of different lengths join at different steps; each ends exactly as it would alone."""
+    current = smol_backend._current
+    prompts = [SHORT, LONG, [Message("user", "Name three red fruits.")], [Message("user", "Count to five.")]]
+    lengths = [5, 30, 12, 20]
+    ids = [prompt_ids(current.tokenizer, p) for p in prompts]
+
+    def run() -> tuple[list[list[int]], list[list[int]], int]:
+        alone = []
+        for i, n in zip(ids, lengths, strict=True):
+            params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=n)
+            alone.append(
+                list(stream_reply(current.model, current.tokenizer, i, params, 2048, threading.Event(), id).tokens)
+            )
+        results: dict[int, list[int]] = {}
+        batch = Batch(current.model, current.tokenizer, 2048, max_size=3)
+        waiting, step, widest = list(range(4)), 0, 0
+        while waiting or len(batch):
+            if waiting and batch.room() and step % 2 == 0:
+                k = waiting.pop(0)
+                params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=lengths[k])
+                done = lambda d, e, k=k: results.__setitem__(k, list(d.tokens))  # noqa: E731
+                batch.add(Reply(ids[k], params, threading.Event(), id, done))
+            widest = max(widest, len(batch))
+            if len(batch):
+                batch.step()
+            step += 1
+        return alone, [results[k] for k in range(4)], widest
+
+    alone, batched, widest = smol_backend.worker.call(run)
+    assert widest == 3 and batched == alone
+
+
+def test_quantized_and_sliding_window_models_decode_one_at_a_time(tmp_path: Path, tiny_model: Path):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from localchat.engine.loading import load_model
+
+    four_bit = load_model(LoadOptions(model=str(tiny_model), device="cpu", quantization="4bit"), tmp_path)
+    assert not batchable(four_bit.model)
+    assert Batch(four_bit.model, four_bit.tokenizer, 512, max_size=8).room() == 1
+    plain = load_model(LoadOptions(model=str(tiny_model), device="cpu", quantization="none"), tmp_path)
+    assert batchable(plain.model)
+    config = Gemma3TextConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8)  # fmt: skip
+    assert not batchable(Gemma3ForCausalLM(config))
