@@ -209,7 +209,10 @@ class ServedApp:
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(15)
+        self.thread.join(2)
+        if self.thread.is_alive():  # a client's stream (Gradio's heartbeat) is still open: do not wait for it
+            self.server.force_exit = True
+            self.thread.join(15)
 
 
 def serve(data_dir: Path, backend=None, listen: bool = True, members: dict[str, str] | None = None) -> ServedApp:

@@ -49,6 +49,33 @@ def test_another_conversation_starts_afresh_and_both_are_kept(tmp_path: Path, ti
         backend.close()
 
 
+def test_a_new_chat_reuses_its_shared_start_but_only_for_the_same_member(tmp_path: Path, tiny_model: Path) -> None:
+    warm, cold = TransformersBackend(tmp_path / "a"), TransformersBackend(tmp_path / "b")
+    try:
+        for b in (warm, cold):
+            b.load(LoadOptions(model=str(tiny_model), device="cpu"))
+        system = Message("system", "You are a kind and patient assistant for the whole family.")
+        first = [system, Message("user", "Tell me about the sea.")]
+        second = [system, Message("user", "What is a volcano?")]
+
+        def ask(messages: list[Message], owner: str) -> str:
+            return "".join(c.text for c in warm.stream(messages, GREEDY, owner=owner))
+
+        ask(first, "ann")
+        assert ask(second, "bob") and warm.prefix.hits == 0  # Bob never reuses Ann's cache
+        answer = ask(second, "ann")
+        assert warm.prefix.hits == 1 and warm.prefix.reused_tokens > 60  # the system prompt, copied
+        assert answer == "".join(c.text for c in cold.stream(second, GREEDY))
+        assert len(warm.prefix) == 3  # Ann's first chat keeps its own cache for its next turn
+        again = first + [Message("assistant", ask(first, "ann")), Message("user", "More?")]
+        hits = warm.prefix.hits
+        ask(again, "ann")
+        assert warm.prefix.hits == hits + 1
+    finally:
+        warm.close()
+        cold.close()
+
+
 def fake_cache(tokens: int) -> DynamicCache:
     cache = DynamicCache()
     cache.update(torch.zeros(1, 1, tokens, 4), torch.zeros(1, 1, tokens, 4), 0)

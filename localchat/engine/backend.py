@@ -271,7 +271,7 @@ class TransformersBackend:
                 out.put(_DONE)
 
             assert self._batch is not None
-            self._batch.add(Reply(ids, params, cancel, lambda text: out.put(Chunk(text=text)), done))
+            self._batch.add(Reply(ids, params, cancel, lambda text: out.put(Chunk(text=text)), done, owner or ""))
 
         self._last_used = time.monotonic()  # idle time counts from the last request and the last reply
         try:

@@ -92,6 +92,7 @@ class Reply:
     cancel: threading.Event
     emit: Callable[[str], None]
     done: Callable[[Decoded | None, BaseException | None], None]
+    owner: str = ""  # whose reply: the prefix cache only reuses a member's own caches
     max_new: int = 0
     tokens: list[int] = field(default_factory=list)  # generated so far; the last is not in the cache yet
     text: TextStream | None = None
@@ -139,7 +140,7 @@ class Batch:
                 reply.generator.manual_seed(params.seed)
             else:
                 reply.generator.seed()
-        cache, reused = self.prefix.take(reply.ids) if self.prefix is not None else (None, 0)
+        cache, reused = self.prefix.take(reply.ids, reply.owner) if self.prefix is not None else (None, 0)
         if cache is None:
             cache, reused = DynamicCache(config=self.model.config), 0
         todo = reply.ids[reused:]
@@ -291,7 +292,7 @@ class Batch:
             reply.text.end()
             if self.prefix is not None:
                 covered = [*reply.ids, *reply.tokens]
-                self.prefix.put(covered[: cache.get_seq_length()], cache)
+                self.prefix.put(covered[: cache.get_seq_length()], cache, reply.owner)
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
             reply.done(None, exc)
             return

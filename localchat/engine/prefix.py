@@ -1,16 +1,22 @@
 """The prefix cache: the next turn of a chat reuses the KV cache of the previous turn, so only the
 new tokens are read and the time to the first token does not grow with the length of the chat.
 
-Owns: a few KV caches keyed by the token ids they cover, least-recently-used first out, bounded in
-bytes. Invariants: used only on the inference worker thread (no locks); a cache is taken out while
-a reply extends it, so two replies never share one; only caches whose every layer keeps all past
-tokens are kept (sliding-window layers cannot be cut back to a prefix).
+Owns: a few KV caches keyed by the token ids they cover and by their owner (a household member),
+least-recently-used first out, bounded in bytes. The next turn of the same chat takes its entry
+out; a new chat that starts like an earlier one (the same system prompt and template) gets a copy
+of the shared start and leaves the entry in place.
+Invariants: used only on the inference worker thread (no locks); a cache is taken out while a
+reply extends it, so two replies never share one; only caches whose every layer keeps all past
+tokens are kept (sliding-window layers cannot be cut back to a prefix); a member only ever reuses
+their own caches, so the time to a first token cannot tell anyone how another member's chat began.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Any
+
+from transformers import DynamicCache
 
 MIN_REUSE = 8  # tokens: below this, reading the prompt afresh costs about the same
 
@@ -37,42 +43,53 @@ def reusable(cache: Any) -> bool:
     return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
 
 
+def copy_start(cache: Any, n: int) -> DynamicCache:
+    """A new cache holding the first n tokens of `cache` (which stays as it is)."""
+    new = DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        new.update(layer.keys[:, :, :n].clone(), layer.values[:, :, :n].clone(), i)
+    return new
+
+
 class PrefixCache:
     def __init__(self, max_bytes: int = 256 * 2**20, max_entries: int = 8):
         self.max_bytes, self.max_entries = max_bytes, max_entries
-        self._entries: OrderedDict[int, tuple[list[int], Any]] = OrderedDict()
+        self._entries: OrderedDict[int, tuple[str, list[int], Any]] = OrderedDict()
         self._next = 0
         self.hits = 0
         self.reused_tokens = 0
 
-    def take(self, ids: list[int]) -> tuple[Any | None, int]:
-        """The cache sharing the longest prefix with `ids`, cut back to that prefix (always
-        leaving at least one token of `ids` to read), and how many tokens it saves."""
+    def take(self, ids: list[int], owner: str = "") -> tuple[Any | None, int]:
+        """A cache holding the longest prefix of `ids` this owner has (always leaving at least
+        one token of `ids` to read), and how many tokens it saves."""
         best, best_len = None, 0
-        for key, (covered, _) in self._entries.items():
+        for key, (who, covered, _) in self._entries.items():
             n = common_prefix(covered, ids)
-            # the same chat goes on when most of what the entry covers is shared; a mere shared
-            # template or system prompt would cost another chat its whole cache
-            if n > best_len and n * 2 >= len(covered):
+            if who == owner and n > best_len:
                 best, best_len = key, n
         keep = min(best_len, len(ids) - 1)
         if best is None or keep < MIN_REUSE:
             return None, 0
-        _, cache = self._entries.pop(best)
-        extra = cache.get_seq_length() - keep
-        if extra > 0:
-            cache.crop(-extra)
+        covered = self._entries[best][1]
+        if best_len * 2 >= len(covered):  # the same chat goes on: its cache is taken and extended
+            _, _, cache = self._entries.pop(best)
+            extra = cache.get_seq_length() - keep
+            if extra > 0:
+                cache.crop(-extra)
+        else:  # another chat that starts the same way: a copy of the shared start, the entry stays
+            self._entries.move_to_end(best)
+            cache = copy_start(self._entries[best][2], keep)
         self.hits += 1
         self.reused_tokens += keep
         return cache, keep
 
-    def put(self, covered: list[int], cache: Any) -> None:
+    def put(self, covered: list[int], cache: Any, owner: str = "") -> None:
         if not reusable(cache) or cache.get_seq_length() != len(covered):
             return
-        self._entries[self._next] = (covered, cache)
+        self._entries[self._next] = (owner, covered, cache)
         self._next += 1
         while len(self._entries) > self.max_entries or (
-            self._entries and sum(cache_bytes(c) for _, c in self._entries.values()) > self.max_bytes
+            self._entries and sum(cache_bytes(c) for _, _, c in self._entries.values()) > self.max_bytes
         ):
             self._entries.popitem(last=False)
 
