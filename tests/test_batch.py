@@ -154,3 +154,40 @@ def test_quantized_and_sliding_window_models_decode_one_at_a_time(tmp_path: Path
     config = Gemma3TextConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                               num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8)  # fmt: skip
     assert not batchable(Gemma3ForCausalLM(config))
+
+
+def test_prompts_that_arrive_together_are_read_in_one_pass_and_each_reply_is_its_own(smol_backend, rows_per_step):
+    """Three prompts read in one forward pass: one continues a chat (most of it cached), one starts a
+    chat with a cached system prompt, one shares nothing; padding sits before and between."""
+    system = Message("system", "You are a cheerful assistant who answers in full sentences.")
+    turn1 = [system, Message("user", "What is the largest ocean on Earth?")]
+    params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=24)
+
+    def cold(messages: list[Message]) -> tuple[str, str, int]:
+        smol_backend.prefix.clear()
+        return outcome(list(smol_backend.stream(messages, params)))
+
+    first = cold(turn1)
+    turn2 = [*turn1, Message("assistant", first[0]), Message("user", "And the smallest?")]
+    fresh = [system, Message("user", "Name a bird that cannot fly.")]
+    other = [Message("user", "Write one sentence about winter.")]
+    expected = [cold(turn2), cold(fresh), cold(other)]
+
+    smol_backend.prefix.clear()
+    list(smol_backend.stream(turn1, params, owner="ann"))  # Ann's chat so far, cached
+    gate = threading.Event()
+    smol_backend.worker.submit(lambda: gate.wait(30))  # hold the model so all three queue up
+    streams = [smol_backend.stream(turn2, params, owner="ann"), smol_backend.stream(fresh, params, owner="ann"),
+               smol_backend.stream(other, params, owner="bob")]  # fmt: skip
+    results: list[list[Chunk]] = [[] for _ in streams]
+    threads = [threading.Thread(target=lambda s=s, r=r: r.extend(s)) for s, r in zip(streams, results, strict=True)]
+    hits = smol_backend.prefix.hits
+    for t in threads:
+        t.start()
+    rows_per_step.clear()
+    gate.set()
+    for t in threads:
+        t.join(120)
+    assert rows_per_step[0] == 3  # the three prompts in one pass
+    assert smol_backend.prefix.hits == hits + 2  # Ann's chat and Ann's system prompt; nothing of hers for Bob
+    assert [outcome(r) for r in results] == expected

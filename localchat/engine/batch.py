@@ -117,19 +117,21 @@ class Batch:
         self.device = next(model.parameters()).device
         self.eos = eos_ids(model, tokenizer)
         self.stops = FALLBACK_STOPS if uses_fallback(tokenizer) else ()
-        self.rows: list[Reply] = []
+        self.rows: list[Reply] = []  # decoding
+        self.joining: list[Reply] = []  # admitted; their prompts are read at the next step
         self.cache: Any = None  # the joint cache: [rows, heads, length, dim] per layer
         self.mask: torch.Tensor | None = None  # [rows, length]: 1 for a real token, 0 for padding
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.rows) + len(self.joining)
 
     def room(self) -> int:
-        return self.max_size - len(self.rows)
+        return self.max_size - len(self)
 
     # -- joining --------------------------------------------------------------------------------
     def add(self, reply: Reply) -> None:
-        """Read the reply's prompt and take its first token; it then decodes with the others."""
+        """Admit a reply: its prompt is read at the next step, together with the prompts of the
+        others admitted meanwhile (one forward pass for all of them), then it decodes with the rest."""
         params = reply.params
         reply.max_new = max(1, min(params.max_new_tokens, self.window - len(reply.ids)))
         reply.text = TextStream(self.tokenizer, StopStringFilter(params.stop + self.stops), reply.emit)
@@ -140,57 +142,99 @@ class Batch:
                 reply.generator.manual_seed(params.seed)
             else:
                 reply.generator.seed()
-        cache, reused = self.prefix.take(reply.ids, reply.owner) if self.prefix is not None else (None, 0)
-        if cache is None:
-            cache, reused = DynamicCache(config=self.model.config), 0
-        todo = reply.ids[reused:]
+        self.joining.append(reply)
+
+    def _prefill(self) -> None:
+        """Read the prompts of the replies waiting to join (each from its prefix-cache hit, if
+        any) in one forward pass, take each one's first token, and stack them onto the batch."""
+        group, self.joining = self.joining, []
+        found = self.prefix.take_all([(r.ids, r.owner) for r in group]) if self.prefix is not None else []
+        caches, reused = [], []
+        for cache, n in found or [(None, 0)] * len(group):
+            caches.append(cache if cache is not None else DynamicCache(config=self.model.config))
+            reused.append(n if cache is not None else 0)
+        todo = [r.ids[n:] for r, n in zip(group, reused, strict=True)]
+        if len(group) == 1:  # alone: no padding at all
+            cache, (n,), (ids,) = caches[0], reused, todo
+            mask = torch.ones((1, n + len(ids)), dtype=torch.long, device=self.device)
+            inputs = torch.tensor([ids], device=self.device)
+            positions = torch.arange(n, n + len(ids), device=self.device).unsqueeze(0)
+        else:  # past and new tokens each left-padded to the longest: [pad, past, pad, new]
+            past, length = max(reused), max(len(t) for t in todo)
+            cache = self._stack_past(caches, reused, past)
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            rows, masks, places = [], [], []
+            for n, ids in zip(reused, todo, strict=True):
+                gap = length - len(ids)
+                rows.append([pad] * gap + ids)
+                masks.append([0] * (past - n) + [1] * n + [0] * gap + [1] * len(ids))
+                places.append([n] * gap + list(range(n, n + len(ids))))
+            inputs = torch.tensor(rows, device=self.device)
+            mask = torch.tensor(masks, dtype=torch.long, device=self.device)
+            positions = torch.tensor(places, device=self.device)
         with torch.inference_mode():
             out = self.model(
-                input_ids=torch.tensor([todo], device=self.device),
-                attention_mask=torch.ones((1, len(reply.ids)), dtype=torch.long, device=self.device),
-                position_ids=torch.arange(reused, len(reply.ids), device=self.device).unsqueeze(0),
+                input_ids=inputs,
+                attention_mask=mask,
+                position_ids=positions,
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
         logits = out.logits[:, -1, :].float()
-        self._accept(reply, self._choose(reply, logits[0], int(logits[0].argmax())))
-        if reply.finished:
-            self._finish(reply, cache)
-            return
-        self._join(reply, cache)
+        greedy = logits.argmax(-1).tolist()
+        for i, reply in enumerate(group):
+            self._accept(reply, self._choose(reply, logits[i], greedy[i]))
+        self._join(group, cache, mask)
+        if any(r.finished for r in group):
+            self._leave()
 
-    def _join(self, reply: Reply, cache: Any) -> None:
-        length = cache.get_seq_length()
+    def _stack_past(self, caches: list[Any], reused: list[int], past: int) -> Any:
+        """One cache of len(caches) rows holding each one's reused tokens, left-padded to `past`."""
+        joint = DynamicCache(config=self.model.config)
+        if past == 0:
+            return joint
+        donor = next(c for c, n in zip(caches, reused, strict=True) if n)
+        for layer_index, shape in enumerate(donor.layers):
+            keys, values = [], []
+            for cache, n in zip(caches, reused, strict=True):
+                if n:
+                    layer = cache.layers[layer_index]
+                    keys.append(_left_pad(layer.keys, past - n))
+                    values.append(_left_pad(layer.values, past - n))
+                else:
+                    keys.append(_left_pad(shape.keys[:, :, :0], past))
+                    values.append(_left_pad(shape.values[:, :, :0], past))
+            joint.update(torch.cat(keys), torch.cat(values), layer_index)
+        return joint
+
+    def _join(self, group: list[Reply], cache: Any, mask: torch.Tensor) -> None:
+        """Stack a group's cache (and mask) onto the batch's, left-padding the shorter."""
         if not self.rows:
-            self.rows, self.cache = [reply], cache
-            self.mask = torch.ones((1, length), dtype=torch.long, device=self.device)
+            self.rows, self.cache, self.mask = group, cache, mask
             return
         assert self.mask is not None
+        mine, theirs = self.mask.shape[1], mask.shape[1]
+        if theirs > mine:  # the newcomers are longer: everyone else is padded further
+            for layer in self.cache.layers:
+                layer.keys, layer.values = _left_pad(layer.keys, theirs - mine), _left_pad(layer.values, theirs - mine)
+            self.mask = _left_pad_mask(self.mask, theirs - mine)
         total = self.mask.shape[1]
-        if length > total:  # the newcomer is longer: everyone else is padded further
-            self._pad_all(length - total)
-            total = length
-        row_mask = torch.zeros((1, total), dtype=torch.long, device=self.device)
-        row_mask[:, total - length :] = 1
-        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([mine.keys, _left_pad(theirs.keys, total - length)])
-            mine.values = torch.cat([mine.values, _left_pad(theirs.values, total - length)])
-        self.mask = torch.cat([self.mask, row_mask])
-        self.rows.append(reply)
-
-    def _pad_all(self, n: int) -> None:
-        assert self.mask is not None
-        for layer in self.cache.layers:
-            layer.keys, layer.values = _left_pad(layer.keys, n), _left_pad(layer.values, n)
-        self.mask = torch.cat([torch.zeros((len(self.rows), n), dtype=torch.long, device=self.device), self.mask], 1)
+        for layer, new in zip(self.cache.layers, cache.layers, strict=True):
+            layer.keys = torch.cat([layer.keys, _left_pad(new.keys, total - theirs)])
+            layer.values = torch.cat([layer.values, _left_pad(new.values, total - theirs)])
+        self.mask = torch.cat([self.mask, _left_pad_mask(mask, total - theirs)])
+        self.rows = self.rows + group
 
     # -- decoding -------------------------------------------------------------------------------
     def step(self) -> None:
-        """One forward pass for every reply in the batch; replies that end leave it."""
-        assert self.mask is not None
-        rows = self.rows
+        """Read the prompts of replies that joined, or else one forward pass for every reply in
+        the batch; replies that end leave it."""
         try:
+            if self.joining:
+                self._prefill()
+                return
+            rows = self.rows
             for reply in rows:  # Stop pressed between steps: no need to compute its next token
                 if reply.cancel.is_set():
                     reply.finished = "cancelled"
@@ -199,6 +243,7 @@ class Batch:
                 if not self.rows:
                     return
                 rows = self.rows
+            assert self.mask is not None
             mask = torch.cat([self.mask, torch.ones((len(rows), 1), dtype=torch.long, device=self.device)], 1)
             with torch.inference_mode():
                 out = self.model(
@@ -251,40 +296,33 @@ class Batch:
         assert self.mask is not None
         keep = [i for i, r in enumerate(self.rows) if not r.finished]
         gone = [i for i, r in enumerate(self.rows) if r.finished]
-        if not keep:  # the last ones out: the joint cache itself, less its padding, is theirs
-            leaving = [(self.rows[i], self._row_cache(i) if len(gone) > 1 else self._trimmed()) for i in gone]
+        leaving = [(self.rows[i], self._row_cache(i)) for i in gone]
+        if not keep:
             self.rows, self.cache, self.mask = [], None, None
         else:
-            leaving = [(self.rows[i], self._row_cache(i)) for i in gone]
             index = torch.tensor(keep, device=self.device)
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[index], layer.values[index]
             self.mask = self.mask[index]
             self.rows = [self.rows[i] for i in keep]
-            self._trim()
+            lead = int(self.mask.any(0).int().argmax())  # columns of padding every reply has
+            if lead:
+                for layer in self.cache.layers:
+                    layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+                self.mask = self.mask[:, lead:]
         for reply, cache in leaving:
             self._finish(reply, cache)
 
     def _row_cache(self, i: int) -> Any:
+        """Row i's own cache: its real tokens only, without the padding."""
         assert self.mask is not None
-        real = int(self.mask[i].sum())
+        if len(self.rows) == 1 and bool(self.mask.all()):
+            return self.cache  # the last one out, with no padding: the joint cache is its own
+        real = self.mask[i].nonzero().squeeze(1)
         own = DynamicCache(config=self.model.config)
         for n, layer in enumerate(self.cache.layers):
-            own.update(layer.keys[i : i + 1, :, -real:].clone(), layer.values[i : i + 1, :, -real:].clone(), n)
+            own.update(layer.keys[i : i + 1].index_select(2, real), layer.values[i : i + 1].index_select(2, real), n)
         return own
-
-    def _trimmed(self) -> Any:
-        self._trim()
-        return self.cache
-
-    def _trim(self) -> None:
-        """Drop the columns of padding every remaining reply has."""
-        assert self.mask is not None
-        lead = int((self.mask.shape[1] - self.mask.sum(1)).min())
-        if lead:
-            for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
-            self.mask = self.mask[:, lead:]
 
     def _finish(self, reply: Reply, cache: Any) -> None:
         assert reply.text is not None and reply.finished is not None
@@ -292,7 +330,7 @@ class Batch:
             reply.text.end()
             if self.prefix is not None:
                 covered = [*reply.ids, *reply.tokens]
-                self.prefix.put(covered[: cache.get_seq_length()], cache, reply.owner)
+                self.prefix.put(covered[: cache.get_seq_length()], cache, reply.owner, len(reply.ids))
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
             reply.done(None, exc)
             return
@@ -303,12 +341,19 @@ class Batch:
 
     def fail(self, exc: BaseException) -> None:
         """A step failed (e.g. out of memory): every reply in flight ends with that error."""
-        rows, self.rows, self.cache, self.mask = self.rows, [], None, None
+        rows, self.rows, self.cache, self.mask = self.rows + self.joining, [], None, None
+        self.joining = []
         for reply in rows:
             try:
                 reply.done(None, exc)
             except Exception:  # noqa: BLE001
                 log.exception("reply callback failed")
+
+
+def _left_pad_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
+    if n <= 0:
+        return mask
+    return torch.cat([torch.zeros((mask.shape[0], n), dtype=mask.dtype, device=mask.device), mask], 1)
 
 
 def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
