@@ -143,10 +143,9 @@ def main() -> None:
         print("\n(c, d) concurrent clients, each asking one question")
         print(
             f"    {'clients':>7} {'agg tok/s':>10} {'vs 1':>6} {'first token min/median/max (s)':>32} "
-            f"{'max vs 1':>8} {'peak RSS':>10} {'= solo':>6}"
+            f"{'max vs 1':>8} {'RSS MiB':>7} {'vs 1':>8} {'= solo':>6}"
         )
         base = None
-        base_rss = rss(app.process.pid)
         for n in (1, 2, 4, 8):
             r = concurrent(app.url, n, args.tokens, app.process.pid)
             base = base or r
@@ -154,7 +153,7 @@ def main() -> None:
             same = "yes" if r["texts"] == alone[:n] else "NO"
             print(f"    {n:>7} {r['aggregate']:>10.1f} {r['aggregate'] / base['aggregate']:>6.2f} "
                   f"{t[0]:>10.2f} / {statistics.median(t):.2f} / {t[-1]:.2f} {t[-1] / base['ttfts'][0]:>8.2f}"
-                  f" {(r['peak'] - base_rss) / 2**20:>8.0f} MiB {same:>6}")  # fmt: skip
+                  f" {r['peak'] / 2**20:>7.0f} {(r['peak'] - base['peak']) / 2**20:>+8.0f} {same:>6}")  # fmt: skip
         print("    (targets: 4 clients >= 3x the aggregate of 1; no first token later than 2x one client's)")
     finally:
         app.process.kill()

@@ -141,7 +141,7 @@ def test_many_replies_join_and_leave_a_batch_in_any_order(smol_backend):
     assert widest == 3 and batched == alone
 
 
-def test_quantized_and_sliding_window_models_decode_one_at_a_time(tmp_path: Path, tiny_model: Path):
+def test_quantized_half_precision_and_sliding_window_models_decode_one_at_a_time(tmp_path: Path, tiny_model: Path):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     from localchat.engine.loading import load_model
@@ -151,6 +151,8 @@ def test_quantized_and_sliding_window_models_decode_one_at_a_time(tmp_path: Path
     assert Batch(four_bit.model, four_bit.tokenizer, 512, max_size=8).room() == 1
     plain = load_model(LoadOptions(model=str(tiny_model), device="cpu", quantization="none"), tmp_path)
     assert batchable(plain.model)
+    half = load_model(LoadOptions(model=str(tiny_model), device="cpu", dtype="bfloat16", quantization="none"), tmp_path)
+    assert not batchable(half.model)
     config = Gemma3TextConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                               num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8)  # fmt: skip
     assert not batchable(Gemma3ForCausalLM(config))
