@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,55 @@ def test_switching_models_while_someone_is_generating_lets_that_reply_finish(
         assert backend.loaded().options.model == str(tiny_base_model)
     finally:
         backend.close()
+
+
+def test_a_prompt_that_fails_to_be_read_ends_only_its_own_reply(tiny_backend, monkeypatch):
+    params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=300)
+    first = tiny_backend.stream(HI, params, owner="ann")
+    next(c for c in first if c.text)  # decoding
+    batch = tiny_backend._batch
+
+    def out_of_memory(group):
+        raise RuntimeError("out of memory while reading the prompt")
+
+    monkeypatch.setattr(batch, "_read_prompts", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        list(tiny_backend.stream(HI, SamplingParams(max_new_tokens=5), owner="bob"))
+    monkeypatch.undo()
+    rest = list(first)
+    assert rest[-1].usage.completion_tokens == 300  # Ann's reply went on to its end
+    assert tiny_backend.activity()["generating"] == 0
+
+
+def test_idle_time_counts_from_the_end_of_the_last_reply(tiny_backend):
+    list(tiny_backend.stream(HI, SamplingParams(max_new_tokens=60)))
+    ended = time.monotonic()
+    assert tiny_backend._last_used >= ended - 0.5
+
+
+def test_a_load_that_fails_late_keeps_the_previous_model(tiny_backend, tiny_base_model, monkeypatch):
+    from localchat.engine import backend as backend_module
+
+    before = tiny_backend.loaded()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot build the batch")
+
+    monkeypatch.setattr(backend_module, "Batch", broken)
+    with pytest.raises(ModelLoadFailed):
+        tiny_backend.load(LoadOptions(model=str(tiny_base_model), device="cpu"))
+    monkeypatch.undo()
+    assert tiny_backend.loaded() is before
+    assert list(tiny_backend.stream(HI, SamplingParams(max_new_tokens=3)))[-1].usage.completion_tokens == 3
+
+
+def test_a_reply_queued_behind_a_load_is_told_it_waits(tiny_backend, tiny_model):
+    params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=300)
+    first = tiny_backend.stream(HI, params, owner="ann")
+    next(c for c in first if c.text)
+    load = tiny_backend.load_in_background(LoadOptions(model=str(tiny_model), device="cpu"))
+    later = tiny_backend.stream(HI, SamplingParams(max_new_tokens=3), owner="bob")
+    assert next(later).queue_position == 2  # the load, then Bob (after Ann's reply has ended)
+    list(first)
+    load.result(60)
+    assert list(later)[-1].usage.completion_tokens == 3

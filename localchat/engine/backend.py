@@ -125,6 +125,7 @@ class TransformersBackend:
                 report = fit_report(real, self.cache_root, free)
                 real = choose_quantization(real, self.cache_root, report=report)
             new = load_model(real, self.cache_root)
+            batch = self._new_batch(new)  # before the swap: if this fails, the old model stays
         except LoadError as exc:
             _free_memory()  # e.g. the CUDA blocks of a half-loaded model that ran out of memory
             raise ModelLoadFailed(str(exc)) from exc
@@ -137,8 +138,7 @@ class TransformersBackend:
         self._check_estimate(real, new.info, report)
         old, self._current, self.asleep = self._current, new, None
         del old
-        self.prefix.clear()  # its caches belong to the old model
-        self._set_batch(new)
+        self._set_batch(batch)
         _free_memory()
         self._last_used = time.monotonic()
         log.info("loaded %s", new.info.describe())
@@ -195,14 +195,15 @@ class TransformersBackend:
         _free_memory()
         log.info("unloaded %s after %.0f s without a request", self.asleep.name, self.idle_unload)
 
-    def _set_batch(self, loaded: Loaded | None) -> None:
-        """On the worker, with no reply decoding: replies from now on decode on `loaded`."""
+    def _new_batch(self, loaded: Loaded) -> Batch:
+        window = loaded.info.context_length
+        return Batch(loaded.model, loaded.tokenizer, window, self.max_batch, prefix=self.prefix)
+
+    def _set_batch(self, batch: Batch | None) -> None:
+        """On the worker, with no reply decoding: replies from now on decode in `batch`."""
         self.prefix.clear()  # its caches belong to the model before
-        self._batch = None
-        if loaded is not None:
-            window = loaded.info.context_length
-            self._batch = Batch(loaded.model, loaded.tokenizer, window, self.max_batch, prefix=self.prefix)
-        self.worker.stepper = self._batch
+        self._batch = batch
+        self.worker.stepper = batch
 
     def activity(self) -> dict[str, int]:
         """For /health: how many replies are being generated now, and how many wait."""
@@ -263,6 +264,7 @@ class TransformersBackend:
                 out.put(Chunk(fit=fit))
 
             def done(decoded: Decoded | None, exc: BaseException | None) -> None:
+                self._last_used = time.monotonic()  # idle time counts from the end of the last reply
                 if exc is not None:
                     ended.append(exc)
                 else:

@@ -1,9 +1,10 @@
 """Batched decoding: the replies of several people share each forward pass of the model.
 
 Owns: the replies in flight, their joint KV cache (left-padded to one length), and one decode step
-for all of them. A reply joins by reading its prompt alone (batch of one, from a prefix-cache hit
-when there is one), then its cache is padded and stacked onto the others'; every step feeds each
-reply its own last token at its own position, and masks the padding. A reply that ends leaves at
+for all of them. Replies admitted since the last step have their prompts read together in one
+forward pass (each from its prefix-cache hit when there is one; past and new tokens left-padded),
+then their caches are stacked onto the others'; every step feeds each reply its own last token at
+its own position, and masks the padding. A reply that ends leaves at
 once (its rows are cut out, and padding no one needs any more is trimmed), so a long reply never
 holds a short one back.
 
@@ -70,7 +71,9 @@ def eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 
 def processors(params: SamplingParams, prompt_length: int) -> LogitsProcessorList:
-    """The same logits processors, in the same order, as transformers' generate() would use."""
+    """The logits processors for localchat's sampling settings, in the order transformers'
+    generate() applies them (a model's own generation_config extras, such as suppressed tokens,
+    are not applied)."""
     out = LogitsProcessorList()
     if params.repetition_penalty != 1.0:
         out.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
@@ -90,7 +93,8 @@ def processors(params: SamplingParams, prompt_length: int) -> LogitsProcessorLis
 
 @dataclass(eq=False)
 class Reply:
-    """One reply being generated. `done` is called once, on the worker, with the result or error."""
+    """One reply being generated. `done` is called exactly once, on the worker, with the result or
+    the error."""
 
     ids: list[int]  # the prompt
     params: SamplingParams
@@ -113,13 +117,15 @@ class Reply:
 
 
 class Batch:
-    """The replies decoding together on one model (all methods run on the worker thread)."""
+    """The replies decoding together on one model. Everything runs on the worker thread, except
+    `len()` and `room()`, which callers may read (for queue positions and /health)."""
 
     def __init__(self, model: Any, tokenizer: Any, window: int, max_size: int = 8, prefix: PrefixCache | None = None):
         self.model, self.tokenizer, self.window = model, tokenizer, window
         self.max_size = max_size if batchable(model) else 1
         self.prefix = prefix
-        self.device = next(model.parameters()).device
+        self.device = model.get_input_embeddings().weight.device  # where the inputs go
+        self.out_device = model.get_output_embeddings().weight.device  # where the logits come out
         self.eos = eos_ids(model, tokenizer)
         self.stops = FALLBACK_STOPS if uses_fallback(tokenizer) else ()
         self.rows: list[Reply] = []  # decoding
@@ -142,7 +148,7 @@ class Batch:
         reply.text = TextStream(self.tokenizer, StopStringFilter(params.stop + self.stops), reply.emit)
         reply.rules = processors(params, len(reply.ids))
         if params.temperature > 0:
-            reply.generator = torch.Generator(device=self.device)
+            reply.generator = torch.Generator(device=self.out_device)
             if params.seed is not None:
                 reply.generator.manual_seed(params.seed)
             else:
@@ -150,9 +156,26 @@ class Batch:
         self.joining.append(reply)
 
     def _prefill(self) -> None:
-        """Read the prompts of the replies waiting to join (each from its prefix-cache hit, if
-        any) in one forward pass, take each one's first token, and stack them onto the batch."""
+        """Read the prompts of the replies waiting to join; a failure (out of memory, say) ends
+        those replies only, and the ones already decoding go on."""
         group, self.joining = self.joining, []
+        for reply in [r for r in group if r.cancel.is_set()]:  # stopped before its prompt was read
+            group.remove(reply)
+            reply.finished = "cancelled"
+            self._finish(reply, None)
+        if not group:
+            return
+        try:
+            self._read_prompts(group)
+        except Exception as exc:  # noqa: BLE001 - handed to each waiting caller
+            log.exception("reading %d prompt(s) failed", len(group))
+            for reply in group:
+                if reply not in self.rows:
+                    self._end(reply, exc)
+
+    def _read_prompts(self, group: list[Reply]) -> None:
+        """One forward pass over the group's prompts (each from its prefix-cache hit, if any):
+        take each one's first token and stack the group onto the batch."""
         found = self.prefix.take_all([(r.ids, r.owner) for r in group]) if self.prefix is not None else []
         caches, reused = [], []
         for cache, n in found or [(None, 0)] * len(group):
@@ -239,7 +262,7 @@ class Batch:
         the batch; replies that end leave it."""
         try:
             if self.joining:
-                self._prefill()
+                self._prefill()  # ends only the newcomers if it fails
                 return
             rows = self.rows
             for reply in rows:  # Stop pressed between steps: no need to compute its next token
@@ -277,7 +300,7 @@ class Batch:
         with torch.inference_mode():
             scores = logits.unsqueeze(0)
             if reply.rules:
-                seen = torch.tensor([reply.ids + reply.tokens], device=self.device)
+                seen = torch.tensor([reply.ids + reply.tokens], device=logits.device)
                 scores = reply.rules(seen, scores)
             if reply.generator is None:
                 return int(scores[0].argmax())
@@ -332,29 +355,37 @@ class Batch:
         return own
 
     def _finish(self, reply: Reply, cache: Any) -> None:
+        """Hand the reply its result, and its cache (None: nothing worth keeping) to the prefix cache."""
         assert reply.text is not None and reply.finished is not None
         try:
             reply.text.end()
-            if self.prefix is not None:
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
+            self._end(reply, exc)
+            return
+        if self.prefix is not None and cache is not None:
+            try:
                 covered = [*reply.ids, *reply.tokens]
                 self.prefix.put(covered[: cache.get_seq_length()], cache, reply.owner, len(reply.ids))
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
-            reply.done(None, exc)
-            return
-        reply.done(
-            Decoded(len(reply.tokens), reply.finished, reply.first_token_at, time.perf_counter(), tuple(reply.tokens)),
-            None,
+            except Exception:  # noqa: BLE001 - the reply is complete; only its reuse is lost
+                log.exception("could not keep the reply's cache")
+        decoded = Decoded(
+            len(reply.tokens), reply.finished, reply.first_token_at, time.perf_counter(), tuple(reply.tokens)
         )
+        self._end(reply, None, decoded)
+
+    @staticmethod
+    def _end(reply: Reply, exc: BaseException | None, decoded: Decoded | None = None) -> None:
+        try:
+            reply.done(decoded, exc)
+        except Exception:  # noqa: BLE001 - a caller's callback must not stop the others
+            log.exception("reply callback failed")
 
     def fail(self, exc: BaseException) -> None:
-        """A step failed (e.g. out of memory): every reply in flight ends with that error."""
-        rows, self.rows, self.cache, self.mask = self.rows + self.joining, [], None, None
+        """A decode step failed (e.g. out of memory): every reply in flight ends with that error."""
+        replies, self.rows, self.cache, self.mask = self.rows + self.joining, [], None, None
         self.joining = []
-        for reply in rows:
-            try:
-                reply.done(None, exc)
-            except Exception:  # noqa: BLE001
-                log.exception("reply callback failed")
+        for reply in replies:
+            self._end(reply, exc)
 
 
 def _left_pad_mask(mask: torch.Tensor, n: int) -> torch.Tensor:

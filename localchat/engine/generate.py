@@ -1,4 +1,4 @@
-"""Prompt building, context fitting and streamed decoding for one reply.
+"""Prompt building, context fitting, stop strings and tokens to text (decoding is in batch.py).
 
 Owns: the chat template (or a plain fallback for base models), fitting a conversation into the
 context window, stop strings, and a reply's tokens turned into text.

@@ -5,7 +5,8 @@ jobs, and the turns between starting jobs and stepping the running batch. A repl
 it (reads its prompt and joins the batch, see batch.py); the worker then alternates: take the next
 job in fair order if it may start now, else advance every running reply by one token. A reply may
 join while the batch has room; any other job (a load, an unload) waits until the batch has emptied,
-and nothing queued after it starts before it, so a model switch is orderly. Invariants: only the worker thread runs jobs (a second thread running torch ops would start
+and nothing queued after it starts before it but short jobs such as counting tokens, so a model
+switch is orderly. Invariants: only the worker thread runs jobs (a second thread running torch ops would start
 a second OpenMP team, which measured 28 -> 16 tok/s on a 2-core CPU; callers only wait); waiting
 jobs are served round-robin between owners (household members), first come first served within
 one owner, so ten requests from one member never starve another member's one.
@@ -50,7 +51,8 @@ class Stepper(Protocol):
 
 
 class InferenceWorker:
-    """Runs submitted callables one at a time, in submission order, on one daemon thread."""
+    """Runs submitted callables on one daemon thread, in fair order (round-robin between owners,
+    submission order within one), and steps the batch of replies between them."""
 
     def __init__(self, max_waiting: int = 32, name: str = "localchat-inference"):
         self.max_waiting = max_waiting
@@ -112,12 +114,14 @@ class InferenceWorker:
         """How many replies must finish before this one starts (0 = it starts at the next turn),
         or None once it has started. While a batch runs, the first `room` waiting jobs join it."""
         with self._changed:
-            for i, job in enumerate(self._order()):
+            order = self._order()
+            for i, job in enumerate(order):
                 if job.future is future:
-                    if self._stepping():
+                    blocked = any(not (j.joins or j.quick) for j in order[:i])  # a load waits for the batch
+                    if self._stepping() and not blocked:
                         room = self.stepper.room() if self.stepper is not None else 0
                         return 0 if i < room else i - room + 1
-                    return i + (1 if self._running else 0)
+                    return i + (1 if self.busy else 0)
         return None
 
     def _stepping(self) -> bool:
