@@ -177,29 +177,22 @@ class Batch:
         """One forward pass over the group's prompts (each from its prefix-cache hit, if any):
         take each one's first token and stack the group onto the batch."""
         found = self.prefix.take_all([(r.ids, r.owner) for r in group]) if self.prefix is not None else []
-        caches, reused = [], []
-        for cache, n in found or [(None, 0)] * len(group):
-            caches.append(cache if cache is not None else DynamicCache(config=self.model.config))
-            reused.append(n if cache is not None else 0)
+        caches = [cache for cache, _ in found] or [None] * len(group)
+        reused = [n for _, n in found] or [0] * len(group)
         todo = [r.ids[n:] for r, n in zip(group, reused, strict=True)]
-        if len(group) == 1:  # alone: no padding at all
-            cache, (n,), (ids,) = caches[0], reused, todo
-            mask = torch.ones((1, n + len(ids)), dtype=torch.long, device=self.device)
-            inputs = torch.tensor([ids], device=self.device)
-            positions = torch.arange(n, n + len(ids), device=self.device).unsqueeze(0)
-        else:  # past and new tokens each left-padded to the longest: [pad, past, pad, new]
-            past, length = max(reused), max(len(t) for t in todo)
-            cache = self._stack_past(caches, reused, past)
-            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-            rows, masks, places = [], [], []
-            for n, ids in zip(reused, todo, strict=True):
-                gap = length - len(ids)
-                rows.append([pad] * gap + ids)
-                masks.append([0] * (past - n) + [1] * n + [0] * gap + [1] * len(ids))
-                places.append([n] * gap + list(range(n, n + len(ids))))
-            inputs = torch.tensor(rows, device=self.device)
-            mask = torch.tensor(masks, dtype=torch.long, device=self.device)
-            positions = torch.tensor(places, device=self.device)
+        # past and new tokens each left-padded to the longest: [pad, past, pad, new] (one reply: no padding)
+        past, length = max(reused), max(len(t) for t in todo)
+        cache = self._stack_past(caches, reused, past)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        rows, masks, places = [], [], []
+        for n, ids in zip(reused, todo, strict=True):
+            gap = length - len(ids)
+            rows.append([pad] * gap + ids)
+            masks.append([0] * (past - n) + [1] * n + [0] * gap + [1] * len(ids))
+            places.append([n] * gap + list(range(n, n + len(ids))))
+        inputs = torch.tensor(rows, device=self.device)
+        mask = torch.tensor(masks, dtype=torch.long, device=self.device)
+        positions = torch.tensor(places, device=self.device)
         with torch.inference_mode():
             out = self.model(
                 input_ids=inputs,
@@ -219,8 +212,11 @@ class Batch:
         if any(r.finished for r in group):
             self._leave()
 
-    def _stack_past(self, caches: list[Any], reused: list[int], past: int) -> Any:
-        """One cache of len(caches) rows holding each one's reused tokens, left-padded to `past`."""
+    def _stack_past(self, caches: list[Any | None], reused: list[int], past: int) -> Any:
+        """One cache of len(caches) rows holding each one's reused tokens (None: no hit),
+        left-padded to `past`; a single hit is used as it is."""
+        if len(caches) == 1 and caches[0] is not None:
+            return caches[0]
         joint = DynamicCache(config=self.model.config)
         if past == 0:
             return joint
