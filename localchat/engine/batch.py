@@ -18,6 +18,7 @@ reply at a time through the same code.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -60,6 +61,13 @@ def batchable(model: Any) -> bool:
     if next(model.parameters()).dtype != torch.float32:
         return False
     return reusable(DynamicCache(config=model.config))
+
+
+def cache_argument(model: Any) -> str:
+    """The name forward() takes the KV cache by: `cache` since transformers 5.2x, where
+    `past_key_values` is deprecated (to be removed in 5.40); older 5.x releases know only the latter."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper passes it on
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -127,6 +135,7 @@ class Batch:
         self.device = model.get_input_embeddings().weight.device  # where the inputs go
         self.out_device = model.get_output_embeddings().weight.device  # where the logits come out
         self.eos = eos_ids(model, tokenizer)
+        self.cache_kw = cache_argument(model)
         self.stops = FALLBACK_STOPS if uses_fallback(tokenizer) else ()
         self.rows: list[Reply] = []  # decoding
         self.joining: list[Reply] = []  # admitted; their prompts are read at the next step
@@ -198,9 +207,9 @@ class Batch:
                 input_ids=inputs,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **{self.cache_kw: cache},
             )
         log.debug("read %d prompt(s): %s new tokens after %s cached, %d already decoding",
                   len(group), [len(t) for t in todo], reused, len(self.rows))  # fmt: skip
@@ -276,8 +285,8 @@ class Batch:
                     input_ids=torch.tensor([[r.tokens[-1]] for r in rows], device=self.device),
                     attention_mask=mask,
                     position_ids=torch.tensor([[r.position] for r in rows], device=self.device),
-                    past_key_values=self.cache,
                     use_cache=True,
+                    **{self.cache_kw: self.cache},
                 )
             self.mask = mask
             logits = out.logits[:, -1, :].float()
