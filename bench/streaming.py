@@ -1,7 +1,8 @@
 """Benchmark: how much does localchat's streaming cost compared with raw `model.generate`?
 
 Measured in one run on the bundled SmolLM2-135M-Instruct, greedy, fixed length (no early EOS):
-  1. baseline   raw model.generate on the main thread, no streamer
+  0. baseline   plain transformers: from_pretrained on the same weights, model.generate, no localchat code
+  1. loaded     model.generate on the model as localchat loads it (narrow products on CPU), no streamer
   2. engine     TransformersBackend.stream (worker thread, streamer, queue) in-process
   3. ui         the real app in a subprocess, streamed through its Gradio endpoint (gradio_client)
   4. api        the same app's OpenAI-compatible /v1/chat/completions, streamed as server-sent events
@@ -82,6 +83,31 @@ def api_stream(url: str, tokens: int) -> float:
     return usage["completion_tokens"] / (time.perf_counter() - start)
 
 
+def plain_generate(data: Path, dtype: str, quant: str, runs: int, tokens: int) -> dict[str, float]:
+    """What a plain transformers script gets: from_pretrained on the same weights, then generate()
+    on the main thread (no localchat code in the model's forward pass)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from localchat.engine.loading import dequantized_gguf_folder, resolve_model
+    from localchat.engine.models import SMOLLM2, materialize
+
+    folder = dequantized_gguf_folder(resolve_model(materialize(SMOLLM2, data)), data / "cache" / "gguf-dequantized")
+    kwargs: dict = {"dtype": torch.float32 if dtype in ("auto", "float32") else getattr(torch, dtype)}
+    if quant != "none":
+        kwargs["dtype"] = torch.bfloat16 if quant == "4bit" else torch.float32
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_8bit=True) if quant == "8bit"
+            else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
+        )  # fmt: skip
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(folder, device_map="cpu", **kwargs).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    load_s = time.perf_counter() - start
+    raw_generate(model, tokenizer, 8)  # warm-up
+    return {"load_s": load_s, "tok_s": median([raw_generate(model, tokenizer, tokens) for _ in range(runs)])}
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -101,6 +127,8 @@ def measure(kind: str, label: str, data: Path, runs: int, tokens: int) -> dict[s
     from localchat.types import LoadOptions
 
     dtype, quant = CONFIGS[label]
+    if kind == "plain":
+        return plain_generate(data, dtype, quant, runs, tokens)
     backend = TransformersBackend(data)
     try:
         info = backend.load(LoadOptions(model=SMOLLM2, device="cpu", dtype=dtype, quantization=quant))
@@ -137,8 +165,9 @@ def main() -> None:
 
     data = Path(tempfile.mkdtemp(prefix="localchat-bench-"))
     labels = ["fp32"] if args.skip_quant else list(CONFIGS)
-    rows = {label: in_subprocess("raw", label, data, args.runs, args.tokens) for label in labels}
-    baseline = rows["fp32"]["tok_s"]
+    rows = {label: in_subprocess("raw", label, data, args.runs, args.tokens) for label in labels}  # dequantizes once
+    plain = {label: in_subprocess("plain", label, data, args.runs, args.tokens) for label in labels}
+    baseline, loaded = plain["fp32"]["tok_s"], rows["fp32"]["tok_s"]
     engine = in_subprocess("engine", "fp32", data, args.runs, args.tokens)["tok_s"]
     app = start_app(data)
     try:
@@ -156,14 +185,23 @@ def main() -> None:
     updates = median([r[1] for r in ui_runs])
 
     print(f"\nSmolLM2-135M-Instruct on CPU, {args.tokens} new tokens, greedy, median of {args.runs}\n")
-    print(f"{'path':<36}{'tok/s':>8}{'vs raw':>9}")
-    print(f"{'raw model.generate (baseline)':<36}{baseline:>8.1f}{1.0:>9.2f}")
-    print(f"{'engine: backend.stream':<36}{engine:>8.1f}{engine / baseline:>9.2f}")
-    print(f"{'ui: app + Gradio stream (client)':<36}{ui:>8.1f}{ui / baseline:>9.2f}   ({updates:.0f} updates)")
-    print(f"{'api: /v1 chat completions (SSE)':<36}{api:>8.1f}{api / baseline:>9.2f}")
-    print(f"\n{'load option':<14}{'load s':>8}{'tok/s':>8}{'vs fp32':>9}")
+    print(f"{'path':<44}{'tok/s':>8}{'vs plain':>10}{'vs load':>9}")
+    table = [
+        ("plain transformers: model.generate (baseline)", baseline),
+        ("localchat's load: model.generate", loaded),
+        ("engine: backend.stream", engine),
+        ("ui: app + Gradio stream (client)", ui),
+        ("api: /v1 chat completions (SSE)", api),
+    ]
+    for name, tok_s in table:
+        more = f"   ({updates:.0f} updates)" if name.startswith("ui") else ""
+        print(f"{name:<44}{tok_s:>8.1f}{tok_s / baseline:>10.2f}{tok_s / loaded:>9.2f}{more}")
+    print("(vs plain: against what a plain transformers script gets; vs load: against generate() on the model as")
+    print(" localchat loads it, i.e. what the engine, the page and the API cost on top of the model)")
+    print(f"\n{'load option':<14}{'load s':>8}{'tok/s':>8}{'plain':>8}{'vs plain':>10}")
     for label, row in rows.items():
-        print(f"{label:<14}{row['load_s']:>8.1f}{row['tok_s']:>8.1f}{row['tok_s'] / baseline:>9.2f}")
+        p = plain[label]["tok_s"]
+        print(f"{label:<14}{row['load_s']:>8.1f}{row['tok_s']:>8.1f}{p:>8.1f}{row['tok_s'] / p:>10.2f}")
     print("(load s: the first fp32 load includes dequantizing the GGUF into the cache; later loads read the cache)")
 
 

@@ -121,6 +121,7 @@ def test_bitsandbytes_on_cpu_with_a_tiny_model(tmp_path: Path, tiny_model: Path,
     assert loaded.info.quantization == quant
     names = {type(m).__name__ for m in loaded.model.modules()}
     assert ("Linear8bitLt" if quant == "8bit" else "Linear4bit") in names
+    assert "NarrowLinear" not in names and "products" not in loaded.info.extra  # bitsandbytes keeps its kernels
 
 
 def test_out_of_memory_is_explained_in_one_line():
