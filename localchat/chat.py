@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from localchat.backend import Backend, BackendError
+from localchat.hardware import Hardware, detect
 from localchat.presets import Preset, PresetProblem, load_presets, render_system_prompt
 from localchat.types import Chunk, LoadedInfo, LoadOptions, Message, SamplingParams, Usage
 
@@ -83,6 +84,13 @@ class ChatService:
         system = render_system_prompt(system_prompt, self._now()).strip()
         return ([Message("system", system)] if system else []) + [m for m in history if m.role != "system"]
 
+    def expect(self) -> None:
+        """A request for a reply has just arrived: the engine may read its prompt together with
+        others that arrive at the same moment (engines that cannot, ignore it)."""
+        expect = getattr(self.backend, "expect", None)
+        if expect is not None:
+            expect()
+
     def complete(
         self,
         messages: Sequence[Message],
@@ -136,6 +144,12 @@ class ChatService:
                 close()
 
     # -- models -------------------------------------------------------------------------------
+    def hardware(self) -> Hardware:
+        """This machine as the engine sees it; an engine process looks at the GPUs itself, so the
+        server never opens a CUDA context of its own (hundreds of MB of GPU memory)."""
+        hardware = getattr(self.backend, "hardware", None)
+        return hardware() if hardware is not None else detect()
+
     def load(self, options: LoadOptions) -> LoadedInfo:
         return self.backend.load(options.validate())
 
@@ -151,7 +165,7 @@ class ChatService:
             return f"Loading {info_name(loading.model)}…"
         if info is None:
             return "No model loaded: open Settings, then Model"
-        if getattr(self.backend, "asleep", None) is info:
+        if info == getattr(self.backend, "asleep", None):
             return f"{info.name} · unloaded while idle: it loads again with your next message"
         return f"{info.name} · {info.memory_bytes / 2**20:,.0f} MiB · {info.device}"
 
@@ -164,6 +178,6 @@ class ChatService:
         if info is None:
             err = getattr(self.backend, "last_load_error", None)
             return f"No model loaded. {err}" if err else "No model loaded: pick one and press Load"
-        if getattr(self.backend, "asleep", None) is info:
+        if info == getattr(self.backend, "asleep", None):
             return f"{info.describe()} (unloaded while idle; the next message loads it again)"
         return info.describe()

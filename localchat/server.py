@@ -45,9 +45,9 @@ def build_app(settings: Settings, backend: Backend | None = None, household: Hou
 
         backend = OpenAIBackend(settings.engine_url or "", settings.engine_key)
     if backend is None:
-        from localchat.engine.backend import TransformersBackend
+        from localchat.engine.process import EngineProcess  # the model runs in a process of its own
 
-        backend = TransformersBackend(
+        backend = EngineProcess(
             settings.data,
             settings.models,
             max_waiting=settings.max_waiting,

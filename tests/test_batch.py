@@ -193,3 +193,31 @@ def test_prompts_that_arrive_together_are_read_in_one_pass_and_each_reply_is_its
     assert rows_per_step[0] == 3  # the three prompts in one pass
     assert smol_backend.prefix.hits == hits + 2  # Ann's chat and Ann's system prompt; nothing of hers for Bob
     assert [outcome(r) for r in results] == expected
+
+
+def test_replies_announced_together_share_their_prompt_read(smol_backend, rows_per_step, monkeypatch):
+    """Requests announced as they arrive (expect) are read in one pass even when they reach the
+    worker one by one; alone, each reads at once and gives the same reply."""
+    from localchat.engine import scheduler
+
+    monkeypatch.setattr(scheduler, "GATHER_SECONDS", 30.0)  # generous: only announced replies end the wait
+    prompts = [[Message("user", f"Write one sentence about {what}.")] for what in ("rain", "bread", "owls")]
+    params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
+    smol_backend.prefix.clear()
+    alone = [outcome(list(smol_backend.stream(p, params, owner=str(i)))) for i, p in enumerate(prompts)]
+    smol_backend.prefix.clear()
+    for _ in prompts:
+        smol_backend.expect()
+    results: list[list[Chunk]] = [[] for _ in prompts]
+    threads = []
+    rows_per_step.clear()
+    for i, (p, r) in enumerate(zip(prompts, results, strict=True)):
+        threads.append(
+            threading.Thread(target=lambda p=p, r=r, i=i: r.extend(smol_backend.stream(p, params, owner=str(i))))
+        )
+        threads[-1].start()
+        threading.Event().wait(0.1)  # they arrive one after another, well apart
+    for t in threads:
+        t.join(120)
+    assert rows_per_step[0] == 3  # read together
+    assert [outcome(r) for r in results] == alone

@@ -129,7 +129,9 @@ def test_downloading_from_the_page_is_for_admins_and_shows_progress(
     household = Household(Store(tmp_path / "db.sqlite"), listen=True, hasher=FAST_HASHER)
     ann = household.add_member("Ann", "ann-password", "admin")
     bob = household.add_member("Bob", "bob-password", "member")
-    downloads = Downloads(household, tmp_path / "models")
+    from localchat.hardware import detect
+
+    downloads = Downloads(household, tmp_path / "models", detect)
     with pytest.raises(gr.Error):
         list(downloads.download("org/tiny", False, SimpleNamespace(username=str(bob.id))))
     lines = list(downloads.download("org/tiny", False, SimpleNamespace(username=str(ann.id))))

@@ -254,6 +254,9 @@ class FakeBatch:
     def room(self) -> int:
         return self.size - len(self.rows)
 
+    def reading_only(self) -> bool:
+        return False
+
     def join(self, name: str, steps: int) -> None:
         self.rows.append([name, steps])
         self.log.append(f"+{name}")
@@ -309,3 +312,78 @@ def test_a_quick_job_runs_between_steps_and_positions_count_the_room(worker: Inf
     for f in waiting[1:]:
         f.cancel()
     batch.rows.clear()
+
+
+class Reads:
+    """A stand-in batch that records which replies each prompt read took together."""
+
+    def __init__(self) -> None:
+        self.joining: list[str] = []
+        self.reads: list[list[str]] = []
+        self.read = threading.Event()
+
+    def __len__(self) -> int:
+        return len(self.joining)
+
+    def room(self) -> int:
+        return 8
+
+    def reading_only(self) -> bool:
+        return bool(self.joining)
+
+    def step(self) -> None:
+        self.reads.append(self.joining)
+        self.joining = []
+        self.read.set()
+
+
+@pytest.fixture()
+def reads(worker: InferenceWorker, monkeypatch: pytest.MonkeyPatch) -> Reads:
+    from localchat.engine import scheduler
+
+    monkeypatch.setattr(scheduler, "GATHER_SECONDS", 60.0)  # long: a wait that should not happen hangs the test
+    batch = Reads()
+    worker.stepper = batch
+    return batch
+
+
+def join(worker: InferenceWorker, batch: Reads, name: str) -> Future:
+    return worker.submit(lambda: batch.joining.append(name), owner=name, joins=True)
+
+
+def test_replies_announced_together_are_read_in_one_pass(worker: InferenceWorker, reads: Reads) -> None:
+    for _ in range(3):
+        worker.expect()  # three requests arrive; their checks take a while
+    join(worker, reads, "ann").result(WAIT)
+    time.sleep(0.05)  # ann's prompt would be read alone by now, were it not waiting for the others
+    assert reads.reads == []
+    join(worker, reads, "bob")
+    join(worker, reads, "cy")
+    assert reads.read.wait(WAIT)
+    assert reads.reads == [["ann", "bob", "cy"]]
+
+
+def test_without_announcements_a_prompt_is_read_at_once(worker: InferenceWorker, reads: Reads) -> None:
+    join(worker, reads, "ann")
+    assert reads.read.wait(WAIT)  # with a 60 s gather window, only a read that does not wait comes in time
+    reads.read.clear()
+    join(worker, reads, "bob")
+    assert reads.read.wait(WAIT)
+    assert reads.reads == [["ann"], ["bob"]]
+
+
+def test_an_announced_reply_that_never_comes_holds_a_read_only_for_the_gather_window(
+    worker: InferenceWorker, reads: Reads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localchat.engine import scheduler
+
+    monkeypatch.setattr(scheduler, "GATHER_SECONDS", 0.2)
+    worker.expect()
+    worker.expect()  # refused before it asked for a reply (a bad request, say)
+    join(worker, reads, "ann")
+    stop = time.monotonic() + WAIT
+    while time.monotonic() < stop and not reads.read.is_set():
+        worker.expect()  # announcements keep coming: the window does not grow with them
+        time.sleep(0.01)
+    assert reads.read.is_set()
+    assert reads.reads == [["ann"]]

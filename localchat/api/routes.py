@@ -135,6 +135,7 @@ class OpenAIRoutes:
                 return chunk
 
     async def respond(self, request: Request, chat: bool) -> Any:
+        self.service.expect()  # before the checks: requests sent together are read together
         member = await run_in_threadpool(self.caller, request)  # a database read and write
         body = await _json_body(request)
         req = parse(body, chat)

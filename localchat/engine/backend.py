@@ -27,7 +27,7 @@ from localchat.engine.generate import ContextOverflow, Decoded, fit_to_window, p
 from localchat.engine.loading import Loaded, LoadError, choose_quantization, fit_report, load_model, pick_device
 from localchat.engine.prefix import PrefixCache
 from localchat.engine.scheduler import Busy, InferenceWorker
-from localchat.hardware import detect
+from localchat.hardware import Hardware, detect
 from localchat.types import Chunk, ContextFit, LoadedInfo, LoadOptions, Message, ModelSpec, SamplingParams, Usage
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,9 @@ class TransformersBackend:
     def loaded(self) -> LoadedInfo | None:
         current = self._current
         return current.info if current else self.asleep
+
+    def hardware(self) -> Hardware:
+        return detect()
 
     def load(self, options: LoadOptions) -> LoadedInfo:
         """Load and wait; raises ModelLoadFailed with one line, the old model still loaded."""
@@ -219,6 +222,10 @@ class TransformersBackend:
         self.worker.call(job)
 
     # -- replies ------------------------------------------------------------------------------
+    def expect(self) -> None:
+        """A request for a reply has arrived and will call stream() soon (see InferenceWorker.expect)."""
+        self.worker.expect()
+
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return self.worker.call(lambda: len(prompt_ids(self._require().tokenizer, messages)), quick=True)
 

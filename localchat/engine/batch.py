@@ -148,6 +148,9 @@ class Batch:
     def room(self) -> int:
         return self.max_size - len(self)
 
+    def reading_only(self) -> bool:
+        return bool(self.joining) and not self.rows
+
     # -- joining --------------------------------------------------------------------------------
     def add(self, reply: Reply) -> None:
         """Admit a reply: its prompt is read at the next step, together with the prompts of the

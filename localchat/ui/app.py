@@ -123,7 +123,7 @@ class ChatUI:
         self.conversations = Conversations(household, lambda request, rewritten: self.stop(request, True, rewritten))
         self.admin = AdminPanel(household, service)
         self.keys = ApiKeys(household)
-        self.downloads = Downloads(household, settings.models)
+        self.downloads = Downloads(household, settings.models, self.service.hardware)
 
     # -- chat ---------------------------------------------------------------------------------
     def stop(self, request: gr.Request, discard: bool = False, rewritten: bool = False) -> None:
@@ -152,6 +152,7 @@ class ChatUI:
         request: gr.Request,
     ) -> Iterator[tuple]:
         """Stream a reply to the conversation, which must end with the user's message."""
+        self.service.expect()  # before the checks: messages sent together are read together
         key = _key(request)
         member = member_of(self.household, request)
         with self._lock:
@@ -484,9 +485,7 @@ class ChatUI:
         return fit(options)
 
     def hardware_text(self) -> str:
-        from localchat.hardware import detect
-
-        return detect().describe().replace("\n", "  \n")
+        return self.service.hardware().describe().replace("\n", "  \n")
 
     def unload_model(self, request: gr.Request) -> str:
         """Free the model's memory (admins only); the next load brings one back."""

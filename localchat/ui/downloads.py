@@ -4,14 +4,14 @@ Hub id with progress, and the downloaded models with their disk use, updates and
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import gradio as gr
 
 from localchat.engine import hub
 from localchat.engine.catalog import CATALOG
-from localchat.hardware import detect, gib
+from localchat.hardware import Hardware, gib
 from localchat.household import Household
 from localchat.ui.members import member_of
 
@@ -19,9 +19,10 @@ LABELS = {"float32": "fp32", "bfloat16": "bf16", "8bit": "8-bit", "4bit": "4-bit
 
 
 class Downloads:
-    def __init__(self, household: Household, models_dir: Path):
+    def __init__(self, household: Household, models_dir: Path, hardware: Callable[[], Hardware]):
         self.household = household
         self.models_dir = models_dir
+        self.hardware = hardware  # as the engine sees it (the GPUs are the engine's)
 
     def _admin(self, request: gr.Request) -> None:
         if not self.household.may_load_models(member_of(self.household, request)):
@@ -29,7 +30,7 @@ class Downloads:
 
     def catalog(self) -> str:
         """The catalog as a table, each model with its estimated memory and a fits badge here."""
-        hw = detect()
+        hw = self.hardware()
         device = "cuda" if hw.gpus else "cpu"
         rows = ["Good instruct models to start with (memory: unquantized / 8-bit / 4-bit, with an 8k chat):"]
         for model in CATALOG:
