@@ -4,9 +4,14 @@
       3 chats, each with its own system prompt (so turn 1 reads its whole prompt);
   (c) aggregate tok/s with 1, 2, 4 and 8 concurrent clients vs 1 client, and each client's time
       to first token; every client asks for a story, so every reply runs to --tokens and the
-      aggregates compare like with like; each reply is checked against the same request alone;
-  (d) peak memory (RSS of the app) per added client.
-Prints medians and ratios against the same-run baseline. Run: python bench/household.py [--tokens 64]
+      aggregates compare like with like; each client count runs --rounds rounds, each with stories
+      not asked before (no prompt is in the prefix cache but the shared system prompt), and the
+      medians over the rounds are printed; each reply of the first round is checked against the
+      same request alone, asked afterwards;
+  (d) peak memory (RSS of the app's processes: the server and its engine) per added client.
+Each client has its connection open before it asks (as a browser tab does), so a time to first
+token runs from sending the request to its first token. Prints medians and ratios against the
+same-run baseline. Run: python bench/household.py [--tokens 64] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,13 +46,13 @@ QUESTIONS = [
 ]
 
 
-def stream(url: str, messages: list[dict], tokens: int) -> dict:
+def stream(client: httpx.Client, url: str, messages: list[dict], tokens: int) -> dict:
     body = {"messages": messages, "temperature": 0, "max_tokens": tokens, "stream": True,
             "stream_options": {"include_usage": True}}  # fmt: skip
     start = time.perf_counter()
     first = None
     text, usage = [], None
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
+    with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
         for line in r.iter_lines():
             if not line.startswith("data: {"):
                 continue
@@ -61,35 +67,57 @@ def stream(url: str, messages: list[dict], tokens: int) -> dict:
             "text": "".join(text)}  # fmt: skip
 
 
+def connected(url: str) -> httpx.Client:
+    """A client with its connection already open, as a browser tab that has the page has."""
+    client = httpx.Client(timeout=600)
+    client.get(url + "/health")
+    return client
+
+
 def rss(pid: int) -> int:
+    """Resident memory of a process and all its children (the engine runs in a child)."""
+    total = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+            total += int(line.split()[1]) * 1024
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += rss(int(child))
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+    return total
 
 
-STORIES = ["a lighthouse keeper", "a lost kitten", "a dragon who cannot fly", "a robot gardener",
-           "a brave little boat", "a snowman in summer", "a clockmaker", "a fox and a crow"]  # fmt: skip
+SUBJECTS = ["a lighthouse keeper", "a lost kitten", "a dragon who cannot fly", "a robot gardener",
+            "a brave little boat", "a snowman in summer", "a clockmaker", "a fox and a crow",
+            "a sleepy owl", "a pirate who is afraid of water", "a tiny elephant", "a singing whale",
+            "a forgetful wizard", "a moon that lost its glow", "a train that wanted to fly", "a shy giraffe",
+            "a baker and a mouse", "a kite in a storm", "a knight with no horse", "a garden of glass",
+            "a penguin in the desert", "a painter who sees music", "a bridge that talks", "a cloud shepherd"]  # fmt: skip
 
 
 def story(i: int) -> list[dict]:
-    return [{"role": "user", "content": f"Write a long story about {STORIES[i % len(STORIES)]}."}]
+    return [{"role": "user", "content": f"Write a long story about {SUBJECTS[i % len(SUBJECTS)]}."}]
 
 
 def turns(url: str, tokens: int, chat: int) -> list[float]:
     """Time to first token of each of 10 turns of one growing chat."""
     messages: list[dict] = [{"role": "system", "content": f"You are assistant number {chat + 1}. Be brief."}]
     ttfts = []
-    for q in QUESTIONS:
-        messages.append({"role": "user", "content": q})
-        r = stream(url, messages, tokens)
-        ttfts.append(r["ttft"])
-        messages.append({"role": "assistant", "content": r["text"]})
+    with closing(connected(url)) as client:
+        for q in QUESTIONS:
+            messages.append({"role": "user", "content": q})
+            r = stream(client, url, messages, tokens)
+            ttfts.append(r["ttft"])
+            messages.append({"role": "assistant", "content": r["text"]})
     return ttfts
 
 
-def concurrent(url: str, clients: int, tokens: int, pid: int) -> dict:
+def concurrent(url: str, clients: int, tokens: int, pid: int, first_story: int) -> dict:
+    """`clients` clients ask for stories first_story, first_story + 1, ... all at once."""
     results: list[dict] = [{} for _ in range(clients)]
+    connections = [connected(url) for _ in range(clients)]
     barrier = threading.Barrier(clients)
     peak = [rss(pid)]
     done = threading.Event()
@@ -101,7 +129,7 @@ def concurrent(url: str, clients: int, tokens: int, pid: int) -> dict:
 
     def client(i: int) -> None:
         barrier.wait()  # all at once
-        results[i] = stream(url, story(i), tokens)
+        results[i] = stream(connections[i], url, story(first_story + i), tokens)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -114,6 +142,8 @@ def concurrent(url: str, clients: int, tokens: int, pid: int) -> dict:
     wall = time.perf_counter() - start
     done.set()
     watcher.join()
+    for c in connections:
+        c.close()
     return {
         "aggregate": sum(r["tokens"] for r in results) / wall,
         "ttfts": sorted(r["ttft"] for r in results),
@@ -125,35 +155,44 @@ def concurrent(url: str, clients: int, tokens: int, pid: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per client count (1..3)")
     args = ap.parse_args()
+    rounds = max(1, min(3, args.rounds))  # 3 rounds of 8 clients use all 24 subjects once
     from conftest import start_app
 
+    median = statistics.median
     data = Path(tempfile.mkdtemp(prefix="localchat-bench-"))
     app = start_app(data, "--quantization", "none", "--idle-unload", "0")
     try:
-        stream(app.url, [{"role": "user", "content": "Hi"}], 4)  # warm-up
+        with closing(connected(app.url)) as warm:
+            stream(warm, app.url, [{"role": "user", "content": "Hi"}], 4)
         chats = [turns(app.url, args.tokens, chat) for chat in range(3)]
-        first, tenth = statistics.median(c[0] for c in chats), statistics.median(c[9] for c in chats)
+        first, tenth = median(c[0] for c in chats), median(c[9] for c in chats)
         print(f"\nSmolLM2-135M-Instruct, fp32, CPU, {args.tokens} new tokens, greedy, through /v1 on loopback\n")
         print("(b) time to first token, a chat growing turn by turn (median of 3 chats)")
         print("    turn " + " ".join(f"{t + 1:>6}" for t in range(10)))
-        print("    s    " + " ".join(f"{statistics.median(c[t] for c in chats):>6.3f}" for t in range(10)))
+        print("    s    " + " ".join(f"{median(c[t] for c in chats):>6.3f}" for t in range(10)))
         print(f"    turn 10 / turn 1: {tenth:.3f} / {first:.3f} s = {tenth / first:.2f} (target <= 1.2)")
-        alone = [stream(app.url, story(i), args.tokens)["text"] for i in range(8)]
-        print("\n(c, d) concurrent clients, each asking one question")
+        runs = {n: [concurrent(app.url, n, args.tokens, app.process.pid, 8 * r) for r in range(rounds)]
+                for n in (1, 2, 4, 8)}  # fmt: skip
+        with closing(connected(app.url)) as solo:  # asked after the rounds, so no round found its prompt cached
+            alone = [stream(solo, app.url, story(i), args.tokens)["text"] for i in range(8)]
+        print(f"\n(c, d) concurrent clients, each asking for a new story; medians of {rounds} rounds")
         print(
             f"    {'clients':>7} {'agg tok/s':>10} {'vs 1':>6} {'first token min/median/max (s)':>32} "
             f"{'max vs 1':>8} {'RSS MiB':>7} {'vs 1':>8} {'= solo':>6}"
         )
-        base = None
-        for n in (1, 2, 4, 8):
-            r = concurrent(app.url, n, args.tokens, app.process.pid)
-            base = base or r
-            t = r["ttfts"]
-            same = "yes" if r["texts"] == alone[:n] else "NO"
-            print(f"    {n:>7} {r['aggregate']:>10.1f} {r['aggregate'] / base['aggregate']:>6.2f} "
-                  f"{t[0]:>10.2f} / {statistics.median(t):.2f} / {t[-1]:.2f} {t[-1] / base['ttfts'][0]:>8.2f}"
-                  f" {r['peak'] / 2**20:>7.0f} {(r['peak'] - base['peak']) / 2**20:>+8.0f} {same:>6}")  # fmt: skip
+        base_agg = median(r["aggregate"] for r in runs[1])
+        base_ttft = median(r["ttfts"][0] for r in runs[1])
+        base_peak = median(r["peak"] for r in runs[1])
+        for n, rs in runs.items():
+            agg = median(r["aggregate"] for r in rs)
+            low, mid, high = (median(pick(r["ttfts"]) for r in rs) for pick in (min, median, max))
+            peak = median(r["peak"] for r in rs)
+            same = "yes" if rs[0]["texts"] == alone[:n] else "NO"
+            print(f"    {n:>7} {agg:>10.1f} {agg / base_agg:>6.2f} "
+                  f"{low:>10.2f} / {mid:.2f} / {high:.2f} {high / base_ttft:>8.2f}"
+                  f" {peak / 2**20:>7.0f} {(peak - base_peak) / 2**20:>+8.0f} {same:>6}")  # fmt: skip
         print("    (targets: 4 clients >= 3x the aggregate of 1; no first token later than 2x one client's)")
     finally:
         app.process.kill()
