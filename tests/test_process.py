@@ -127,6 +127,6 @@ def test_a_dying_engine_fails_the_reply_in_flight_and_comes_back_with_its_model(
 
 
 def test_the_server_side_imports_no_torch() -> None:
-    code = "import sys, localchat.engine.process, localchat.chat; print('torch' in sys.modules)"
+    code = "import sys, localchat.server, localchat.engine.process; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"

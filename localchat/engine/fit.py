@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from localchat.hardware import gib
 
 OPTIONS = ("float32", "bfloat16", "8bit", "4bit")  # most accurate first
@@ -52,6 +50,7 @@ class Estimate:
 
 
 def count(config: Any) -> Counts:
+    import torch  # here, not at the top: the catalog's estimates in the server need no torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
