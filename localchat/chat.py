@@ -148,7 +148,10 @@ class ChatService:
         """This machine as the engine sees it; an engine process looks at the GPUs itself, so the
         server never opens a CUDA context of its own (hundreds of MB of GPU memory)."""
         hardware = getattr(self.backend, "hardware", None)
-        return hardware() if hardware is not None else detect()
+        try:
+            return hardware() if hardware is not None else detect()
+        except BackendError:  # the engine is down: describe the machine from here instead
+            return detect()
 
     def load(self, options: LoadOptions) -> LoadedInfo:
         return self.backend.load(options.validate())

@@ -1,14 +1,18 @@
 """EngineProcess: the real Backend, with the model in a process of its own.
 
-Owns: the engine process (a TransformersBackend behind a pipe), the messages between the two, and
-starting a new engine process when one dies. Why a process: the web server's threads (Gradio,
-the event loop, SSE) and the inference worker shared one interpreter lock, and the worker waits
-for it between torch ops. Measured on a 2-core CPU: Python work on another thread for 30% of the
-time cut decode from 22.6 to 14.4 tok/s; the same work in another process, to 19.1.
-Invariants: the server process never runs the model; every request's cancel event reaches the
-engine within one token (or one poll while it waits); a dying engine process fails only the
-requests in flight, each with one clear line, and a new one loads the model that was loaded.
-This module imports no torch: that happens in the engine process.
+Owns: the engine process (engine/worker_process.py: a TransformersBackend behind a pipe), the
+requests in flight to it, what it last said of its state, and starting a new one when it dies.
+Why a process: the web server's threads (Gradio, the event loop, SSE) and the inference worker
+shared one interpreter lock, and the worker waits for it between torch ops. Measured on a 2-core
+CPU: Python work on another thread for 30% of the time cut decode from 22.6 to 14.4 tok/s; the
+same work in another process, to 19.1.
+Invariants: no lock is held while writing to or reading from the pipe (one writer thread sends,
+one reader thread receives), so nothing here blocks the event loop; `loaded()` and the other
+state are answered from what the engine last said; a Stop reaches the engine within
+CANCEL_SECONDS whatever the caller does meanwhile; every request in flight is answered, also
+when the engine dies (EngineStopped) or the server closes (ServerBusy); a dead engine is started
+again with the model it had, unless it died too often, which is then said in one line.
+This module imports no torch.
 """
 
 from __future__ import annotations
@@ -16,33 +20,35 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
-import logging.handlers
 import os
-import pickle
 import queue
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from localchat.backend import BackendError, ServerBusy
+from localchat.engine.pipe import Wire
 from localchat.hardware import Hardware
 from localchat.types import Chunk, LoadedInfo, LoadOptions, Message, ModelSpec, SamplingParams
 
 log = logging.getLogger(__name__)
-POLL_SECONDS = 0.2  # how often a waiting stream looks at its cancel event
-RELOAD_AFTER_CRASH_SECONDS = 60  # a second death within this time does not load the model again
+CANCEL_SECONDS = 0.05  # how often the writer looks for Stop pressed on a reply in flight
+DEATHS, DEATH_WINDOW_SECONDS = 3, 60.0  # this many deaths within the window: not started again
+CALL_SECONDS = 60.0  # an engine that does not answer a short call in this time is reported
+NO_STATE: dict[str, Any] = {"loaded": None, "asleep": False, "loading": None, "last_load_error": None}
+ENGINE_COMMAND = [sys.executable, "-m", "localchat.engine.worker_process"]
 
 
 class EngineStopped(BackendError):
-    """The engine process ended while requests were in flight."""
+    """The engine process ended while requests were in flight, or cannot be started."""
 
 
 @dataclass(frozen=True)
@@ -50,158 +56,15 @@ class _End:
     error: BaseException | None = None
 
 
-# -- the engine process ------------------------------------------------------------------------
-def _portable(exc: BaseException) -> BaseException:
-    """The exception itself if it survives pickling, else a BackendError with its line."""
-    from localchat.engine.scheduler import Busy
-
-    if isinstance(exc, Busy):
-        return ServerBusy(f"The model is busy: {exc}")
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:  # noqa: BLE001 - anything that does not travel becomes one readable line
-        return BackendError(f"{type(exc).__name__}: {exc}".splitlines()[0])
+@dataclass(eq=False)
+class _Stream:
+    cancel: threading.Event
+    replies: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    generation: int = 0
+    told: bool = False  # the engine was told to cancel it
+    ended: bool = False
 
 
-class Wire:
-    """Length-prefixed pickles over a pair of pipes; sends from any thread, one message at a time.
-    Both ends are localchat's own processes, so unpickling trusts what it reads."""
-
-    HEADER = struct.Struct("!I")
-
-    def __init__(self, reader: Any, writer: Any):
-        self.reader, self.writer = reader, writer
-        self.lock = threading.Lock()
-
-    def send(self, message: Any) -> None:
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        with self.lock:
-            self.writer.write(self.HEADER.pack(len(data)) + data)
-            self.writer.flush()
-
-    def recv(self) -> Any:
-        (size,) = self.HEADER.unpack(self._exactly(self.HEADER.size))
-        return pickle.loads(self._exactly(size))
-
-    def _exactly(self, n: int) -> bytes:
-        data = self.reader.read(n)
-        if data is None or len(data) < n:
-            raise EOFError("the other process closed the pipe")
-        return data
-
-    def put_nowait(self, record: logging.LogRecord) -> None:  # a QueueHandler's queue
-        try:
-            self.send(("log", record))
-        except (OSError, ValueError):
-            pass  # the server is gone; nobody reads the log any more
-
-
-class _Engine:
-    """Runs in the engine process: takes messages from the server and answers them."""
-
-    def __init__(self, pipe: Wire, backend: Any):
-        self.pipe, self.backend = pipe, backend
-        self.cancels: dict[int, threading.Event] = {}
-
-    def run(self) -> None:
-        while True:
-            try:
-                message = self.pipe.recv()
-            except (EOFError, OSError):
-                os._exit(0)  # the server is gone: nothing here is worth finishing
-            kind = message[0]
-            if kind == "close":
-                break
-            if kind == "cancel":
-                event = self.cancels.get(message[1])
-                if event is not None:
-                    event.set()
-            elif kind == "stream":
-                self.cancels[message[1]] = threading.Event()  # before any cancel can come for it
-                threading.Thread(target=self.stream, args=message[1:], daemon=True).start()
-            elif kind == "load":  # queued at once, so the state calls after it see it loading
-                self.load(*message[1:])
-            elif kind == "expect":
-                self.backend.expect()
-            elif kind == "state":
-                self.answer(message[1], self.state)
-            else:  # "call": may wait for the worker (counting tokens, unloading, estimating)
-                threading.Thread(target=self.answer, args=(message[1], self.call, *message[2:]), daemon=True).start()
-        self.backend.close()
-
-    def answer(self, rid: int, fn: Any, *args: Any) -> None:
-        try:
-            result = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller in the server
-            self.pipe.send(("error", rid, _portable(exc)))
-        else:
-            self.pipe.send(("result", rid, result))
-
-    def call(self, method: str, args: tuple) -> Any:
-        if method not in ("fit", "count_tokens", "unload", "hardware"):
-            raise BackendError(f"The engine has no call {method!r}")
-        return getattr(self.backend, method)(*args)
-
-    def state(self) -> dict[str, Any]:
-        b = self.backend
-        return {
-            "loaded": b.loaded(),
-            "asleep": b.asleep is not None,
-            "loading": b.loading,
-            "last_load_error": b.last_load_error,
-            "activity": b.activity(),
-        }
-
-    def load(self, rid: int, options: LoadOptions) -> None:
-        try:
-            future = self.backend.load_in_background(options)
-        except BaseException as exc:  # noqa: BLE001 - the queue is full, say
-            self.pipe.send(("error", rid, _portable(exc)))
-            return
-
-        def done(f: Future) -> None:
-            exc = f.exception() if not f.cancelled() else BackendError("The load was cancelled")
-            self.pipe.send(("error", rid, _portable(exc)) if exc else ("result", rid, f.result()))
-
-        future.add_done_callback(done)
-
-    def stream(self, rid: int, messages: list[Message], params: SamplingParams, options: dict[str, Any]) -> None:
-        cancel = self.cancels[rid]
-        try:
-            for chunk in self.backend.stream(messages, params, cancel, **options):
-                self.pipe.send(("chunk", rid, chunk))
-            self.pipe.send(("end", rid, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller in the server
-            self.pipe.send(("end", rid, _portable(exc)))
-        finally:
-            self.cancels.pop(rid, None)
-
-
-def main() -> None:
-    """The engine process (`python -m localchat.engine.process`): messages on stdin and stdout,
-    the server's privacy switches and log level, then a TransformersBackend."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole group; the server stops us
-    wire = Wire(os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb"))
-    os.dup2(2, 1)  # a library's stray print must not end up in the messages
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    config = wire.recv()
-    import localchat  # noqa: F401 - offline/telemetry switches before transformers is imported
-
-    if config["offline"]:
-        from localchat.privacy import go_offline
-
-        go_offline()
-    root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(wire)]  # the server's handlers write them
-    root.setLevel(config["log_level"])
-    from localchat.engine.backend import TransformersBackend
-
-    _Engine(wire, TransformersBackend(**config["backend"])).run()
-
-
-# -- the server's side -------------------------------------------------------------------------
 class EngineProcess:
     """A Backend whose model runs in a child process; the same calls as TransformersBackend."""
 
@@ -212,11 +75,15 @@ class EngineProcess:
         max_waiting: int = 32,
         idle_unload: float = 0,
         max_batch: int = 8,
+        *,
+        command: list[str] | None = None,
     ):
+        """`command`: how to start the engine process (tests start stand-ins)."""
         from localchat.privacy import is_offline
 
         self.data_dir = data_dir
         self.models_dir = models_dir or data_dir / "models"
+        self._command = command or ENGINE_COMMAND
         self._config = {
             "backend": {
                 "data_dir": data_dir,
@@ -228,124 +95,202 @@ class EngineProcess:
             "offline": is_offline(),
             "log_level": logging.getLogger().getEffectiveLevel(),
         }
-        self._lock = threading.Lock()  # guards the fields below and every send
+        self._lock = threading.Lock()  # guards the fields below; never held during pipe I/O
         self._ids = itertools.count()
         self._calls: dict[int, Future] = {}
-        self._streams: dict[int, queue.SimpleQueue] = {}
+        self._streams: dict[int, _Stream] = {}
         self._loads: dict[int, LoadOptions] = {}  # loads in flight, by call id
+        self._state: dict[str, Any] = NO_STATE  # what the engine last said
         self._model: LoadOptions | None = None  # what is loaded, to load again after a crash
-        self._last_crash = -float("inf")
+        self._deaths: deque[float] = deque()
+        self._broken: str | None = None  # why no engine runs (it died too often or cannot start)
         self._closed = False
+        self._generation = 0  # which engine process: messages for an earlier one are dropped
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._start()
+        threading.Thread(target=self._write, name="localchat-engine-writer", daemon=True).start()
         atexit.register(self.close)
 
+    # -- the engine process ---------------------------------------------------------------------
     def _start(self) -> None:
-        """Start an engine process; under self._lock (or before any other thread exists)."""
+        """Start an engine process (raises OSError if it cannot); under self._lock, or in __init__."""
         package_root = str(Path(__file__).resolve().parents[2])  # where `localchat` can be imported from
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "localchat.engine.process"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-        self._conn, self._process = Wire(process.stdout, process.stdin), process
-        self._conn.send(self._config)
-        threading.Thread(
-            target=self._read, args=(self._conn, process), name="localchat-engine-reader", daemon=True
-        ).start()
+        process = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        wire = Wire(process.stdout, process.stdin)
+        self._generation += 1
+        self._process = process
+        self._current = (self._generation, wire)  # one reference: the writer reads both at once
+        self._outbox.put((self._generation, self._config))  # the first message it reads
+        args = (wire, process, self._generation)
+        threading.Thread(target=self._read, args=args, name="localchat-engine-reader", daemon=True).start()
 
-    # -- messages -------------------------------------------------------------------------------
-    def _send(self, message: tuple) -> None:
-        with self._lock:
-            self._send_locked(message)
-
-    def _send_locked(self, message: tuple) -> None:
-        if self._closed:
-            raise ServerBusy("The server is shutting down")
-        try:
-            self._conn.send(message)
-        except (OSError, ValueError) as exc:  # the engine just died: _read fails the request
-            log.debug("engine pipe closed: %s", exc)
-
-    def _read(self, conn: Any, process: Any) -> None:
+    def _write(self) -> None:
+        """The one thread that writes to the engine: queued messages, and cancels for Stop."""
         while True:
             try:
-                message = conn.recv()
+                generation, message = self._outbox.get(timeout=CANCEL_SECONDS)
+            except queue.Empty:
+                generation, message = None, None
+            current, wire = self._current
+            if message is not None and generation == current:  # a message for an engine that died: dropped
+                self._send_now(wire, message)
+                if message == ("close",):
+                    return
+            for rid, _ in self._stopped_streams(current):
+                self._send_now(wire, ("cancel", rid))
+
+    @staticmethod
+    def _send_now(wire: Wire, message: Any) -> None:
+        try:
+            wire.send(message)
+        except (OSError, ValueError):
+            pass  # the engine is gone: the reader sees it end and answers what was in flight
+
+    def _stopped_streams(self, generation: int) -> list[tuple[int, _Stream]]:
+        """Streams of this engine whose caller pressed Stop and that the engine was not told of."""
+        with self._lock:
+            stopped = [(rid, s) for rid, s in self._streams.items()
+                       if s.cancel.is_set() and not s.told and s.generation == generation]  # fmt: skip
+            for _, s in stopped:
+                s.told = True
+        return stopped
+
+    def _read(self, wire: Wire, process: subprocess.Popen, generation: int) -> None:
+        while True:
+            try:
+                message = wire.recv()
             except (EOFError, OSError):
                 break
             except Exception:  # noqa: BLE001 - one message that did not unpickle; the next ones can
                 log.exception("a message from the engine could not be read")
                 continue
-            kind = message[0]
-            if kind == "log":
-                record = message[1]
-                logging.getLogger(record.name).handle(record)
-                continue
-            with self._lock:
-                if kind in ("chunk", "end"):
-                    target: Any = self._streams.get(message[1])
-                else:
-                    target = self._calls.pop(message[1], None)
-                    options = self._loads.pop(message[1], None)
-                    if options is not None and kind == "result":
-                        self._model = options
-            if target is None:
-                continue  # a stream its caller already closed
-            if kind == "chunk":
-                target.put(message[2])
-            elif kind == "end":
-                target.put(_End(message[2]))
-            elif kind == "result":
-                target.set_result(message[2])
-            else:
-                target.set_exception(message[2])
-        self._engine_died(process)
+            try:
+                self._dispatch(message)
+            except Exception:  # noqa: BLE001 - the reader must outlive any one message
+                log.exception("a message from the engine could not be handled")
+        self._engine_died(process, generation)
 
-    def _engine_died(self, process: subprocess.Popen) -> None:
+    def _dispatch(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "log":
+            record = message[1]
+            logging.getLogger(record.name).handle(record)
+            return
+        with self._lock:
+            if kind == "state":
+                self._state = message[1]
+                return
+            if kind in ("chunk", "end"):
+                stream = self._streams.get(message[1])
+                if stream is not None:
+                    stream.replies.put(message[2] if kind == "chunk" else _End(message[2]))
+                return
+            future = self._calls.pop(message[1], None)
+            options = self._loads.pop(message[1], None)
+            if options is not None and kind == "result":
+                self._model = options
+        if future is None or future.done():
+            return
+        if kind == "result":
+            future.set_result(message[2])
+        else:
+            future.set_exception(message[2])
+
+    def _engine_died(self, process: subprocess.Popen, generation: int) -> None:
         try:
             code = process.wait(5)
         except subprocess.TimeoutExpired:
             process.kill()
             code = process.wait()
         with self._lock:
-            if self._closed:
+            if generation != self._generation:
                 return
-            how = f"exit code {code}" if code >= 0 else f"stopped by signal {-code}"
-            if code == -signal.SIGKILL:
-                how += ", often the system running out of memory"
-            calls, streams, loading = list(self._calls.values()), list(self._streams.values()), bool(self._loads)
+            calls, streams = list(self._calls.values()), list(self._streams.values())
+            loading = [o.model for o in self._loads.values()]
             self._calls.clear()
             self._loads.clear()
-            reload = (
-                self._model
-                if not loading and time.monotonic() - self._last_crash > RELOAD_AFTER_CRASH_SECONDS
-                else None
-            )
-            self._last_crash = time.monotonic()
-            self._model = None
-            self._start()
-        error = EngineStopped(f"The model engine stopped unexpectedly ({how}) and was started again")
-        log.error("%s%s", error, f"; loading {reload.model} again" if reload else "")
-        for future in calls:
-            future.set_exception(error)
-        for stream in streams:
-            stream.put(_End(error))
-        if reload is not None:
-            self.load_in_background(reload)
+            self._state = NO_STATE
+            closed = self._closed
+            if not closed:
+                now = time.monotonic()
+                self._deaths.append(now)
+                while self._deaths and self._deaths[0] < now - DEATH_WINDOW_SECONDS:
+                    self._deaths.popleft()
+                reload = self._model
+        if closed:
+            self._fail(calls, streams, lambda: ServerBusy("The server is shutting down"))
+            return
+        how = f"exit code {code}" if code >= 0 else f"stopped by signal {-code}"
+        if code == -signal.SIGKILL:
+            how += ", often the system running out of memory"
+        during = f" while loading {', '.join(loading)}" if loading else ""
+        line = f"The model engine stopped unexpectedly ({how}){during}"
+        if len(self._deaths) >= DEATHS:
+            line += f", {DEATHS} times within a minute, so it is not started again; see the log"
+            self._give_up(line)
+        else:
+            try:
+                with self._lock:
+                    self._start()
+            except OSError as exc:
+                line += f", and could not be started again ({exc})"
+                self._give_up(line)
+            else:
+                again = f"; loading {reload.model} again" if reload is not None else ""
+                line += f" and was started again{again}"
+        log.error("%s", line)
+        self._fail(calls, streams, lambda: EngineStopped(line))
+        if self._broken is None and reload is not None:
+            self.load_in_background(reload)  # the model it had, also when a new one was loading
 
-    def _call(self, kind: str, *args: Any) -> Future:
-        future: Future = Future()
+    def _give_up(self, why: str) -> None:
         with self._lock:
+            self._broken = why
+            calls, streams = list(self._calls.values()), list(self._streams.values())
+            self._calls.clear()
+            self._loads.clear()
+        self._fail(calls, streams, lambda: EngineStopped(why))
+
+    @staticmethod
+    def _fail(calls: list[Future], streams: list[_Stream], error: Any) -> None:
+        for future in calls:
+            if not future.done():
+                future.set_exception(error())
+        for stream in streams:
+            stream.replies.put(_End(error()))
+
+    # -- requests -------------------------------------------------------------------------------
+    def _call(self, kind: str, *args: Any) -> Future:
+        """Send a request; the Future (which cannot be cancelled) gets the engine's answer."""
+        future: Future = Future()
+        future.set_running_or_notify_cancel()  # cancel() would not reach the engine: refuse it
+        with self._lock:
+            if self._closed:
+                future.set_exception(ServerBusy("The server is shutting down"))
+                return future
+            if self._broken is not None and kind == "load":
+                self._deaths.clear()  # someone asks for a model: try a fresh engine once more
+                try:
+                    self._start()
+                    self._broken = None
+                except OSError as exc:
+                    self._broken = f"The model engine could not be started ({exc})"
+            if self._broken is not None:
+                future.set_exception(EngineStopped(self._broken))
+                return future
             rid = next(self._ids)
             self._calls[rid] = future
             if kind == "load":
                 self._loads[rid] = args[0]
-            self._send_locked((kind, rid, *args))
+            self._outbox.put((self._generation, (kind, rid, *args)))
         return future
 
-    def _state(self) -> dict[str, Any]:
-        return self._call("state").result()
+    def _ask(self, method: str, *args: Any, seconds: float = CALL_SECONDS) -> Any:
+        try:
+            return self._call("call", method, args).result(timeout=seconds)
+        except TimeoutError:
+            raise EngineStopped(f"The model engine did not answer within {seconds:.0f} s") from None
 
     # -- the Backend calls ----------------------------------------------------------------------
     def available_models(self) -> list[ModelSpec]:
@@ -354,23 +299,28 @@ class EngineProcess:
         return models.discover(self.models_dir)  # files only: no need to ask the engine
 
     def loaded(self) -> LoadedInfo | None:
-        return self._state()["loaded"]
+        return self._state["loaded"]
 
     @property
     def asleep(self) -> LoadedInfo | None:
-        state = self._state()
+        state = self._state
         return state["loaded"] if state["asleep"] else None
 
     @property
     def loading(self) -> LoadOptions | None:
-        return self._state()["loading"]
+        with self._lock:
+            pending = list(self._loads.values())
+        return pending[-1] if pending else self._state["loading"]
 
     @property
     def last_load_error(self) -> str | None:
-        return self._state()["last_load_error"]
+        return self._broken or self._state["last_load_error"]
 
     def activity(self) -> dict[str, int]:
-        return self._state()["activity"]
+        try:
+            return self._ask("activity", seconds=5)
+        except BackendError:
+            return {"generating": 0, "waiting": 0}
 
     def load_in_background(self, options: LoadOptions) -> Future:
         return self._call("load", options)
@@ -379,22 +329,25 @@ class EngineProcess:
         return self.load_in_background(options).result()
 
     def fit(self, options: LoadOptions) -> str:
-        return self._call("call", "fit", (options,)).result()
-
-    def expect(self) -> None:
-        if not self._closed:  # a hint: a server shutting down just does not pass it on
-            self._send(("expect",))
+        try:
+            return self._ask("fit", options)
+        except BackendError as exc:
+            return f"⚠ {exc}"
 
     def hardware(self) -> Hardware:
-        return self._call("call", "hardware", ()).result()
+        return self._ask("hardware")
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
-        return self._call("call", "count_tokens", (list(messages),)).result()
+        return self._ask("count_tokens", list(messages))
 
     def unload(self) -> None:
         self._call("call", "unload", ()).result()
         with self._lock:
             self._model = None
+
+    def expect(self) -> None:
+        if not self._closed:  # a hint: never blocks (the writer sends it) and never fails
+            self._outbox.put((self._generation, ("expect",)))
 
     def stream(
         self,
@@ -408,48 +361,47 @@ class EngineProcess:
     ) -> Iterator[Chunk]:
         cancel = cancel or threading.Event()
         params.validate()
-        replies: queue.SimpleQueue = queue.SimpleQueue()
-        with self._lock:
-            rid = next(self._ids)
-            self._streams[rid] = replies
-            options = {"trim": trim, "prompt": prompt, "owner": owner}
-            self._send_locked(("stream", rid, list(messages), params, options))
-        told, ended = False, False
+        stream, rid = _Stream(cancel), None
         try:
+            with self._lock:
+                if self._closed:
+                    raise ServerBusy("The server is shutting down")
+                if self._broken is not None:
+                    raise EngineStopped(self._broken)
+                rid = next(self._ids)
+                stream.generation = self._generation
+                self._streams[rid] = stream
+                options = {"trim": trim, "prompt": prompt, "owner": owner}
+                self._outbox.put((self._generation, ("stream", rid, list(messages), params, options)))
             while True:
-                try:
-                    item = replies.get(timeout=POLL_SECONDS)
-                except queue.Empty:
-                    item = None
-                if cancel.is_set() and not told:
-                    self._send(("cancel", rid))
-                    told = True
-                if item is None:
-                    continue
+                item = stream.replies.get()  # the engine, its death or close() always puts an end
                 if isinstance(item, _End):
-                    ended = True
+                    stream.ended = True
                     if item.error is not None:
                         raise item.error
                     return
                 yield item
         finally:
-            with self._lock:
+            cancel.set()  # a closed iterator (Stop, a dropped client) ends the generation
+            if rid is not None:
                 self._streams.pop(rid, None)
-                if not ended and not told and not self._closed:
-                    self._send_locked(("cancel", rid))  # a closed iterator (Stop, a dropped client) ends it
+                if not stream.ended and not stream.told:
+                    stream.told = True
+                    self._outbox.put((stream.generation, ("cancel", rid)))
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
-            self._send_locked(("close",))
             self._closed = True
+            self._outbox.put((self._generation, ("close",)))
+            process = self._process
         try:
-            self._process.wait(15)
+            process.wait(15)
         except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(5)
-
-
-if __name__ == "__main__":
-    main()
+            process.kill()
+            process.wait(5)
+        with self._lock:  # the reader answers these too; this covers an engine that was given up
+            calls, streams = list(self._calls.values()), list(self._streams.values())
+            self._calls.clear()
+        self._fail(calls, streams, lambda: ServerBusy("The server is shutting down"))
