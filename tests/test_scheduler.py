@@ -317,7 +317,8 @@ def test_a_quick_job_runs_between_steps_and_positions_count_the_room(worker: Inf
 class Reads:
     """A stand-in batch that records which replies each prompt read took together."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
         self.joining: list[str] = []
         self.reads: list[list[str]] = []
         self.read = threading.Event()
@@ -326,7 +327,7 @@ class Reads:
         return len(self.joining)
 
     def room(self) -> int:
-        return 8
+        return self.size - len(self.joining)
 
     def reading_only(self) -> bool:
         return bool(self.joining)
@@ -370,6 +371,15 @@ def test_without_announcements_a_prompt_is_read_at_once(worker: InferenceWorker,
     join(worker, reads, "bob")
     assert reads.read.wait(WAIT)
     assert reads.reads == [["ann"], ["bob"]]
+
+
+def test_a_full_batch_does_not_wait_for_replies_that_could_not_join(worker: InferenceWorker, reads: Reads) -> None:
+    reads.size = 1  # one reply at a time (a 4-bit model, say): nobody else can share the read
+    worker.expect()
+    worker.expect()
+    join(worker, reads, "ann")
+    assert reads.read.wait(WAIT)  # with a 60 s gather window, only a read that does not wait comes in time
+    assert reads.reads == [["ann"]]
 
 
 def test_an_announced_reply_that_never_comes_holds_a_read_only_for_the_gather_window(

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # How long a prompt read alone waits for replies announced at about the same time. Measured on a
 # 2-core CPU: four API requests sent at once reached the worker over 2-13 ms.
 GATHER_SECONDS = 0.025
+MAX_EXPECTED = 64
 
 
 class Busy(RuntimeError):
@@ -117,14 +118,19 @@ class InferenceWorker:
         """A reply is on its way (a request arrived and is being checked): if a prompt is about to
         be read alone, it waits a moment for this one. Unused announcements expire by themselves."""
         with self._changed:
-            self._expected.append(time.monotonic())
+            self._forget_expired(time.monotonic())
+            if len(self._expected) < MAX_EXPECTED:  # a flood of refused requests cannot grow it
+                self._expected.append(time.monotonic())
+
+    def _forget_expired(self, now: float) -> None:
+        while self._expected and self._expected[0] < now - GATHER_SECONDS:
+            self._expected.popleft()  # announced but never came (a refused request, say)
 
     def _gather_wait(self) -> float:
         """Seconds the prompts waiting to be read should still wait for announced replies (0: none);
         under the lock, with a batch that only reads prompts."""
         now = time.monotonic()
-        while self._expected and self._expected[0] < now - GATHER_SECONDS:
-            self._expected.popleft()  # announced but never came (a refused request, say)
+        self._forget_expired(now)
         if not self._expected:
             return 0.0
         if self._gather_until <= 0:
@@ -205,7 +211,9 @@ class InferenceWorker:
             if quick is not None:  # short jobs pass a head that waits for room
                 return self._take(quick, served=True)
             if self._stepping():
-                wait = self._gather_wait() if self.stepper.reading_only() else 0.0  # type: ignore[union-attr]
+                stepper = self.stepper
+                gather = stepper is not None and stepper.reading_only() and stepper.room() > 0 and not self._closed
+                wait = self._gather_wait() if gather else 0.0
                 if wait > 0:
                     self._changed.wait(wait)  # a submit wakes us; the announced reply joins this read
                     continue
