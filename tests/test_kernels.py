@@ -47,18 +47,35 @@ class Tied(nn.Module):
 
 
 def test_only_plain_float32_linear_layers_change(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kernels, "measure", lambda weight, rows: (3.0, 1.0))  # narrow measured 3x faster
+    monkeypatch.setattr(kernels, "measure", lambda weights, rows: (3.0, 1.0))  # narrow measured 3x faster
     model = Tied()
     weight = model.embed.weight
     note = use_narrow_products(model)
     assert note is not None and "1 row 3000.0 → 1000.0 ms" in note
     assert type(model.inner) is NarrowLinear and type(model.head) is NarrowLinear
     assert type(model.bf16) is nn.Linear  # bf16 keeps its own kernels
+    assert model.inner.narrow_rows == NARROW_ROWS == 8
     assert model.head.weight is weight is model.embed.weight  # nothing copied; still tied
 
 
+def test_narrow_products_stop_at_4_rows_where_8_measured_slower(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "measure", lambda weights, rows: (3.0, 1.0) if rows < 8 else (1.0, 1.5))
+    model = Tied()
+    assert "up to 4 rows" in use_narrow_products(model)
+    x = torch.randn(1, 6, 32)  # 6 rows: past the limit, so nn.Linear's own call
+    assert torch.equal(model.inner(x), nn.functional.linear(x, model.inner.weight, model.inner.bias))
+
+
+def test_the_measured_weights_are_the_largest_and_enough_others_to_leave_the_caches() -> None:
+    layers = [nn.Linear(512, 512, bias=False) for _ in range(80)] + [nn.Linear(512, 4096, bias=False)]
+    weights = kernels.sample(layers)
+    assert weights[0].shape == (4096, 512)  # the largest first
+    others = [w.nbytes for w in weights[1:]]
+    assert sum(others) >= kernels.SAMPLE_BYTES > sum(others[:-1])
+
+
 def test_nothing_changes_where_narrow_products_are_not_clearly_faster(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kernels, "measure", lambda weight, rows: (1.1, 1.0))  # within noise
+    monkeypatch.setattr(kernels, "measure", lambda weights, rows: (1.1, 1.0))  # within noise
     model = Tied()
     assert use_narrow_products(model) is None
     assert type(model.inner) is nn.Linear and type(model.head) is nn.Linear
@@ -104,7 +121,7 @@ def test_the_bundled_model_loads_with_narrow_products_where_they_are_faster(smol
     info = smol_backend.loaded()
     model = smol_backend._current.model
     narrow = sum(type(m) is NarrowLinear for m in model.modules())
-    if "products" in info.extra:  # measured faster on this machine (on the 2-core CI machine: 2-3x)
+    if "products" in info.extra:  # measured faster on this machine (on a 2-core EPYC: 2-3x)
         assert narrow == 30 * 7 + 1 and "1 row" in info.extra["products"]
     else:
         assert narrow == 0

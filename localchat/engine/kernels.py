@@ -8,8 +8,9 @@ Measured on SmolLM2-135M (fp32, 2-core AVX-512, MKL 2024.2), the 211 products of
 took 34 ms for one row and 51-54 ms for 2-4 rows with nn.Linear, 16-18 ms with `W @ xᵀ` (one row
 padded to two, which measured faster than gemv). Prompts (many rows) keep nn.Linear.
 Invariants: only plain float32 nn.Linear layers on the CPU change, and only where a measurement
-at load time says the narrow product is faster on this machine; a layer's weights are the same
-tensors, so nothing is copied and tied weights stay tied.
+at load time (on 64 MB of the model's own weights, at 1, 4 and 8 rows) says the narrow product is
+faster on this machine; a layer's weights are the same tensors, so nothing is copied and tied
+weights stay tied.
 """
 
 from __future__ import annotations
@@ -22,16 +23,19 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-NARROW_ROWS = 10  # above this many rows nn.Linear's own gemm was as fast or faster (measured 12+)
+NARROW_ROWS = 8  # the most rows measured at load (a full batch); above, nn.Linear's gemm (12+ rows: as fast)
 MIN_GAIN = 1.2  # switch only when the narrow product is clearly faster, so noise never decides
+SAMPLE_BYTES = 64 * 2**20  # weights measured at load: more than the caches hold, as in a decode step
 
 
 class NarrowLinear(nn.Linear):
     """nn.Linear that multiplies a few rows as `W @ xᵀ`; many rows go through nn.Linear."""
 
+    narrow_rows = NARROW_ROWS  # set per layer from the measurement at load
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if not 0 < rows <= NARROW_ROWS:
+        if not 0 < rows <= self.narrow_rows:
             return super().forward(x)
         return narrow_product(x, self.weight, self.bias)
 
@@ -56,39 +60,67 @@ def _eligible(module: nn.Module) -> bool:
     )
 
 
-def measure(weight: torch.Tensor, rows: int, tries: int = 5) -> tuple[float, float]:
-    """Seconds for one product of `rows` rows with `weight`: nn.Linear's way, and the narrow way
-    (the best of `tries`, taken in turns, so a burst of other work on the machine slows both)."""
-    x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
-    ways = (lambda: nn.functional.linear(x, weight), lambda: narrow_product(x, weight))
+def measure(weights: list[torch.Tensor], rows: int, tries: int = 5) -> tuple[float, float]:
+    """Seconds to multiply `rows` rows by each of `weights` in turn: nn.Linear's way, and the
+    narrow way (the best of `tries`, taken in turns, so a burst of other work slows both)."""
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype) for w in weights}
+
+    def stock() -> None:
+        for w in weights:
+            nn.functional.linear(inputs[w.shape[1]], w)
+
+    def narrow() -> None:
+        for w in weights:
+            narrow_product(inputs[w.shape[1]], w)
+
     best = [float("inf"), float("inf")]
     with torch.inference_mode():
-        for way in ways:
-            way()  # warm-up
+        stock(), narrow()  # warm-up
         for _ in range(tries):
-            for i, way in enumerate(ways):
+            for i, way in enumerate((stock, narrow)):
                 start = time.perf_counter()
                 way()
                 best[i] = min(best[i], time.perf_counter() - start)
     return best[0], best[1]
 
 
+def sample(layers: list[nn.Linear]) -> list[torch.Tensor]:
+    """The weights to measure: the largest (often the output layer, tall and narrow) and, in model
+    order, enough of the others (the layers' own shapes) to pass SAMPLE_BYTES, so that they come
+    from memory as in a decode step."""
+    largest = max(layers, key=lambda m: m.weight.numel())
+    weights, size = [largest.weight.detach()], 0
+    for layer in layers:
+        if size >= SAMPLE_BYTES:
+            break
+        if layer is not largest:
+            weights.append(layer.weight.detach())
+            size += layer.weight.nbytes
+    return weights
+
+
 def use_narrow_products(model: nn.Module) -> str | None:
-    """Swap the model's eligible linear layers to NarrowLinear if that measures faster here, on its
-    largest weight (the one least likely to sit in a cache, as every weight is per decode step).
+    """Swap the model's eligible linear layers to NarrowLinear if that measures faster here:
+    clearly faster for 1 and 4 rows; up to 8 rows (a full batch) if not slower there, else up to 4.
     Returns a line for the model's details, or None when nothing changed."""
     layers = [m for m in model.modules() if _eligible(m)]
     if not layers:
         return None
-    largest = max(layers, key=lambda m: m.weight.numel()).weight
-    timings = {rows: measure(largest.detach(), rows) for rows in (1, 4)}
-    faster = all(stock >= MIN_GAIN * narrow for stock, narrow in timings.values())
+    weights = sample(layers)
+    timings = {rows: measure(weights, rows) for rows in (1, 4, NARROW_ROWS)}
+    faster = all(stock >= MIN_GAIN * narrow for rows, (stock, narrow) in timings.items() if rows < NARROW_ROWS)
+    stock8, narrow8 = timings[NARROW_ROWS]
+    limit = NARROW_ROWS if narrow8 <= stock8 else 4
     summary = ", ".join(
         f"{rows} row{'s' * (rows > 1)} {s * 1e3:.1f} → {n * 1e3:.1f} ms" for rows, (s, n) in timings.items()
     )
-    log.info("narrow products %s (largest weight %s: %s)", "on" if faster else "off", tuple(largest.shape), summary)
+    mib = sum(w.nbytes for w in weights) / 2**20
+    log.info(
+        "narrow products %s, up to %d rows (%.0f MiB of weights: %s)", "on" if faster else "off", limit, mib, summary
+    )
     if not faster:
         return None
     for layer in layers:
         layer.__class__ = NarrowLinear  # same parameters and buffers; only forward differs
-    return f"narrow products ({summary})"
+        layer.narrow_rows = limit
+    return f"narrow products up to {limit} rows ({summary})"
