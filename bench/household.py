@@ -77,16 +77,21 @@ def connected(url: str) -> httpx.Client:
 def rss(pid: int) -> int:
     """Resident memory of a process and all its children (the engine runs in a child)."""
     total = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            total += int(line.split()[1]) * 1024
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            try:
-                total += rss(int(child))
-            except (FileNotFoundError, ProcessLookupError):
-                pass
-    return total
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+        children = [c for task in Path(f"/proc/{pid}/task").iterdir() for c in _children(task)]
+    except (FileNotFoundError, ProcessLookupError):
+        return total  # the process ended meanwhile
+    return total + sum(rss(int(child)) for child in children)
+
+
+def _children(task: Path) -> list[str]:
+    try:
+        return (task / "children").read_text().split()
+    except (FileNotFoundError, ProcessLookupError):
+        return []  # a thread that ended while we looked
 
 
 SUBJECTS = ["a lighthouse keeper", "a lost kitten", "a dragon who cannot fly", "a robot gardener",
