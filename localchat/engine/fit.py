@@ -162,19 +162,22 @@ def report(  # noqa: PLR0913
     context: int | None = None,
     float32: bool | None = None,
     bitsandbytes: bool = True,
+    four_bit_rest: int | None = None,
 ) -> FitReport:
-    """`float32`: the load dtype is fp32 (default: on a CPU); `bitsandbytes`: it runs on `device`."""
+    """`float32`: the load dtype is fp32 (default: on a CPU); `bitsandbytes`: it runs on `device`;
+    `four_bit_rest`: bytes per value of what a 4-bit load leaves unquantized (default: as the rest)."""
     counts = count(config)
     window = counts.context or context or 2048
     ctx = min(context or PRACTICAL_CONTEXT, window)
     wide = device == "cpu" if float32 is None else float32
     rest = 4 if wide else 2
+    rests = {"4bit": four_bit_rest or rest}
     return FitReport(
         name,
         device,
         free_bytes,
         ctx,
-        tuple(estimate(counts, o, ctx, rest) for o in OPTIONS),
+        tuple(estimate(counts, o, ctx, rests.get(o, rest)) for o in OPTIONS),
         "float32" if wide else "bfloat16",
         bitsandbytes,
     )

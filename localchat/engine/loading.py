@@ -100,6 +100,16 @@ def pick_dtype(requested: str, device: str) -> torch.dtype:
     return torch.float32
 
 
+def four_bit_dtype(options: LoadOptions, device: str) -> torch.dtype:
+    """What a 4-bit load keeps unquantized layers (embeddings, norms, output layer) in: with dtype
+    auto, its compute dtype. On a 2-core CPU bf16 there decoded 1.23x faster than fp32 (58.2 vs 47.3
+    tok/s, SmolLM2) and takes half the memory; an explicit dtype is kept."""
+    if options.dtype != "auto":
+        return getattr(torch, options.dtype)
+    config = quantization_config(replace(options, quantization="4bit"), device)
+    return config.bnb_4bit_compute_dtype
+
+
 def quantization_config(options: LoadOptions, device: str) -> Any | None:
     """The only place LoadOptions become a BitsAndBytesConfig."""
     if options.quantization == "none":
@@ -183,7 +193,8 @@ def fit_report(options: LoadOptions, cache_root: Path, free_bytes: int | None = 
     free = hardware.free_bytes(device) if free_bytes is None else free_bytes
     bnb = hardware.bitsandbytes_cpu if device == "cpu" else bool(hardware.gpus and hardware.gpus[0].bitsandbytes)
     float32 = pick_dtype(options.dtype, device) == torch.float32
-    return fit.report(resolved.name, config, device, free, options.context_length, float32, bnb)
+    four_bit = four_bit_dtype(options, device).itemsize
+    return fit.report(resolved.name, config, device, free, options.context_length, float32, bnb, four_bit)
 
 
 def choose_quantization(
@@ -296,6 +307,8 @@ def load_model(options: LoadOptions, cache_root: Path) -> Loaded:
         device = pick_device(options.device)
         dtype = pick_dtype(options.dtype, device)
         qconfig = quantization_config(options, device)
+        if options.quantization == "4bit":
+            dtype = four_bit_dtype(options, device)
         source, gguf_file = resolved.path, resolved.gguf_file
         fits = bool(gguf_file) and _cache_fits(resolved, cache_root)
         if gguf_file and qconfig is not None and not fits:
