@@ -183,4 +183,5 @@ class ChatService:
             return f"No model loaded. {err}" if err else "No model loaded: pick one and press Load"
         if info == getattr(self.backend, "asleep", None):
             return f"{info.describe()} (unloaded while idle; the next message loads it again)"
-        return info.describe()
+        products = info.extra.get("products")  # how decoding multiplies on this CPU, as measured at load
+        return f"{info.describe()}  \n{products[0].upper()}{products[1:]}" if products else info.describe()

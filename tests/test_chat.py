@@ -216,6 +216,9 @@ def test_status_lines() -> None:
     assert info is not None
     assert service.status() == info.describe()
     assert service.status().startswith("fake-small · cpu · float32 · 100 MiB")
+    info.extra["products"] = "narrow products up to 8 rows (1 row 6.8 → 2.7 ms)"
+    assert service.status() == f"{info.describe()}  \nNarrow products up to 8 rows (1 row 6.8 → 2.7 ms)"
+    del info.extra["products"]
 
     backend.loading = LoadOptions(model="fake-large")
     assert service.status() == "Loading fake-large… (still answering with fake-small)"
