@@ -216,8 +216,11 @@ def test_status_lines() -> None:
     assert info is not None
     assert service.status() == info.describe()
     assert service.status().startswith("fake-small · cpu · float32 · 100 MiB")
-    info.extra["products"] = "narrow products up to 8 rows (1 row 6.8 → 2.7 ms)"
-    assert service.status() == f"{info.describe()}  \nNarrow products up to 8 rows (1 row 6.8 → 2.7 ms)"
+    info.extra["products"] = "faster CPU decoding on: narrow products, measured at load 2.5x for one reply"
+    assert (
+        service.status()
+        == f"{info.describe()}  \nFaster CPU decoding on: narrow products, measured at load 2.5x for one reply"
+    )
     del info.extra["products"]
 
     backend.loading = LoadOptions(model="fake-large")

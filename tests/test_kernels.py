@@ -51,7 +51,7 @@ def test_only_plain_float32_linear_layers_change(monkeypatch: pytest.MonkeyPatch
     model = Tied()
     weight = model.embed.weight
     note = use_narrow_products(model)
-    assert note is not None and "1 row 3000.0 → 1000.0 ms" in note
+    assert note == "faster CPU decoding on: narrow products, measured at load 3.0x for one reply, 3.0x for four"
     assert type(model.inner) is NarrowLinear and type(model.head) is NarrowLinear
     assert type(model.bf16) is nn.Linear  # bf16 keeps its own kernels
     assert model.inner.narrow_rows == NARROW_ROWS == 8
@@ -61,7 +61,7 @@ def test_only_plain_float32_linear_layers_change(monkeypatch: pytest.MonkeyPatch
 def test_narrow_products_stop_at_4_rows_where_8_measured_slower(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kernels, "measure", lambda weights, rows: (3.0, 1.0) if rows < 8 else (1.0, 1.5))
     model = Tied()
-    assert "up to 4 rows" in use_narrow_products(model)
+    assert use_narrow_products(model) is not None and model.inner.narrow_rows == 4
     x = torch.randn(1, 6, 32)  # 6 rows: past the limit, so nn.Linear's own call
     assert torch.equal(model.inner(x), nn.functional.linear(x, model.inner.weight, model.inner.bias))
 
@@ -122,6 +122,6 @@ def test_the_bundled_model_loads_with_narrow_products_where_they_are_faster(smol
     model = smol_backend._current.model
     narrow = sum(type(m) is NarrowLinear for m in model.modules())
     if "products" in info.extra:  # measured faster on this machine (on a 2-core EPYC: 2-3x)
-        assert narrow == 30 * 7 + 1 and "1 row" in info.extra["products"]
+        assert narrow == 30 * 7 + 1 and "for one reply" in info.extra["products"]
     else:
         assert narrow == 0

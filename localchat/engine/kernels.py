@@ -123,4 +123,5 @@ def use_narrow_products(model: nn.Module) -> str | None:
     for layer in layers:
         layer.__class__ = NarrowLinear  # same parameters and buffers; only forward differs
         layer.narrow_rows = limit
-    return f"narrow products up to {limit} rows ({summary})"
+    one, four = (timings[r][0] / timings[r][1] for r in (1, 4))
+    return f"faster CPU decoding on: narrow products, measured at load {one:.1f}x for one reply, {four:.1f}x for four"
