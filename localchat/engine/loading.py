@@ -305,10 +305,8 @@ def load_model(options: LoadOptions, cache_root: Path) -> Loaded:
         options = choose_quantization(options, cache_root)
         resolved = resolve_model(options.model)
         device = pick_device(options.device)
-        dtype = pick_dtype(options.dtype, device)
         qconfig = quantization_config(options, device)
-        if options.quantization == "4bit":
-            dtype = four_bit_dtype(options, device)
+        dtype = four_bit_dtype(options, device) if options.quantization == "4bit" else pick_dtype(options.dtype, device)
         source, gguf_file = resolved.path, resolved.gguf_file
         fits = bool(gguf_file) and _cache_fits(resolved, cache_root)
         if gguf_file and qconfig is not None and not fits:

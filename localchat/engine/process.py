@@ -206,10 +206,8 @@ class EngineProcess:
         with self._lock:
             if generation != self._generation:
                 return
-            calls, streams = list(self._calls.values()), list(self._streams.values())
             loading = [o.model for o in self._loads.values()]
-            self._calls.clear()
-            self._loads.clear()
+            calls, streams = self._take_in_flight()
             self._state = NO_STATE
             closed = self._closed
             if not closed:
@@ -247,10 +245,16 @@ class EngineProcess:
     def _give_up(self, why: str) -> None:
         with self._lock:
             self._broken = why
-            calls, streams = list(self._calls.values()), list(self._streams.values())
-            self._calls.clear()
-            self._loads.clear()
+            calls, streams = self._take_in_flight()
         self._fail(calls, streams, lambda: EngineStopped(why))
+
+    def _take_in_flight(self) -> tuple[list[Future], list[_Stream]]:
+        """The calls (now forgotten) and streams waiting for an answer; under self._lock. Streams
+        leave by themselves once they have read their end."""
+        calls, streams = list(self._calls.values()), list(self._streams.values())
+        self._calls.clear()
+        self._loads.clear()
+        return calls, streams
 
     @staticmethod
     def _fail(calls: list[Future], streams: list[_Stream], error: Any) -> None:
@@ -402,6 +406,5 @@ class EngineProcess:
             process.kill()
             process.wait(5)
         with self._lock:  # the reader answers these too; this covers an engine that was given up
-            calls, streams = list(self._calls.values()), list(self._streams.values())
-            self._calls.clear()
+            calls, streams = self._take_in_flight()
         self._fail(calls, streams, lambda: ServerBusy("The server is shutting down"))
