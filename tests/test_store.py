@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -131,6 +132,60 @@ def test_removing_a_member_removes_their_sessions_and_chats(store: Store) -> Non
     store.remove_member(ann.id)
     assert store.db.query_one("SELECT count(*) FROM messages")[0] == 0
     assert store.session_member("token-hash") is None
+
+
+def _all_read_first(store: Store, monkeypatch: pytest.MonkeyPatch, callers: int) -> None:
+    """Every caller's first read finishes before any of them writes: the race, made certain."""
+    met = threading.Barrier(callers, timeout=5)
+    read = store.db.query_one
+
+    def query_one(sql: str, args=()):  # type: ignore[no-untyped-def]
+        row = read(sql, args)
+        if threading.current_thread() is not threading.main_thread():
+            try:
+                met.wait()
+            except threading.BrokenBarrierError:
+                pass
+        return row
+
+    monkeypatch.setattr(store.db, "query_one", query_one)
+
+
+def _together(callers: int, call):  # type: ignore[no-untyped-def]
+    results: list = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(call())
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return results, errors
+
+
+def test_first_requests_arriving_together_share_one_builtin_member(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _all_read_first(store, monkeypatch, 4)
+    results, errors = _together(4, store.builtin_member)
+    assert errors == []
+    assert len({m.id for m in results}) == 1 and len(results) == 4
+    assert store.db.query_one("SELECT count(*) FROM members WHERE builtin = 1")[0] == 1
+
+
+def test_two_admins_adding_the_same_name_together_get_a_clear_error(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _all_read_first(store, monkeypatch, 2)
+    results, errors = _together(2, lambda: store.add_member("Ann", "h"))
+    assert len(results) == 1
+    assert [str(e) for e in errors] == ["There is already a household member called Ann"]
 
 
 WRITER = textwrap.dedent(

@@ -8,6 +8,7 @@ member's data; a conversation that is not the member's reads exactly like one th
 from __future__ import annotations
 
 import json
+import sqlite3
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -53,18 +54,23 @@ class Store:
         self.db.close()
 
     # -- members ------------------------------------------------------------------------------
-    def add_member(self, name: str, password_hash: str | None, role: str = "member", builtin: bool = False) -> Member:
+    def add_member(self, name: str, password_hash: str | None, role: str = "member") -> Member:
         if role not in ROLES:
             raise StoreError(f"role must be admin or member, not {role!r}")
-        if self.member_by_name(name) is not None:
-            raise StoreError(f"There is already a household member called {name}")
-        with self.db.transaction() as conn:
-            cur = conn.execute(
-                "INSERT INTO members (name, password_hash, role, created_at, builtin) VALUES (?, ?, ?, ?, ?)",
-                (name, password_hash, role, self.clock(), int(builtin)),
-            )
-            member_id = cur.lastrowid
-        return self.member(member_id)  # type: ignore[arg-type, return-value]
+        with self.db.transaction() as conn:  # the check and the insert in one transaction: no race
+            if conn.execute("SELECT 1 FROM members WHERE name = ?", (name,)).fetchone():
+                raise StoreError(f"There is already a household member called {name}")
+            row = self._insert_member(conn, name, password_hash, role, builtin=False)
+        return _member(row)
+
+    def _insert_member(
+        self, conn: sqlite3.Connection, name: str, password_hash: str | None, role: str, builtin: bool
+    ) -> sqlite3.Row:
+        cur = conn.execute(
+            "INSERT INTO members (name, password_hash, role, created_at, builtin) VALUES (?, ?, ?, ?, ?)",
+            (name, password_hash, role, self.clock(), int(builtin)),
+        )
+        return conn.execute("SELECT * FROM members WHERE id = ?", (cur.lastrowid,)).fetchone()
 
     def member(self, member_id: int) -> Member | None:
         row = self.db.query_one("SELECT * FROM members WHERE id = ?", (member_id,))
@@ -83,7 +89,12 @@ class Store:
     def builtin_member(self) -> Member:
         """The owner of chats made while the app is single-user (no accounts, no login)."""
         row = self.db.query_one("SELECT * FROM members WHERE builtin = 1")
-        return _member(row) if row else self.add_member(BUILTIN_NAME, None, "admin", builtin=True)
+        if row is None:  # two first requests may arrive together: check again inside the transaction
+            with self.db.transaction() as conn:
+                row = conn.execute("SELECT * FROM members WHERE builtin = 1").fetchone()
+                if row is None:
+                    row = self._insert_member(conn, BUILTIN_NAME, None, "admin", builtin=True)
+        return _member(row)
 
     def password_hash(self, member_id: int) -> str | None:
         row = self.db.query_one("SELECT password_hash FROM members WHERE id = ?", (member_id,))
