@@ -18,13 +18,14 @@ WAIT = 5  # seconds; a broken worker fails the test instead of hanging it
 class Gate:
     """A job that holds the worker until released, so tests can line up waiting jobs."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = WAIT) -> None:
         self.started = threading.Event()
         self.release = threading.Event()
+        self.timeout = timeout
 
     def __call__(self) -> str:
         self.started.set()
-        assert self.release.wait(WAIT), "gate never released"
+        assert self.release.wait(self.timeout), "gate never released"
         return "gate"
 
 
@@ -35,8 +36,8 @@ def worker() -> Iterator[InferenceWorker]:
     w.close()
 
 
-def hold(worker: InferenceWorker) -> tuple[Gate, Future]:
-    gate = Gate()
+def hold(worker: InferenceWorker, timeout: float = WAIT) -> tuple[Gate, Future]:
+    gate = Gate(timeout)
     future = worker.submit(gate)
     assert gate.started.wait(WAIT)
     return gate, future
@@ -61,7 +62,9 @@ def test_jobs_run_in_submission_order_on_one_thread(worker: InferenceWorker) -> 
 
 def test_order_matches_positions_when_many_threads_submit() -> None:
     worker = InferenceWorker(max_waiting=10_000)
-    gate, gate_future = hold(worker)
+    # 1,200 submits with constant thread switches, then 1,200 position() calls, can take longer
+    # than WAIT on a slow 2-core machine: the gate must hold until the positions are all read
+    gate, gate_future = hold(worker, timeout=120)
     ran: list[Future] = []
     futures: list[Future] = []
     lock = threading.Lock()
@@ -86,6 +89,7 @@ def test_order_matches_positions_when_many_threads_submit() -> None:
         sys.setswitchinterval(interval)
     assert len(futures) == 8 * 150
     positions = {id(f): worker.position(f) for f in futures}
+    assert not gate_future.done(), "the gate let go before the positions were read"
     assert sorted(positions.values()) == list(range(1, len(futures) + 1))
     gate.release.set()
     for f in futures:
