@@ -47,6 +47,28 @@ def test_gguf_is_dequantized_once_into_the_cache(smol_backend, session_data_dir:
     assert cached[0].stat().st_mtime_ns == stamp  # reused, not written again
 
 
+def test_gguf_reads_with_plain_arrays_see_the_same_file():
+    import gguf.gguf_reader as reader
+    import numpy as np
+
+    from localchat.engine.loading import plain_array_gguf_reads
+    from localchat.engine.models import smollm2_path
+
+    path = smollm2_path()
+    stock = reader.GGUFReader(path)
+    with plain_array_gguf_reads():
+        fast = reader.GGUFReader(path)
+    assert reader.np is np  # put back
+    assert type(stock.data) is np.memmap and type(fast.data) is np.ndarray
+    assert list(stock.fields) == list(fast.fields)
+    for name, field in stock.fields.items():
+        other = fast.fields[name]
+        assert field.types == other.types and field.data == other.data, name
+        assert all(np.array_equal(a, b) for a, b in zip(field.parts, other.parts, strict=True)), name
+    assert [t.name for t in stock.tensors] == [t.name for t in fast.tensors]
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(stock.tensors, fast.tensors, strict=True))
+
+
 @pytest.mark.parametrize("quant", ["8bit", "4bit"])
 def test_bitsandbytes_quantized_load_on_cpu_produces_text(smol_backend, session_data_dir: Path, quant: str, caplog):
     backend = TransformersBackend(session_data_dir)

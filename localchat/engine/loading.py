@@ -13,9 +13,12 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -131,6 +134,45 @@ def quantization_config(options: LoadOptions, device: str) -> Any | None:
     )
 
 
+_gguf_reads = threading.Lock()
+
+
+class _PlainArrays:
+    """numpy as gguf's reader sees it, except that its file map is a plain array view."""
+
+    def __getattr__(self, name: str) -> Any:
+        import numpy
+
+        return getattr(numpy, name)
+
+    @staticmethod
+    def memmap(*args: Any, **kwargs: Any) -> Any:
+        import numpy
+
+        return numpy.memmap(*args, **kwargs).view(numpy.ndarray)
+
+
+@contextmanager
+def plain_array_gguf_reads() -> Iterator[None]:
+    """Read GGUF files 2.5x faster: gguf's reader slices its np.memmap once per field and per
+    vocabulary entry, and every memmap slice runs Python code (__getitem__, __array_finalize__);
+    slices of a plain ndarray view of the same map do not. The bytes, and the mapping, are the
+    same. A 262k-token vocabulary (Gemma 3) takes 20 -> 8 s per read on a 2-core CPU, and
+    transformers reads a GGUF three times (config, tokenizer, weights) on its first load."""
+    try:
+        import gguf.gguf_reader as reader
+    except ImportError:  # transformers says what is missing when it needs gguf
+        yield
+        return
+    with _gguf_reads:
+        stock = reader.np
+        reader.np = _PlainArrays()
+        try:
+            yield
+        finally:
+            reader.np = stock
+
+
 def _gguf_cache_dir(resolved: ResolvedModel, cache_root: Path) -> Path:
     f = Path(resolved.path) / (resolved.gguf_file or "")
     st = f.stat()
@@ -145,8 +187,9 @@ def dequantized_gguf_folder(resolved: ResolvedModel, cache_root: Path) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(resolved.path, gguf_file=resolved.gguf_file, dtype=torch.float32)
+    with plain_array_gguf_reads():
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(resolved.path, gguf_file=resolved.gguf_file, dtype=torch.float32)
     # The weights are already plain fp32 tensors; only the GGUF marker blocks saving.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -188,7 +231,8 @@ def fit_report(options: LoadOptions, cache_root: Path, free_bytes: int | None = 
     source, gguf_file = resolved.path, resolved.gguf_file
     if gguf_file and (_gguf_cache_dir(resolved, cache_root) / "config.json").exists():
         source, gguf_file = str(_gguf_cache_dir(resolved, cache_root)), None  # reading a GGUF takes seconds
-    config = fit.load_config(source, gguf_file)
+    with plain_array_gguf_reads() if gguf_file else nullcontext():
+        config = fit.load_config(source, gguf_file)
     hardware = detect()
     free = hardware.free_bytes(device) if free_bytes is None else free_bytes
     bnb = hardware.bitsandbytes_cpu if device == "cpu" else bool(hardware.gpus and hardware.gpus[0].bitsandbytes)
@@ -322,8 +366,9 @@ def load_model(options: LoadOptions, cache_root: Path) -> Loaded:
         local_only = {"local_files_only": True}
         if gguf_file is None:
             _check_architecture(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **local_only)
-        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, **local_only)
+        with plain_array_gguf_reads() if gguf_file else nullcontext():
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **local_only)
+            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, **local_only)
         model.eval()
     except LoadError:
         raise
