@@ -15,10 +15,10 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import torch

@@ -8,8 +8,8 @@ member's data; a conversation that is not the member's reads exactly like one th
 from __future__ import annotations
 
 import json
-import sqlite3
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
