@@ -51,12 +51,12 @@ def test_gguf_reads_with_plain_arrays_see_the_same_file():
     import gguf.gguf_reader as reader
     import numpy as np
 
-    from localchat.engine.loading import plain_array_gguf_reads
+    from localchat.engine.loading import gguf_reads
     from localchat.engine.models import smollm2_path
 
     path = smollm2_path()
     stock = reader.GGUFReader(path)
-    with plain_array_gguf_reads():
+    with gguf_reads(path.name):
         fast = reader.GGUFReader(path)
     assert reader.np is np  # put back
     assert type(stock.data) is np.memmap and type(fast.data) is np.ndarray

@@ -16,7 +16,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -134,39 +134,42 @@ def quantization_config(options: LoadOptions, device: str) -> Any | None:
     )
 
 
-_gguf_reads = threading.Lock()
+_reader_swap = threading.Lock()  # one swap of gguf's numpy at a time
 
 
 class _PlainArrays:
     """numpy as gguf's reader sees it, except that its file map is a plain array view."""
 
-    def __getattr__(self, name: str) -> Any:
-        import numpy
+    def __init__(self, numpy: Any):
+        self._numpy = numpy
 
-        return getattr(numpy, name)
+    def __getattr__(self, name: str) -> Any:  # the reader's every np.<name>, once per field
+        return getattr(self._numpy, name)
 
-    @staticmethod
-    def memmap(*args: Any, **kwargs: Any) -> Any:
-        import numpy
-
-        return numpy.memmap(*args, **kwargs).view(numpy.ndarray)
+    def memmap(self, *args: Any, **kwargs: Any) -> Any:
+        return self._numpy.memmap(*args, **kwargs).view(self._numpy.ndarray)
 
 
 @contextmanager
-def plain_array_gguf_reads() -> Iterator[None]:
-    """Read GGUF files 2.5x faster: gguf's reader slices its np.memmap once per field and per
-    vocabulary entry, and every memmap slice runs Python code (__getitem__, __array_finalize__);
-    slices of a plain ndarray view of the same map do not. The bytes, and the mapping, are the
-    same. A 262k-token vocabulary (Gemma 3) takes 20 -> 8 s per read on a 2-core CPU, and
-    transformers reads a GGUF three times (config, tokenizer, weights) on its first load."""
-    try:
-        import gguf.gguf_reader as reader
-    except ImportError:  # transformers says what is missing when it needs gguf
+def gguf_reads(gguf_file: str | None) -> Iterator[None]:
+    """Around from_pretrained calls that may read a GGUF (none when gguf_file is None): read it
+    2.5x faster. gguf's reader slices its np.memmap once per field and per vocabulary entry, and
+    every memmap slice runs Python code (__getitem__, __array_finalize__); slices of a plain
+    ndarray view of the same map do not. The bytes, and the mapping, are the same. A 262k-token
+    vocabulary (Gemma 3) takes 20 -> 8 s per read on a 2-core CPU, and a first load reads a GGUF
+    four times (fit estimate, tokenizer, model config, weights)."""
+    reader = None
+    if gguf_file is not None:
+        try:
+            import gguf.gguf_reader as reader
+        except ImportError:  # transformers says what is missing when it needs gguf
+            pass
+    if reader is None:
         yield
         return
-    with _gguf_reads:
+    with _reader_swap:
         stock = reader.np
-        reader.np = _PlainArrays()
+        reader.np = _PlainArrays(stock)
         try:
             yield
         finally:
@@ -187,7 +190,7 @@ def dequantized_gguf_folder(resolved: ResolvedModel, cache_root: Path) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with plain_array_gguf_reads():
+    with gguf_reads(resolved.gguf_file):
         tokenizer = AutoTokenizer.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
         model = AutoModelForCausalLM.from_pretrained(resolved.path, gguf_file=resolved.gguf_file, dtype=torch.float32)
     # The weights are already plain fp32 tensors; only the GGUF marker blocks saving.
@@ -231,7 +234,7 @@ def fit_report(options: LoadOptions, cache_root: Path, free_bytes: int | None = 
     source, gguf_file = resolved.path, resolved.gguf_file
     if gguf_file and (_gguf_cache_dir(resolved, cache_root) / "config.json").exists():
         source, gguf_file = str(_gguf_cache_dir(resolved, cache_root)), None  # reading a GGUF takes seconds
-    with plain_array_gguf_reads() if gguf_file else nullcontext():
+    with gguf_reads(gguf_file):
         config = fit.load_config(source, gguf_file)
     hardware = detect()
     free = hardware.free_bytes(device) if free_bytes is None else free_bytes
@@ -366,7 +369,7 @@ def load_model(options: LoadOptions, cache_root: Path) -> Loaded:
         local_only = {"local_files_only": True}
         if gguf_file is None:
             _check_architecture(source)
-        with plain_array_gguf_reads() if gguf_file else nullcontext():
+        with gguf_reads(gguf_file):
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **local_only)
             tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, **local_only)
         model.eval()
