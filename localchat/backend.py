@@ -34,6 +34,10 @@ class ModelLoadFailed(BackendError):
     """Loading failed; the model loaded before (if any) is still loaded."""
 
 
+class ModelNotAllowed(BackendError):
+    """The model loaded when the job started is not one the asking member may use."""
+
+
 class Backend(Protocol):
     def stream(
         self,

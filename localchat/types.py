@@ -126,6 +126,22 @@ class Usage:
     tokens_per_second: float | None = None  # decode speed after the first token
     finish_reason: FinishReason = "stop"
     queue_seconds: float = 0.0
+    model: str = ""  # the model that wrote the reply (its LoadOptions.model), set by the engine
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One reply to generate: what every engine's stream() takes, and what crosses the pipe to the
+    engine process. Built by the core (ChatService) after it applied the member's policy."""
+
+    messages: tuple[Message, ...] = ()
+    params: SamplingParams = field(default_factory=SamplingParams)
+    prompt: str | None = None  # complete this raw text instead of the messages (/v1/completions)
+    trim: bool = True  # False: a prompt past the window is PromptTooLong, never shortened (the API)
+    owner: str = ""  # who asks (a household member's id): the queue takes turns fairly between owners
+    # None: any model; else the engine checks, when the job starts, that the loaded model is one of
+    # these (a load may have happened while the request waited) and raises ModelNotAllowed if not.
+    allowed_models: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
