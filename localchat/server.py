@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from localchat import web
 from localchat.api import routes as openai_api
 from localchat.backend import Backend
-from localchat.chat import ChatService
+from localchat.core import ChatService
 from localchat.household import Household
 from localchat.privacy import is_offline
 from localchat.settings import Settings

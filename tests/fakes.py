@@ -1,7 +1,9 @@
 """FakeBackend: the Backend protocol with canned replies, for fast UI and service tests.
 
 No torch, no threads of its own: `stream` yields the reply word by word on the caller's thread,
-records every call, honours the cancel event, and can be told to fail.
+records every call, honours the cancel event, and can be told to fail. Like the real engines, the
+job "starts" when the stream is first read: only then is the loaded model checked against the
+request's allowed models and named in the reply's usage (`hold` keeps a job waiting to start).
 """
 
 from __future__ import annotations
@@ -13,8 +15,19 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 
-from localchat.backend import BackendError, ModelLoadFailed, NoModelLoaded, PromptTooLong
-from localchat.types import Chunk, ContextFit, LoadedInfo, LoadOptions, Message, ModelSpec, SamplingParams, Usage
+from localchat.backend import BackendError, ModelLoadFailed, ModelNotAllowed, NoModelLoaded, PromptTooLong
+from localchat.hardware import Hardware
+from localchat.types import (
+    Chunk,
+    ContextFit,
+    GenerationRequest,
+    LoadedInfo,
+    LoadOptions,
+    Message,
+    ModelSpec,
+    SamplingParams,
+    Usage,
+)
 
 # Real argon2id at the lowest cost, so tests that create accounts stay fast.
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
@@ -31,7 +44,8 @@ class Call:
     cancel: threading.Event | None
     trim: bool = True
     prompt: str | None = None
-    owner: str | None = None
+    owner: str = ""
+    allowed_models: tuple[str, ...] | None = None
 
 
 def words(text: str) -> list[str]:
@@ -65,34 +79,39 @@ class FakeBackend:
         self.calls: list[Call] = []
         self.loads: list[LoadOptions] = []
         self.loading: LoadOptions | None = None
+        self.asleep: LoadedInfo | None = None
         self.last_load_error: str | None = None
+        self.hold: threading.Event | None = None  # set: jobs wait for it before they start
+        self.expected = 0
         self.closed = False
         self._info: LoadedInfo | None = self._info_for(LoadOptions(model=model)) if model else None
 
     # -- replies ------------------------------------------------------------------------------
-    def stream(
-        self,
-        messages: Sequence[Message],
-        params: SamplingParams,
-        cancel: threading.Event | None = None,
-        *,
-        trim: bool = True,
-        prompt: str | None = None,
-        owner: str | None = None,
-    ) -> Iterator[Chunk]:
-        if prompt is not None:
-            messages = [Message("user", prompt)]
-        self.calls.append(Call(list(messages), params, cancel, trim, prompt, owner))
-        if not trim and self.context_length and self.count_tokens(messages) >= self.context_length:
+    def stream(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Iterator[Chunk]:
+        messages = [Message("user", request.prompt)] if request.prompt is not None else list(request.messages)
+        r = request
+        self.calls.append(Call(messages, r.params, cancel, r.trim, r.prompt, r.owner, r.allowed_models))
+        if not r.trim and self.context_length and self.count_tokens(messages) >= self.context_length:
             raise PromptTooLong(f"The prompt does not fit the {self.context_length}-token context window")
-        return self._stream(list(messages), params, cancel or threading.Event())
+        return self._stream(messages, r.params, cancel or threading.Event(), r.allowed_models)
 
-    def _stream(self, messages: list[Message], params: SamplingParams, cancel: threading.Event) -> Iterator[Chunk]:
+    def _stream(
+        self,
+        messages: list[Message],
+        params: SamplingParams,
+        cancel: threading.Event,
+        allowed: tuple[str, ...] | None,
+    ) -> Iterator[Chunk]:
         submitted = time.perf_counter()
         for position in self.queue_positions:
             yield Chunk(queue_position=position)
-        if self._info is None:
+        while self.hold is not None and not self.hold.wait(0.01) and not cancel.is_set():
+            pass
+        info = self._info  # the job starts: the model loaded now is the one that answers
+        if info is None:
             raise NoModelLoaded("No model is loaded yet; pick one and press Load")
+        if allowed is not None and info.options.model not in allowed:
+            raise ModelNotAllowed(f"Your account may not use {info.name}. Ask an admin of the household.")
         if self.fit is not None:
             yield Chunk(fit=self.fit)
         text = self.reply(messages) if callable(self.reply) else self.reply
@@ -126,6 +145,7 @@ class FakeBackend:
                 time_to_first_token=None if first_at is None else first_at - submitted,
                 tokens_per_second=speed,
                 finish_reason=reason,  # type: ignore[arg-type]
+                model=info.options.model,
             )
         )
 
@@ -147,6 +167,21 @@ class FakeBackend:
 
     def unload(self) -> None:
         self._info = None
+
+    def load_in_background(self, options: LoadOptions) -> None:
+        self.load(options)
+
+    def fit(self, options: LoadOptions) -> str:
+        return f"{options.model}: about 100 MiB; fits"
+
+    def hardware(self) -> Hardware:
+        return Hardware(cpu="Fake CPU", cores=2, ram_total_bytes=8 * 2**30, ram_free_bytes=4 * 2**30)
+
+    def activity(self) -> dict[str, int]:
+        return {"generating": 0, "waiting": 0}
+
+    def expect(self) -> None:
+        self.expected += 1
 
     def available_models(self) -> list[ModelSpec]:
         return [ModelSpec(id=m, name=m, source="folder", size_bytes=100 * 2**20) for m in self.models]

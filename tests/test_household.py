@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 from fakes import FAST_HASHER, FakeBackend
 
-from localchat.chat import ChatService
+from localchat.core import ChatService
 from localchat.household import AccessDenied, Household, LoginLimiter, LoginRefused, RateLimited
 from localchat.settings import Settings
 from localchat.store import Store

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from localchat.backend import ModelLoadFailed
-from localchat.chat import ChatService
+from localchat.core import ChatService
 from localchat.engine.backend import TransformersBackend
 from localchat.engine.models import GEMMA3, SMOLLM2
 from localchat.types import LoadOptions, Message, SamplingParams

@@ -12,7 +12,7 @@ import gradio as gr
 import pytest
 from fakes import FAST_HASHER, FakeBackend
 
-from localchat.chat import ChatService, ReplyUpdate
+from localchat.core import ChatService, ReplyUpdate
 from localchat.household import Household
 from localchat.settings import Settings
 from localchat.store import Store

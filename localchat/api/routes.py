@@ -2,8 +2,10 @@
 model loading for admin keys.
 
 Invariants: every call is made by a Member resolved from its bearer key (any caller is the
-built-in member only in single-user mode); a key reaches only the models its member may use; a
-prompt past the context window is a 400, never trimmed; a client that goes away cancels its own
+built-in member only in single-user mode) and goes through the core under that member's policy
+(ChatService.complete): a locked preset replaces the client's system prompt and sampling, and a key
+reaches only the models its member may use, checked again when the job starts; a response's
+`model` is the model that wrote it; a prompt past the context window is a 400, never trimmed; a client that goes away cancels its own
 generation (the cancel event is set when the response stream is torn down) and nobody else's.
 """
 
@@ -30,8 +32,8 @@ from localchat.api.schema import (
     parse,
     text_completion,
 )
-from localchat.backend import BackendError, NoModelLoaded, PromptTooLong, ServerBusy
-from localchat.chat import ChatService
+from localchat.backend import BackendError, ModelNotAllowed, NoModelLoaded, PromptTooLong, ServerBusy
+from localchat.core import ChatService, PolicyRefused
 from localchat.household import Household
 from localchat.store import Member
 from localchat.types import Chunk, InvalidValue, LoadedInfo, LoadOptions, Usage
@@ -47,6 +49,10 @@ def _error_status(exc: BackendError) -> ApiError:
         return ApiError(400, str(exc), code="context_length_exceeded", param="messages")
     if isinstance(exc, ServerBusy):
         return ApiError(503, str(exc), kind="server_error", code="server_busy")
+    if isinstance(exc, ModelNotAllowed):
+        return ApiError(403, str(exc), code="model_not_allowed", param="model")
+    if isinstance(exc, PolicyRefused):
+        return ApiError(403, str(exc), code="preset_locked")
     if isinstance(exc, NoModelLoaded):
         return ApiError(503, str(exc), kind="server_error", code="model_not_loaded")
     return ApiError(500, str(exc), kind="server_error")
@@ -101,9 +107,7 @@ class OpenAIRoutes:
                 param="model",
                 code="model_not_found",
             )
-        if not member.may_use(info.options.model):
-            raise ApiError(403, f"This key may not use the model {info.options.model!r}", code="model_not_allowed")
-        return info
+        return info  # whether the member may use it is the core's policy (ChatService.complete)
 
     # -- running a request --------------------------------------------------------------------
     def start(self, req: ApiRequest, info: LoadedInfo, cancel: threading.Event, member: Member) -> Iterator[Chunk]:
@@ -116,9 +120,7 @@ class OpenAIRoutes:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        return self.service.complete(
-            list(req.messages), req.params, cancel, trim=False, prompt=req.prompt, owner=str(member.id)
-        )
+        return self.service.complete(member, req.messages, req.params, cancel, trim=False, prompt=req.prompt)
 
     @staticmethod
     async def pull(stream: Iterator[Chunk]) -> Any:
@@ -163,6 +165,7 @@ class OpenAIRoutes:
                 cancel.set()
             if cancel.is_set() and usage is not None and usage.finish_reason == "cancelled":
                 raise ApiError(499, "The client closed the request", code="client_closed")
+            model = usage.model if usage is not None and usage.model else model
             if chat:
                 return chat_completion(rid, model, text, usage)
             return text_completion(rid, model, text, usage)
@@ -221,6 +224,7 @@ class OpenAIRoutes:
             if failed:  # the error event ends the stream: no finish_reason pretends it went well
                 yield "data: [DONE]\n\n"
                 return
+            model = usage.model if usage is not None and usage.model else model  # who really wrote it
             if chat:
                 yield _sse(chat_chunk(rid, model, {}, finish_reason(usage)))
             else:
@@ -288,11 +292,8 @@ class OpenAIRoutes:
         member = self.caller(request)
         if not self.household.may_load_models(member):
             raise ApiError(403, "Only a household admin's key can unload models", code="admin_only")
-        unload = getattr(self.service.backend, "unload", None)
-        if unload is None:
-            raise ApiError(400, "This engine cannot unload models")
         try:
-            unload()
+            self.service.backend.unload()
         except Exception as exc:  # noqa: BLE001 - e.g. the queue is full
             raise ApiError(503, f"Could not unload now: {exc}", kind="server_error", code="server_busy") from None
         return {"object": "model", "loaded": False}

@@ -9,7 +9,9 @@ from __future__ import annotations
 import html
 from typing import TypedDict
 
-from localchat.chat import ReplyUpdate, format_stats
+from localchat.core import ReplyUpdate, stats_line
+from localchat.core.conversation import to_messages as history_messages
+from localchat.store import StoredMessage
 from localchat.types import InvalidValue, Message, SamplingParams
 
 SAMPLING_FIELDS = (
@@ -30,8 +32,12 @@ class Turn(TypedDict):
     stats: str  # the small line under a reply; "" for user turns
 
 
+def to_history(turns: list[Turn]) -> list[StoredMessage]:
+    return [StoredMessage(t["role"], t["content"], t["stats"]) for t in turns]
+
+
 def to_messages(turns: list[Turn]) -> list[Message]:
-    return [Message(t["role"], t["content"]) for t in turns if t["content"] or t["role"] == "user"]  # type: ignore[arg-type]
+    return history_messages(to_history(turns))
 
 
 def render(turns: list[Turn]) -> list[dict[str, str]]:
@@ -48,12 +54,7 @@ def render(turns: list[Turn]) -> list[dict[str, str]]:
 
 def apply_update(turns: list[Turn], update: ReplyUpdate) -> list[Turn]:
     """Put a streamed update into the last (assistant) turn."""
-    stats = update.notice
-    if update.usage is not None:
-        stats = format_stats(update.usage) + (f" · {update.notice}" if update.notice else "")
-    if update.error:
-        stats = f"⚠ {update.error}"
-    last: Turn = {"role": "assistant", "content": update.text, "stats": stats}
+    last: Turn = {"role": "assistant", "content": update.text, "stats": stats_line(update)}
     return [*turns[:-1], last]
 
 

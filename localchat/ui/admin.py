@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from localchat.chat import ChatService
+from localchat.core import ChatService
 from localchat.household import AccessDenied, Household
 from localchat.store import StoreError
 from localchat.transfer import to_markdown

@@ -1,8 +1,9 @@
-"""ChatService: the one core that both front ends (the Gradio UI, later the OpenAI API) call.
+"""ChatService: what both front ends ask of the engine, under the asking member's policy.
 
-Owns: turning a system prompt + history + sampling into a backend request, accumulating the
-streamed text, and reporting progress (queue position, context trimming, stats) as ReplyUpdates.
-Invariant: knows no Gradio and no HTTP; every request carries its own cancel event.
+Owns: presets; turning a member's request into a GenerationRequest (through `Policy.request`) and
+streaming it; progress (queue position, context trimming, stats) as ReplyUpdates; the models'
+status lines. Invariants: no Gradio, no HTTP, no torch; every request carries its own cancel event;
+the backend is called only through the methods its protocol declares.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from localchat.backend import Backend, BackendError
+from localchat.core.policy import Policy, policy_for
 from localchat.hardware import Hardware, detect
 from localchat.presets import Preset, PresetProblem, load_presets, render_system_prompt
+from localchat.store import Member
 from localchat.types import Chunk, LoadedInfo, LoadOptions, Message, SamplingParams, Usage
 
 log = logging.getLogger(__name__)
@@ -33,8 +36,16 @@ class ReplyUpdate:
         return self.usage is not None or self.error is not None
 
 
+def info_name(ref: str) -> str:
+    """A model reference as people read it: the bundled model's name, or the last path part."""
+    from localchat.engine.models import DISPLAY_NAMES  # a plain dict; importing it loads no torch
+
+    return DISPLAY_NAMES.get(ref) or ref.rstrip("/").rsplit("/", 1)[-1]
+
+
 def format_stats(usage: Usage) -> str:
-    """The small line under each reply: tokens, speed, time to first token, why it ended."""
+    """The small line under each reply: tokens, speed, time to first token, why it ended, and the
+    model that wrote it (the one loaded when the reply started, as the engine reports it)."""
     parts = [f"{usage.completion_tokens} token{'' if usage.completion_tokens == 1 else 's'}"]
     if usage.tokens_per_second:
         parts.append(f"{usage.tokens_per_second:.1f} tok/s")
@@ -43,14 +54,18 @@ def format_stats(usage: Usage) -> str:
     reason = {"length": "stopped at the length limit", "cancelled": "stopped"}.get(usage.finish_reason)
     if reason:
         parts.append(reason)
+    if usage.model:
+        parts.append(info_name(usage.model))
     return " · ".join(parts)
 
 
-def info_name(ref: str) -> str:
-    """A model reference as people read it: the bundled model's name, or the last path part."""
-    from localchat.engine.models import DISPLAY_NAMES  # a plain dict; importing it loads no torch
-
-    return DISPLAY_NAMES.get(ref) or ref.rstrip("/").rsplit("/", 1)[-1]
+def stats_line(update: ReplyUpdate) -> str:
+    """What is shown (and saved) under a reply after this update."""
+    if update.error:
+        return f"⚠ {update.error}"
+    if update.usage is not None:
+        return format_stats(update.usage) + (f" · {update.notice}" if update.notice else "")
+    return update.notice
 
 
 def waiting_notice(position: int) -> str:
@@ -68,7 +83,7 @@ class ChatService:
         self.preset_problems: list[PresetProblem] = []
         self.reload_presets()
 
-    # -- presets ------------------------------------------------------------------------------
+    # -- presets and policy -------------------------------------------------------------------
     def reload_presets(self) -> None:
         if self.presets_dir is None:
             return
@@ -79,6 +94,9 @@ class ChatService:
     def preset(self, name: str) -> Preset | None:
         return next((p for p in self.presets if p.name == name), None)
 
+    def policy(self, member: Member) -> Policy:
+        return policy_for(member, self.presets)
+
     # -- replies ------------------------------------------------------------------------------
     def messages_for(self, system_prompt: str, history: Sequence[Message]) -> list[Message]:
         system = render_system_prompt(system_prompt, self._now()).strip()
@@ -87,37 +105,40 @@ class ChatService:
     def expect(self) -> None:
         """A request for a reply has just arrived: the engine may read its prompt together with
         others that arrive at the same moment (engines that cannot, ignore it)."""
-        expect = getattr(self.backend, "expect", None)
-        if expect is not None:
-            expect()
+        self.backend.expect()
 
     def complete(
         self,
+        member: Member,
         messages: Sequence[Message],
         params: SamplingParams,
         cancel: threading.Event | None = None,
         *,
         trim: bool = True,
         prompt: str | None = None,
-        owner: str | None = None,
     ) -> Iterator[Chunk]:
-        """Stateless streaming completion of fully built messages. The API passes trim=False (a
-        prompt past the window is an error, never shortened) and `prompt` for raw completions."""
-        return self.backend.stream(messages, params, cancel, trim=trim, prompt=prompt, owner=owner)
+        """Stream a completion of fully built messages under the member's policy. The API passes
+        trim=False (a prompt past the window is an error, never shortened) and `prompt` for raw
+        completions. Raises ModelNotAllowed or PolicyRefused before anything is queued."""
+        policy = self.policy(member)
+        policy.check_loaded(self.backend.loaded())
+        request = policy.request(messages, params, prompt=prompt, trim=trim, now=self._now())
+        return self.backend.stream(request, cancel)
 
     def reply(
         self,
+        member: Member,
         history: Sequence[Message],
         system_prompt: str,
         params: SamplingParams,
         cancel: threading.Event | None = None,
-        owner: str | None = None,
     ) -> Iterator[ReplyUpdate]:
-        """Stream the assistant's answer to `history` (which ends with the user's message)."""
+        """Stream the assistant's answer to `history` (which ends with the user's message); the
+        system prompt and sampling asked for give way to the member's locked preset."""
         text, notice = "", ""
         stream = None
         try:  # a backend may raise when called, not only while iterating
-            stream = self.complete(self.messages_for(system_prompt, history), params, cancel, owner=owner)
+            stream = self.complete(member, self.messages_for(system_prompt, history), params, cancel)
             for chunk in stream:
                 if chunk.queue_position is not None:
                     yield ReplyUpdate(text, waiting_notice(chunk.queue_position))
@@ -139,17 +160,16 @@ class ChatService:
             log.exception("reply failed")
             yield ReplyUpdate(text, notice, error=f"Something went wrong while answering: {exc}")
         finally:
-            close = getattr(stream, "close", None)
-            if close:
+            close = getattr(stream, "close", None)  # closing the stream cancels its generation
+            if close is not None:
                 close()
 
     # -- models -------------------------------------------------------------------------------
     def hardware(self) -> Hardware:
         """This machine as the engine sees it; an engine process looks at the GPUs itself, so the
         server never opens a CUDA context of its own (hundreds of MB of GPU memory)."""
-        hardware = getattr(self.backend, "hardware", None)
         try:
-            return hardware() if hardware is not None else detect()
+            return self.backend.hardware()
         except BackendError:  # the engine is down: describe the machine from here instead
             return detect()
 
@@ -158,7 +178,7 @@ class ChatService:
 
     def loading(self) -> LoadOptions | None:
         """The model being loaded, if any (a backend that loads synchronously never reports one)."""
-        return getattr(self.backend, "loading", None)
+        return self.backend.loading
 
     def status_line(self) -> str:
         """The short header line: which model answers, and the memory it takes."""
@@ -168,7 +188,7 @@ class ChatService:
             return f"Loading {info_name(loading.model)}…"
         if info is None:
             return "No model loaded: open Settings, then Model"
-        if info == getattr(self.backend, "asleep", None):
+        if info == self.backend.asleep:
             return f"{info.name} · unloaded while idle: it loads again with your next message"
         return f"{info.name} · {info.memory_bytes / 2**20:,.0f} MiB · {info.device}"
 
@@ -179,9 +199,9 @@ class ChatService:
             now = f" (still answering with {info.name})" if info else ""
             return f"Loading {loading.model}…{now}"
         if info is None:
-            err = getattr(self.backend, "last_load_error", None)
+            err = self.backend.last_load_error
             return f"No model loaded. {err}" if err else "No model loaded: pick one and press Load"
-        if info == getattr(self.backend, "asleep", None):
+        if info == self.backend.asleep:
             return f"{info.describe()} (unloaded while idle; the next message loads it again)"
         products = info.extra.get("products")  # how decoding multiplies on this CPU, as measured at load
         return f"{info.describe()}  \n{products[0].upper()}{products[1:]}" if products else info.describe()

@@ -1,0 +1,107 @@
+"""Chats: a member's saved conversations as the chat page writes them: the new message, the reply
+streamed to it, and rewrites (retry, edit, undo).
+
+Owns: every store write of the chat page's messages, and the registry of replies being written.
+Invariants: every read and write is scoped to the member who asks; a saved conversation's history
+is read from the store (the page only shows it); the user's message is saved before the reply
+starts; a reply is saved once, when it ends, unless its conversation was rewritten meanwhile; an
+incognito chat (no conversation id) is never written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from localchat.core.replies import Replies, Reply
+from localchat.core.service import ChatService, ReplyUpdate, stats_line
+from localchat.store import Member, NotFound, Store, StoredMessage, StoreError
+from localchat.types import Message, SamplingParams
+
+
+def to_messages(history: Sequence[StoredMessage]) -> list[Message]:
+    """What the model reads of a conversation: empty replies (errors, refusals) are left out."""
+    return [
+        Message(m.role, m.content)  # type: ignore[arg-type]
+        for m in history
+        if m.role in ("user", "assistant") and (m.content or m.role == "user")
+    ]
+
+
+class Chats:
+    def __init__(self, service: ChatService, store: Store):
+        self.service = service
+        self.store = store
+        self.replies = Replies()
+
+    def add_user(
+        self, member: Member, conversation_id: str | None, history: Sequence[StoredMessage], text: str
+    ) -> tuple[str, bool]:
+        """Save the member's new message after `history` -> (conversation id, whether it is new).
+        A conversation deleted meanwhile (another tab) continues as a new one, written whole in one
+        transaction. Raises StoreError: the message was not saved."""
+        if conversation_id is not None:
+            try:
+                self.store.put_message(member.id, conversation_id, len(history), "user", text)
+                return conversation_id, False
+            except NotFound:
+                pass
+        messages = [*history, StoredMessage("user", text)]
+        return self.store.import_conversation(member.id, messages[0].content, messages), True
+
+    def truncate(self, member: Member, conversation_id: str | None, keep: int) -> None:
+        """Keep the first `keep` messages (retry, undo, edit); raises StoreError."""
+        if conversation_id is not None:
+            self.store.truncate(member.id, conversation_id, keep)
+
+    def edit(self, member: Member, conversation_id: str | None, index: int, text: str) -> None:
+        """The user's message at `index` becomes `text`, and what followed it goes."""
+        if conversation_id is not None:
+            self.store.put_message(member.id, conversation_id, index, "user", text)
+
+    def history(
+        self, member: Member, conversation_id: str | None, shown: Sequence[StoredMessage]
+    ) -> tuple[list[StoredMessage], bool]:
+        """-> (the conversation so far, whether the reply is to be saved). A saved conversation is
+        read from the store; an incognito one, or one deleted meanwhile, is what the page shows."""
+        if conversation_id is None:
+            return list(shown), False
+        try:
+            return list(self.store.conversation(member.id, conversation_id).messages), True
+        except NotFound:
+            return list(shown), False
+
+    def reply(  # noqa: PLR0913 - who, where, what was asked, and the handle Stop reaches
+        self,
+        member: Member,
+        conversation_id: str | None,
+        shown: Sequence[StoredMessage],
+        system_prompt: str,
+        params: SamplingParams,
+        reply: Reply,
+    ) -> Iterator[ReplyUpdate]:
+        """Stream the answer to the conversation's last (user) message, then save it. The member's
+        policy applies (ChatService). Ends early, unsaved, when the tab shows something else."""
+        history, save = self.history(member, conversation_id, shown)
+        last = ReplyUpdate("")
+        updates = self.service.reply(member, to_messages(history), system_prompt, params, reply.cancel)
+        try:
+            for update in updates:
+                if reply.discarded:
+                    break
+                if not reply.signed_in():  # signed out, or the password was reset, meanwhile
+                    reply.cancel.set()
+                last = update
+                yield update
+        finally:
+            updates.close()  # ends the generation if we left early
+            if save and not reply.rewritten:
+                stats = stats_line(last) if last.done else "stopped"
+                self._save(member, conversation_id, len(history), last.text, stats, reply)
+
+    def _save(self, member: Member, conversation_id: str, index: int, text: str, stats: str, reply: Reply) -> None:
+        try:
+            self.store.put_message(member.id, conversation_id, index, "assistant", text, stats)
+        except NotFound:
+            pass  # the conversation was deleted meanwhile
+        except StoreError as exc:
+            reply.save_error = f"The reply was not saved. {exc}"
