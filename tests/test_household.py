@@ -363,7 +363,7 @@ def test_only_admins_unload_and_the_api_unload_frees_the_model(household: Househ
 
 
 def test_signing_out_ends_a_reply_that_is_still_streaming(household: Household, monkeypatch) -> None:
-    import localchat.ui.app as ui_module
+    import localchat.ui.chat as ui_module
 
     monkeypatch.setattr(ui_module, "SESSION_RECHECK", 0.0)
     backend = FakeBackend(" ".join(f"w{i}" for i in range(200)), delay=0.01)

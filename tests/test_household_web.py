@@ -313,7 +313,7 @@ def test_the_first_run_page_is_never_offered_on_the_network(household_app, path:
 def test_a_streaming_reply_ends_when_its_session_is_signed_out(tmp_path: Path, monkeypatch) -> None:
     from fakes import FakeBackend
 
-    import localchat.ui.app as ui_module
+    import localchat.ui.chat as ui_module
 
     monkeypatch.setattr(ui_module, "SESSION_RECHECK", 0.0)
     slow = FakeBackend(" ".join(f"w{i}" for i in range(300)), model="fake-small", delay=0.02)

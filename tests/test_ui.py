@@ -29,7 +29,7 @@ from localchat.ui.adapters import (
     sampling_to_ui,
     to_messages,
 )
-from localchat.ui.app import ChatUI, _Reply
+from localchat.ui.app import ChatUI
 
 SHIPPED_PRESETS = Path(__file__).resolve().parent.parent / "presets"
 UI_SAMPLING = [0.5, 0.9, 40, 0.0, 1.1, 256, -1, ""]  # as the sliders send them
@@ -57,6 +57,11 @@ def make_ui(
 ) -> tuple[ChatUI, FakeBackend]:
     backend = backend or FakeBackend("Hello there friend")
     return ChatUI(ChatService(backend, presets_dir), Settings(), household(), update_interval=0), backend
+
+
+def busy(ui: ChatUI, session: str) -> None:
+    """Tab `session` of this single-user install is receiving a reply."""
+    assert ui.chats.replies.begin((ui.household.store.builtin_member().id, session)) is not None
 
 
 def visible(button: object) -> bool:
@@ -197,7 +202,7 @@ def test_respond_streams_and_ends_with_the_stats_line() -> None:
     call = backend.calls[0]
     assert call.messages == [Message("system", "Be kind."), Message("user", "Hi")]
     assert (call.params.temperature, call.params.max_new_tokens) == (0.5, 256)
-    assert ui._replies == {}  # nothing left behind for Stop to find
+    assert len(ui.chats.replies) == 0  # nothing left behind for Stop to find
 
 
 def test_respond_shows_backend_errors() -> None:
@@ -253,7 +258,7 @@ def test_stop_cancels_only_this_sessions_reply() -> None:
 
     a_last = a_outputs[-1][1][-1]
     assert a_last["content"].startswith("w0 w1") and len(a_last["content"]) < len(long_reply)
-    assert a_last["stats"].endswith("stopped")
+    assert a_last["stats"].endswith("stopped · fake-small")  # and the model that wrote it
     b_last = b_outputs[-1][1][-1]
     assert b_last["content"] == long_reply
     assert "stopped" not in b_last["stats"]
@@ -276,7 +281,7 @@ def test_add_user() -> None:
 
 def test_add_user_waits_while_this_tabs_reply_is_streaming() -> None:
     ui, _ = make_ui()
-    ui._replies["a"] = _Reply()  # tab "a" is receiving a reply
+    busy(ui, "a")
     box, turns, *_ = ui.add_user("next question", [user("q")], None, False, request("a"))
     assert turns == [user("q")] and box == gr.update()  # refused; the text stays in the box
     box, turns, *_ = ui.add_user("next question", [user("q")], None, False, request("b"))
@@ -411,7 +416,7 @@ def test_build_returns_blocks() -> None:
 
 def test_a_second_respond_in_a_busy_tab_changes_nothing() -> None:
     ui, backend = make_ui()
-    ui._replies["a"] = _Reply()  # tab "a" is receiving a reply
+    busy(ui, "a")
     outs = list(ui.respond([user("q"), bot("partial")], None, "", *UI_SAMPLING, request("a")))
     assert outs == [(gr.skip(), gr.skip(), gr.skip(), gr.skip())]
     assert backend.calls == []
@@ -419,8 +424,9 @@ def test_a_second_respond_in_a_busy_tab_changes_nothing() -> None:
 
 def test_new_chat_empties_the_conversation_and_stops_this_tabs_reply() -> None:
     ui, _ = make_ui()
-    a, b = _Reply(), _Reply()
-    ui._replies.update(a=a, b=b)
+    busy(ui, "a"), busy(ui, "b")
+    me = ui.household.store.builtin_member().id
+    a, b = ui.chats.replies.get((me, "a")), ui.chats.replies.get((me, "b"))
     assert ui.new_chat(request("a"))[:2] == ([], [])
     assert a.cancel.is_set() and a.discarded and not b.cancel.is_set()
 
@@ -441,7 +447,7 @@ def test_a_cleared_chat_stays_empty_when_its_reply_ends() -> None:
     chat, turns, send, stop = outs[-1]
     assert chat == gr.skip() and turns == gr.skip()  # the old chat is not written back
     assert visible(send) and not visible(stop)
-    assert ui._replies == {}
+    assert len(ui.chats.replies) == 0
 
 
 def test_edit_during_a_reply_replaces_it() -> None:
@@ -466,7 +472,7 @@ def test_edit_during_a_reply_replaces_it() -> None:
 
 def test_screen_updates_are_throttled_but_the_end_is_always_shown() -> None:
     ui, _ = make_ui()
-    ui.update_interval = 60  # nothing between the first and the last update
+    ui.chat.update_interval = 60  # nothing between the first and the last update
     outs = run_respond(ui, [user("Hi")])
     texts = [o[1][-1]["content"] for o in outs]
     assert texts[0] == "" and texts[-1] == "Hello there friend"

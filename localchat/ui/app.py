@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from localchat.core import ChatService, Chats
+from localchat.core import Chats, ChatService
 from localchat.household import Household
 from localchat.settings import Settings
 from localchat.ui import layout

@@ -53,6 +53,8 @@ THEME = gr.themes.Soft(  # system fonts only: no request to Google Fonts
 _hidden: dict = {"api_visibility": "private"}
 
 
+def build(ui: ChatUI) -> gr.Blocks:
+    """The page: chats on the left, settings on the right, the chat in the middle; and its wiring."""
     presets = ui.service.presets
     default = ui.service.preset(ui.settings.preset) or (presets[0] if presets else None)
     params = default.sampling if default else SamplingParams()
@@ -115,9 +117,7 @@ _hidden: dict = {"api_visibility": "private"}
                         compute = gr.Dropdown(
                             list(DTYPES), value=ui.settings.compute_dtype, label="4-bit compute dtype"
                         )
-                        double = gr.Checkbox(
-                            ui.settings.double_quant, label="Double quantization (a little smaller)"
-                        )
+                        double = gr.Checkbox(ui.settings.double_quant, label="Double quantization (a little smaller)")
                     device = gr.Radio(list(DEVICES), value=ui.settings.device, label="Device")
                     dtype = gr.Dropdown(list(DTYPES), value=ui.settings.dtype, label="Weights dtype")
                     context = gr.Number(
