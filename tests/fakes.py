@@ -73,7 +73,7 @@ class FakeBackend:
         self.models = list(models)
         self.error = error  # raised after `error_after` text chunks
         self.error_after = error_after
-        self.fit = fit  # sent before the text, as the real backend does when it trims
+        self.context_fit = fit  # sent before the text, as the real backend does when it trims
         self.queue_positions = list(queue_positions)  # sent before anything else
         self.context_length = context_length
         self.calls: list[Call] = []
@@ -112,8 +112,8 @@ class FakeBackend:
             raise NoModelLoaded("No model is loaded yet; pick one and press Load")
         if allowed is not None and info.options.model not in allowed:
             raise ModelNotAllowed(f"Your account may not use {info.name}. Ask an admin of the household.")
-        if self.fit is not None:
-            yield Chunk(fit=self.fit)
+        if self.context_fit is not None:
+            yield Chunk(fit=self.context_fit)
         text = self.reply(messages) if callable(self.reply) else self.reply
         pieces = words(text)
         sent, first_at, reason = 0, None, "stop"

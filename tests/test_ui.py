@@ -489,3 +489,13 @@ def test_load_model_passes_the_4bit_options() -> None:
         "float32",
         False,
     )
+
+
+def test_the_fit_estimate_is_for_admins_only_checked_on_the_server(tmp_path: Path) -> None:
+    house = Household(Store(tmp_path / "localchat.db"), listen=True, hasher=FAST_HASHER)
+    ann, bob = house.add_member("Ann", "ann-password", "admin"), house.add_member("Bob", "bob-password")
+    ui = ChatUI(ChatService(FakeBackend(), SHIPPED_PRESETS), Settings(), house, update_interval=0)
+    assert ui.fit_estimate("fake-large", "cpu", None, request("b", str(bob.id))) == ""  # says nothing about the disk
+    assert "fits" in ui.fit_estimate("fake-large", "cpu", None, request("a", str(ann.id)))
+    with pytest.raises(gr.Error):
+        ui.fit_estimate("fake-large", "cpu", None, request("x"))  # signed out
