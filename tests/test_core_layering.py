@@ -32,3 +32,17 @@ def test_the_ui_handlers_import_no_torch() -> None:
     modules = loaded_after("import localchat.ui.app, localchat.ui.chat, localchat.api.routes")
     assert "gradio" in modules  # the probe did import the UI
     assert modules.isdisjoint({"torch", "transformers"})
+
+
+def test_an_engine_that_cannot_describe_the_machine_loads_no_torch_into_the_server() -> None:
+    code = (
+        "sys.path.insert(0, 'tests')\n"
+        "from fakes import FakeBackend\n"
+        "from localchat.backend import BackendError\n"
+        "from localchat.core import ChatService\n"
+        "class Down(FakeBackend):\n"
+        "    def hardware(self):\n"
+        "        raise BackendError('the engine is not answering')\n"
+        "assert 'unknown' in ChatService(Down()).hardware().describe()"
+    )
+    assert loaded_after(code).isdisjoint({"torch", "transformers"})

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from localchat.backend import Backend, BackendError
 from localchat.core.policy import Policy, policy_for
-from localchat.hardware import Hardware, detect
+from localchat.hardware import Hardware
 from localchat.presets import Preset, PresetProblem, load_presets, render_system_prompt
 from localchat.store import Member
 from localchat.types import Chunk, LoadedInfo, LoadOptions, Message, SamplingParams, Usage
@@ -170,8 +170,8 @@ class ChatService:
         server never opens a CUDA context of its own (hundreds of MB of GPU memory)."""
         try:
             return self.backend.hardware()
-        except BackendError:  # the engine is down: describe the machine from here instead
-            return detect()
+        except BackendError:  # the engine is down; asking torch here would load it into the server
+            return Hardware(cpu="unknown (the engine is not answering)", cores=0, ram_total_bytes=0, ram_free_bytes=0)
 
     def load(self, options: LoadOptions) -> LoadedInfo:
         return self.backend.load(options.validate())
