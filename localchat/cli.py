@@ -219,7 +219,7 @@ def users(argv: list[str]) -> int:
         # by=None: the console acts as an admin, under the same rules (one admin always remains)
         if args.command == "passwd":
             household.reset_password(None, member.id, _password(f"New password for {member.name}"))
-            print(f"Password changed; {member.name}'s sessions are signed out.")
+            print(f"Password changed; {member.name} is signed out everywhere and their API keys are revoked.")
         elif args.command == "remove":
             household.remove_member(None, member.id)
             print(f"Removed {member.name} and their chats.")
