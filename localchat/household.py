@@ -140,7 +140,7 @@ class LoginLimiter:
                     raise RateLimited(pair[0] + self.window - now)
                 beyond = len(on_name) - self.per_name
                 if pair and beyond >= 0:  # a name under attack: only clients that failed on it wait
-                    wait = min(self.delay * 2**beyond, self.max_delay)
+                    wait = min(self.delay * 2 ** min(beyond, 32), self.max_delay)  # a float cannot hold 2**1024
                     if now < pair[-1] + wait:
                         raise RateLimited(pair[-1] + wait - now)
                 keys.append(("pair", client, name))

@@ -105,7 +105,7 @@ def test_a_name_under_attack_is_slowed_for_guessers_but_never_locked_for_its_mem
     """Many clients guessing one name (each under its own limits) slow that name down only for
     clients that failed on it, by a bounded delay; a client that did not fail signs in at once."""
     clock = Clock()
-    limiter = LoginLimiter(per_client=20, per_pair=5, per_name=10, window=900, delay=2, max_delay=60, clock=clock)
+    limiter = LoginLimiter(per_client=20, per_pair=5, per_name=10, window=900, delay=2.0, max_delay=60, clock=clock)
     for i in range(10):
         limiter.attempt("Bob", f"10.0.0.{i}")  # ten misses: the name is under attack from now on
     for i in range(10, 200):  # every further address gets one guess, then waits (a minute at most)
@@ -113,6 +113,8 @@ def test_a_name_under_attack_is_slowed_for_guessers_but_never_locked_for_its_mem
         with pytest.raises(RateLimited) as exc:
             limiter.attempt("Bob", f"10.0.0.{i}")
         assert 0 < exc.value.retry_after <= 60
+    for i in range(1100):  # so many misses that 2**misses would not fit a float
+        limiter.attempt("Bob", f"10.1.{i // 250}.{i % 250}")
     limiter.attempt("Bob", "192.168.1.7")  # Bob's own phone: never failed, never waits
     limiter.succeeded("Bob", "192.168.1.7")
     limiter.attempt("Bob", "192.168.1.7")  # even a typo there costs him at most a minute
