@@ -8,10 +8,14 @@ import getpass
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 import localchat  # noqa: F401 - sets the privacy switches before gradio/transformers load
-from localchat.settings import load_settings
+from localchat.settings import Settings, load_settings
 from localchat.types import InvalidValue
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,8 +60,6 @@ def main(argv: list[str] | None = None) -> int:
         go_offline()
     # Gradio's upload/cache folder goes inside the data dir too (it reads this at import time).
     os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.data / "tmp" / "gradio"))
-    import uvicorn
-
     from localchat.household import Household
     from localchat.server import build_app
 
@@ -66,8 +68,25 @@ def main(argv: list[str] | None = None) -> int:
     if settings.household_mode:
         where += "  (shared on the network: everyone signs in)"
     print(f"localchat is starting on {where}  (Ctrl+C to stop)", flush=True)
-    uvicorn.run(app.api, host=settings.bind_host, port=settings.port, log_level="warning")
+    uvicorn.Server(server_config(app.api, settings)).run()
     return 0
+
+
+def server_config(api: Any, settings: Settings) -> uvicorn.Config:
+    """How uvicorn serves the app. X-Forwarded-For (and -Proto) is believed only from the configured
+    proxies: uvicorn's default believes any loopback client, which could then pick the address the
+    sign-in limits count it under."""
+    import uvicorn
+
+    proxies = settings.proxies
+    return uvicorn.Config(
+        api,
+        host=settings.bind_host,
+        port=settings.port,
+        log_level="warning",
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=list(proxies) if proxies else None,
+    )
 
 
 def doctor(argv: list[str]) -> int:
@@ -200,7 +219,7 @@ def users(argv: list[str]) -> int:
         # by=None: the console acts as an admin, under the same rules (one admin always remains)
         if args.command == "passwd":
             household.reset_password(None, member.id, _password(f"New password for {member.name}"))
-            print(f"Password changed; {member.name}'s sessions are signed out.")
+            print(f"Password changed; {member.name} is signed out everywhere and their API keys are revoked.")
         elif args.command == "remove":
             household.remove_member(None, member.id)
             print(f"Removed {member.name} and their chats.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 import threading
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from localchat.store import Member, Store, StoreError
+from localchat.store import ApiKeyInfo, Member, Store, StoreError
 
 SESSION_COOKIE = "localchat_session"
 SESSION_LIFETIME = 30 * 24 * 3600.0
@@ -64,48 +65,102 @@ def check_password(password: str) -> str:
 
 
 class LoginLimiter:
-    """Sign-in attempts allowed per name and per client address within a sliding window. Every
-    attempt counts until it succeeds, so parallel guesses cannot slip between check and count."""
+    """Failed sign-ins within a sliding window, counted so that a guesser slows only itself:
+    - per client (an address; IPv6 by its /64): `per_client` failures on any names, then it waits;
+    - per client and name: `per_pair` failures, then that client waits for that name;
+    - per name, across clients: past `per_name` failures the name is slowed, never locked: a client
+      that has failed on it waits `delay` seconds after its own last failure (doubling with each
+      further failure on the name, at most `max_delay`), and a client that has not failed on it
+      (the member's own device) is not slowed at all.
+    Every attempt counts until it succeeds, so parallel guesses cannot slip between check and count.
+    """
 
     def __init__(
         self,
-        per_name: int = 5,
         per_client: int = 20,
-        window: float = 300.0,
+        per_pair: int = 5,
+        per_name: int = 10,
+        window: float = 900.0,
+        delay: float = 2.0,
+        max_delay: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.limits = {"name": per_name, "client": per_client}
-        self.window = window
+        self.per_client, self.per_pair, self.per_name = per_client, per_pair, per_name
+        self.window, self.delay, self.max_delay = window, delay, max_delay
         self.clock = clock
-        self._attempts: dict[tuple[str, str], deque[float]] = {}
+        # ("client", address) / ("pair", address, name) -> times; ("name", name) -> (time, address)
+        self._failures: dict[tuple[str, ...], deque] = {}
+        self._swept = clock()
         self._lock = threading.Lock()
 
-    def _recent(self, key: tuple[str, str]) -> deque[float]:
-        times = self._attempts.get(key, deque())
-        while times and times[0] <= self.clock() - self.window:
-            times.popleft()
-        if not times:
-            self._attempts.pop(key, None)
-        return times
+    @staticmethod
+    def client_key(address: str) -> str:
+        """IPv6 hosts get a whole /64 each, so one device could otherwise take a fresh address per guess."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address[:64]
+        if isinstance(ip, ipaddress.IPv6Address):
+            if ip.ipv4_mapped is not None:
+                return str(ip.ipv4_mapped)
+            if not ip.is_loopback:
+                return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        return str(ip)
+
+    def _recent(self, key: tuple[str, ...]) -> deque:
+        entries = self._failures.get(key, deque())
+        start = self.clock() - self.window
+        while entries and (entries[0][0] if key[0] == "name" else entries[0]) <= start:
+            entries.popleft()
+        if not entries:
+            self._failures.pop(key, None)
+        return entries
+
+    def _sweep(self) -> None:
+        """Forget clients and names that stopped trying, so the table stays as small as the window's traffic."""
+        if self.clock() - self._swept >= self.window:
+            self._swept = self.clock()
+            for key in list(self._failures):
+                self._recent(key)
 
     def attempt(self, name: str, client: str) -> None:
         """Count an attempt, or raise RateLimited (the client is checked first, so a blocked client
         cannot grow the table with new names)."""
         with self._lock:
-            keys = [("client", client)] + ([("name", name.lower())] if NAME_PATTERN.match(name) else [])
+            self._sweep()
+            now, client = self.clock(), self.client_key(client)
+            tried = self._recent(("client", client))
+            if len(tried) >= self.per_client:
+                raise RateLimited(tried[0] + self.window - now)
+            keys: list[tuple[str, ...]] = [("client", client)]
+            if NAME_PATTERN.match(name):
+                name = name.lower()
+                pair, on_name = self._recent(("pair", client, name)), self._recent(("name", name))
+                if len(pair) >= self.per_pair:
+                    raise RateLimited(pair[0] + self.window - now)
+                beyond = len(on_name) - self.per_name
+                if pair and beyond >= 0:  # a name under attack: only clients that failed on it wait
+                    wait = min(self.delay * 2 ** min(beyond, 32), self.max_delay)  # a float cannot hold 2**1024
+                    if now < pair[-1] + wait:
+                        raise RateLimited(pair[-1] + wait - now)
+                keys.append(("pair", client, name))
+                self._failures.setdefault(("name", name), deque()).append((now, client))
             for key in keys:
-                times = self._recent(key)
-                if len(times) >= self.limits[key[0]]:
-                    raise RateLimited(times[0] + self.window - self.clock())
-            for key in keys:
-                self._attempts.setdefault(key, deque()).append(self.clock())
+                self._failures.setdefault(key, deque()).append(now)
 
     def succeeded(self, name: str, client: str) -> None:
+        """The attempt was right: it is not a failure, and this client's misses on the name are forgiven."""
         with self._lock:
-            self._attempts.pop(("name", name.lower()), None)
-            times = self._attempts.get(("client", client))
-            if times:
-                times.pop()
+            client, name = self.client_key(client), name.lower()
+            tried = self._failures.get(("client", client))
+            if tried:
+                tried.pop()
+            self._failures.pop(("pair", client, name), None)
+            on_name = self._failures.get(("name", name))
+            for entry in reversed(on_name or ()):
+                if entry[1] == client:
+                    on_name.remove(entry)  # type: ignore[union-attr]
+                    break
 
 
 @dataclass(frozen=True)
@@ -201,14 +256,22 @@ class Household:
         if token:
             self.store.delete_session(hash_token(token))
 
-    def change_password(self, member: Member, old: str, new: str) -> Session:
-        """Ends every session of the member, then starts a fresh one for the browser that asked."""
+    def change_password(self, member: Member, old: str, new: str, client: str, keep: str | None = None) -> None:
+        """The member's own change. The current password is checked like a sign-in (counted by the
+        limiter, so a borrowed session cannot guess it faster); every other session of the member
+        ends, the one whose token is `keep` (the browser that asked) stays signed in."""
+        check_password(new)
+        self.limiter.attempt(member.name, client)
         try:
             self.hasher.verify(self.store.password_hash(member.id) or self._dummy_hash, old or "")
         except (VerificationError, InvalidHashError):
             raise AccessDenied("The current password is wrong") from None
-        self.store.set_password_hash(member.id, self.hasher.hash(check_password(new)))
-        return self.start_session(member)
+        self.limiter.succeeded(member.name, client)
+        self.store.set_password_hash(member.id, self.hasher.hash(new), keep_session=hash_token(keep) if keep else None)
+
+    def end_other_sessions(self, member: Member, keep: str | None) -> int:
+        """Sign the member out everywhere but the browser holding `keep`; returns how many ended."""
+        return self.store.delete_sessions(member.id, keep=hash_token(keep) if keep else None)
 
     # -- API keys ------------------------------------------------------------------------------
     def create_api_key(self, member: Member, name: str) -> str:
@@ -234,6 +297,18 @@ class Household:
         self.store.touch_api_key(parts[1])
         return found[1]
 
+    def revoke_api_key(self, by: Member, key_id: int) -> None:
+        """A member revokes their own keys; an admin revokes anyone's."""
+        if by.is_admin and not by.builtin:
+            self.store.revoke_any_api_key(key_id)
+        else:
+            self.store.revoke_api_key(by.id, key_id)
+
+    def household_api_keys(self, by: Member) -> list[tuple[str, ApiKeyInfo]]:
+        """Every member's keys as (member name, key), for the household panel: admins only."""
+        self.require_admin(by)
+        return self.store.all_api_keys()
+
     # -- admin --------------------------------------------------------------------------------
     def require_admin(self, member: Member | None) -> Member:
         if member is None or not member.is_admin:
@@ -251,8 +326,10 @@ class Household:
         return target
 
     def reset_password(self, by: Member | None, member_id: int, password: str) -> None:
+        """An admin's reset assumes the account may be in the wrong hands: it also ends every session
+        and revokes every API key of the member."""
         target = self._target(by, member_id)
-        self.store.set_password_hash(target.id, self.hasher.hash(check_password(password)))
+        self.store.set_password_hash(target.id, self.hasher.hash(check_password(password)), revoke_keys=True)
 
     def set_role(self, by: Member | None, member_id: int, role: str) -> None:
         target = self._target(by, member_id)
@@ -268,7 +345,7 @@ class Household:
         target = self._target(by, member_id)
         if target.is_admin and self._admin_count() == 1:
             raise AccessDenied("The household needs at least one admin")
-        self.store.remove_member(target.id)
+        self.store.remove_member(target.id)  # its sessions and API keys go with it
 
     def _admin_count(self) -> int:
         return sum(m.is_admin for m in self.store.members())

@@ -8,6 +8,7 @@ environment names and the config-file keys are all derived from that table.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 from dataclasses import dataclass, fields, replace
@@ -37,6 +38,7 @@ class Settings:
     port: int = 7860
     listen: str | None = None  # share on the LAN: bind this address (--listen alone: all interfaces)
     allowed_hosts: str = ""  # extra host names the server answers to, comma separated
+    trusted_proxies: str = ""  # reverse proxies (addresses or networks) whose X-Forwarded-For is believed
     data_dir: Path | None = None
     models_dir: Path | None = None
     presets_dir: Path | None = None
@@ -77,6 +79,12 @@ class Settings:
         return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
 
     @property
+    def proxies(self) -> tuple[str, ...]:
+        """Addresses whose X-Forwarded-For names the real client; none by default, so no client,
+        not even one on this machine, can choose the address the sign-in limits count it under."""
+        return tuple(p.strip() for p in self.trusted_proxies.split(",") if p.strip())
+
+    @property
     def database(self) -> Path:
         return self.data / "localchat.db"
 
@@ -101,6 +109,11 @@ class Settings:
         for ok, why in checks:
             if not ok:
                 raise InvalidValue(why)
+        for proxy in self.proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise InvalidValue(f"trusted proxies must be IP addresses or networks, not {proxy!r}") from None
         self.load_options()  # the model settings are checked where LoadOptions checks them
         return self
 
@@ -124,6 +137,8 @@ HELP: dict[str, str] = {
     "needs at least one account (localchat users add NAME --admin) and then everyone signs in",
     "allowed_hosts": "extra host names (comma separated) people use to reach this machine, e.g. a DNS name; "
     "IP addresses, localhost and this machine's own name always work",
+    "trusted_proxies": "addresses or networks (comma separated) of reverse proxies in front of localchat whose "
+    "X-Forwarded-For header tells the real client's address; by default no one's is believed",
     "port": "port for the web UI (and /health)",
     "data_dir": f"where localchat keeps its data and caches (default {default_data_dir()})",
     "models_dir": "a folder of transformers model folders and .gguf files to offer (default DATA_DIR/models)",

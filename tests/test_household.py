@@ -78,26 +78,63 @@ def test_login_and_logout(household: Household) -> None:
         household.login("Nobody", "ann-password", "10.0.0.2")
 
 
-def test_the_rate_limit_is_per_name_and_per_client_and_expires() -> None:
+def test_the_rate_limit_is_per_client_and_per_client_and_name_and_expires() -> None:
     clock = Clock()
-    limiter = LoginLimiter(per_name=3, per_client=5, window=60, clock=clock)
+    limiter = LoginLimiter(per_client=5, per_pair=3, per_name=100, window=60, clock=clock)
     for _ in range(3):
         limiter.attempt("ann", "10.0.0.2")
     with pytest.raises(RateLimited) as exc:
-        limiter.attempt("Ann", "10.0.0.9")  # the name is locked from any client
+        limiter.attempt("Ann", "10.0.0.2")  # this client has guessed Ann's password three times
     assert 0 < exc.value.retry_after <= 60
-    limiter.attempt("bob", "10.0.0.3")
+    limiter.attempt("Ann", "10.0.0.9")  # Ann herself, on her own device, is not locked out
+    limiter.succeeded("Ann", "10.0.0.9")
     limiter.attempt("x", "10.0.0.2")
     limiter.attempt("y", "10.0.0.2")
     with pytest.raises(RateLimited):
         limiter.attempt("bob", "10.0.0.2")  # this client has tried five times
     with pytest.raises(RateLimited):
         limiter.attempt("z" * 60000, "10.0.0.2")  # a blocked client cannot add entries
-    assert len(limiter._attempts) == 6  # names ann, bob, x, y and two clients: the long name added nothing
+    assert all("z" * 100 not in "".join(key) for key in limiter._failures)
     clock.now += 61
     limiter.attempt("ann", "10.0.0.2")
     limiter.succeeded("ann", "10.0.0.2")
-    assert ("name", "ann") not in limiter._attempts
+    assert ("pair", "10.0.0.2", "ann") not in limiter._failures and not limiter._failures.get(("name", "ann"))
+
+
+def test_a_name_under_attack_is_slowed_for_guessers_but_never_locked_for_its_member() -> None:
+    """Many clients guessing one name (each under its own limits) slow that name down only for
+    clients that failed on it, by a bounded delay; a client that did not fail signs in at once."""
+    clock = Clock()
+    limiter = LoginLimiter(per_client=20, per_pair=5, per_name=10, window=900, delay=2.0, max_delay=60, clock=clock)
+    for i in range(10):
+        limiter.attempt("Bob", f"10.0.0.{i}")  # ten misses: the name is under attack from now on
+    for i in range(10, 200):  # every further address gets one guess, then waits (a minute at most)
+        limiter.attempt("Bob", f"10.0.0.{i}")
+        with pytest.raises(RateLimited) as exc:
+            limiter.attempt("Bob", f"10.0.0.{i}")
+        assert 0 < exc.value.retry_after <= 60
+    for i in range(1100):  # so many misses that 2**misses would not fit a float
+        limiter.attempt("Bob", f"10.1.{i // 250}.{i % 250}")
+    limiter.attempt("Bob", "192.168.1.7")  # Bob's own phone: never failed, never waits
+    limiter.succeeded("Bob", "192.168.1.7")
+    limiter.attempt("Bob", "192.168.1.7")  # even a typo there costs him at most a minute
+    with pytest.raises(RateLimited) as exc:
+        limiter.attempt("Bob", "192.168.1.7")
+    assert exc.value.retry_after == 60
+    clock.now += 60
+    limiter.attempt("Bob", "192.168.1.7")
+    limiter.succeeded("Bob", "192.168.1.7")
+
+
+def test_a_guesser_cannot_escape_its_limit_with_fresh_ipv6_addresses() -> None:
+    limiter = LoginLimiter(per_client=3, per_pair=3, clock=Clock())
+    for i in range(3):
+        limiter.attempt(f"name{i}", f"2001:db8:1:2::{i + 1}")
+    with pytest.raises(RateLimited):
+        limiter.attempt("other", "2001:db8:1:2:abcd::9")  # same /64: the same device to the limiter
+    limiter.attempt("other", "2001:db8:1:3::1")  # another network is another client
+    limiter.attempt("other", "::ffff:10.0.0.2")
+    assert LoginLimiter.client_key("::ffff:10.0.0.2") == "10.0.0.2"
 
 
 def test_a_successful_sign_in_does_not_use_up_the_limit(household: Household) -> None:
@@ -105,14 +142,28 @@ def test_a_successful_sign_in_does_not_use_up_the_limit(household: Household) ->
         household.login("Ann", "ann-password", "10.0.0.2")
 
 
-def test_a_password_change_ends_every_session_but_the_new_one(household: Household) -> None:
+def test_a_password_change_ends_every_other_session_and_keeps_this_one(household: Household) -> None:
     ann = household.store.member_by_name("Ann")
-    laptop = household.login("Ann", "ann-password", "a")
-    fresh = household.change_password(ann, "ann-password", "a brand new password")
+    laptop, phone = household.login("Ann", "ann-password", "a"), household.login("Ann", "ann-password", "b")
+    household.change_password(ann, "ann-password", "a brand new password", "b", keep=phone.token)
     assert household.member_for_token(laptop.token) is None
-    assert household.member_for_token(fresh.token).name == "Ann"
-    with pytest.raises(AccessDenied):
-        household.change_password(ann, "wrong", "another new password")
+    assert household.member_for_token(phone.token).name == "Ann"
+    assert household.login("Ann", "a brand new password", "a").member.name == "Ann"
+    with pytest.raises(AccessDenied, match="current password is wrong"):
+        household.change_password(ann, "ann-password", "another new password", "b", keep=phone.token)
+    with pytest.raises(ValueError, match="at least 8"):
+        household.change_password(ann, "a brand new password", "short", "b", keep=phone.token)
+    assert household.member_for_token(phone.token) is not None  # a refused change ends nothing
+
+
+def test_guessing_the_current_password_from_a_session_is_rate_limited(household: Household) -> None:
+    bob = household.store.member_by_name("Bob")
+    for i in range(5):
+        with pytest.raises(AccessDenied):
+            household.change_password(bob, f"guess {i}", "a stolen new password", "10.0.0.66")
+    with pytest.raises(RateLimited):
+        household.change_password(bob, "bob-password", "a stolen new password", "10.0.0.66")
+    assert household.login("Bob", "bob-password", "10.0.0.5")  # still his password, from his device
 
 
 def test_sessions_expire(tmp_path: Path) -> None:
@@ -377,3 +428,50 @@ def test_signing_out_ends_a_reply_that_is_still_streaming(household: Household, 
     household.logout(session.token)  # e.g. from another device, or an admin's password reset
     *_, (_, turns, _, _) = outputs
     assert "stopped" in turns[-1]["stats"] and len(turns[-1]["content"].split()) < 200
+
+
+# -- own account and everyone's keys --------------------------------------------------------
+def test_the_account_panel_changes_the_password_and_keeps_this_browser_signed_in(household: Household) -> None:
+    from localchat.ui.account import AccountPanel
+
+    panel = AccountPanel(household)
+    laptop, phone = household.login("Bob", "bob-password", "a"), household.login("Bob", "bob-password", "b")
+    tab = SimpleNamespace(
+        session_hash="bob-phone",
+        username=str(phone.member.id),
+        cookies={"localchat_session": phone.token},
+        client=SimpleNamespace(host="10.0.0.7"),
+    )
+    assert "also signed in on 1 other device" in panel.summary(tab)
+    result, *boxes, _ = panel.change_password("bob-password", "a new password", "a typo password", tab)
+    assert "differ" in result and boxes == [gr.skip()] * 3  # nothing typed is lost
+    result, *boxes, summary = panel.change_password("bob-password", "a new password", "a new password", tab)
+    assert result.startswith("✓") and boxes == ["", "", ""] and "no other devices" in summary
+    assert household.member_for_token(laptop.token) is None and household.member_for_token(phone.token) is not None
+    assert household.login("Bob", "a new password", "c")
+    message, _ = panel.sign_out_others(tab)
+    assert message == "✓ Signed out 1 other session." and household.member_for_token(phone.token) is not None
+
+
+def test_a_reset_revokes_the_members_keys_and_only_admins_see_everyones_keys(household: Household) -> None:
+    from localchat.ui.keys import HouseholdKeys
+
+    ann, bob = household.store.member_by_name("Ann"), household.store.member_by_name("Bob")
+    key = household.create_api_key(bob, "editor")
+    panel = HouseholdKeys(household)
+    for call in (
+        lambda: panel.listing(as_member(household, "Bob")),
+        lambda: panel.revoke(1, as_member(household, "Bob")),
+    ):
+        with pytest.raises(gr.Error, match="Only a household admin"):
+            call()
+    with pytest.raises(AccessDenied):
+        household.household_api_keys(bob)
+    ((label, key_id),) = panel.listing(as_member(household, "Ann")).choices
+    assert label.startswith("Bob: editor (lc-") and key not in label
+    household.reset_password(ann, bob.id, "a reset password")
+    assert household.member_for_api_key(key) is None and household.store.api_keys(bob.id) == []
+    key = household.create_api_key(bob, "editor again")
+    ((_, key_id),) = panel.listing(as_member(household, "Ann")).choices
+    message, listing = panel.revoke(key_id, as_member(household, "Ann"))
+    assert message.startswith("✓") and listing.choices == [] and household.member_for_api_key(key) is None

@@ -25,6 +25,7 @@ SAMPLE = {
     "port": "8080",
     "listen": "192.168.1.5",
     "allowed_hosts": "chat.home, Box.lan",
+    "trusted_proxies": "192.168.1.2, 10.0.0.0/8",
     "data_dir": None,  # filled in per test: a tmp dir
     "models_dir": "/srv/models",
     "presets_dir": "/srv/presets",
@@ -52,6 +53,7 @@ EXPECTED = {
     "port": 8080,
     "listen": "192.168.1.5",
     "allowed_hosts": "chat.home, Box.lan",
+    "trusted_proxies": "192.168.1.2, 10.0.0.0/8",
     "models_dir": Path("/srv/models"),
     "presets_dir": Path("/srv/presets"),
     "model": "my/model",
@@ -113,6 +115,17 @@ def test_a_remote_engine_needs_its_url(data: Path) -> None:
         ["--engine", "openai", "--engine-url", "http://box:8000/v1"], environ={"LOCALCHAT_ENGINE_KEY": "k"}
     )
     assert (s.engine, s.engine_url, s.engine_key) == ("openai", "http://box:8000/v1", "k")
+
+
+def test_forwarded_headers_are_believed_only_from_configured_proxies(data: Path) -> None:
+    from localchat.cli import server_config
+
+    plain = server_config(object(), load_settings([], environ={}))
+    assert plain.proxy_headers is False  # uvicorn's own default believes any loopback client
+    proxied = server_config(object(), load_settings([], environ={"LOCALCHAT_TRUSTED_PROXIES": "10.0.0.2, fd00::/8"}))
+    assert proxied.proxy_headers is True and proxied.forwarded_allow_ips == ["10.0.0.2", "fd00::/8"]
+    with pytest.raises(InvalidValue, match="trusted proxies"):
+        load_settings(["--trusted-proxies", "my-proxy.lan"], environ={})
 
 
 def test_defaults(data: Path) -> None:

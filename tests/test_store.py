@@ -240,3 +240,15 @@ def test_a_full_disk_gives_a_clear_error_and_keeps_earlier_history(store: Store)
     messages = store.conversation(ann.id, chat).messages
     assert messages[0].content == "kept"
     assert store.db.query_one("PRAGMA integrity_check")[0] == "ok"
+
+
+def test_a_new_password_can_keep_one_session_and_revoke_the_keys(store: Store) -> None:
+    bob = store.add_member("Bob", "hash", "member")
+    for token in ("laptop", "phone"):
+        store.add_session(token, bob.id, 60)
+    store.add_api_key(bob.id, "editor", "abc", "key-hash")
+    store.set_password_hash(bob.id, "hash 2", keep_session="phone")
+    assert store.session_member("phone") == bob and store.session_member("laptop") is None
+    assert [k.prefix for k in store.api_keys(bob.id)] == ["abc"]  # the member's own change keeps keys
+    store.set_password_hash(bob.id, "hash 3", revoke_keys=True)
+    assert store.session_member("phone") is None and store.api_keys(bob.id) == [] and store.all_api_keys() == []

@@ -22,6 +22,7 @@ BUILTIN_NAME = "(this computer)"
 TITLE_LENGTH = 60
 ROLES = ("admin", "member")
 MESSAGE_ROLES = ("user", "assistant", "system")
+KEY_GONE = "That key does not exist (it may have been revoked already)"
 
 
 def title_from(text: str) -> str:
@@ -100,11 +101,16 @@ class Store:
         row = self.db.query_one("SELECT password_hash FROM members WHERE id = ?", (member_id,))
         return row[0] if row else None
 
-    def set_password_hash(self, member_id: int, password_hash: str) -> None:
-        """A new password also ends every session of that member."""
+    def set_password_hash(
+        self, member_id: int, password_hash: str, keep_session: str | None = None, revoke_keys: bool = False
+    ) -> None:
+        """A new password also ends every session of that member but `keep_session` (a token hash),
+        and with `revoke_keys` deletes their API keys, in the same transaction."""
         with self.db.transaction() as conn:
             conn.execute("UPDATE members SET password_hash = ? WHERE id = ?", (password_hash, member_id))
-            conn.execute("DELETE FROM sessions WHERE member_id = ?", (member_id,))
+            conn.execute("DELETE FROM sessions WHERE member_id = ? AND token_hash IS NOT ?", (member_id, keep_session))
+            if revoke_keys:
+                conn.execute("DELETE FROM api_keys WHERE member_id = ?", (member_id,))
 
     def set_role(self, member_id: int, role: str) -> None:
         if role not in ROLES:
@@ -164,6 +170,10 @@ class Store:
 
     def delete_session(self, token_hash: str) -> None:
         self.db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+
+    def delete_sessions(self, member_id: int, keep: str | None = None) -> int:
+        """End every session of the member but `keep` (a token hash); returns how many ended."""
+        return self.db.execute("DELETE FROM sessions WHERE member_id = ? AND token_hash IS NOT ?", (member_id, keep))
 
     def count_sessions(self, member_id: int) -> int:
         return self.db.query_one(
@@ -325,4 +335,19 @@ class Store:
 
     def revoke_api_key(self, member_id: int, key_id: int) -> None:
         if self.db.execute("DELETE FROM api_keys WHERE id = ? AND member_id = ?", (key_id, member_id)) != 1:
-            raise NotFound("That key does not exist (it may have been revoked already)")
+            raise NotFound(KEY_GONE)
+
+    # -- every member's API keys (the household panel; the caller checks that an admin asks) ------
+    def all_api_keys(self) -> list[tuple[str, ApiKeyInfo]]:
+        """(member name, key) for every key, by member name then age."""
+        rows = self.db.query(
+            "SELECT m.name AS member, k.id, k.name, k.prefix, k.created_at, k.last_used_at "
+            "FROM api_keys k JOIN members m ON m.id = k.member_id ORDER BY m.name, k.id"
+        )
+        return [
+            (r["member"], ApiKeyInfo(r["id"], r["name"], r["prefix"], r["created_at"], r["last_used_at"])) for r in rows
+        ]
+
+    def revoke_any_api_key(self, key_id: int) -> None:
+        if self.db.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)) != 1:
+            raise NotFound(KEY_GONE)

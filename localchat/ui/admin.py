@@ -1,5 +1,5 @@
 """The household panel (admins only): members, their roles, passwords, models and locked presets,
-and whether admins may read members' chats.
+their API keys, and whether admins may read members' chats.
 
 Invariant: every handler checks on the server that the member of the request is an admin; hiding
 the panel from members is a convenience, not the protection.
@@ -13,6 +13,7 @@ from localchat.core import ChatService
 from localchat.household import AccessDenied, Household
 from localchat.store import StoreError
 from localchat.transfer import to_markdown
+from localchat.ui.keys import HouseholdKeys
 from localchat.ui.members import member_of
 
 ALL_MODELS = "Every model"
@@ -23,6 +24,7 @@ class AdminPanel:
     def __init__(self, household: Household, service: ChatService):
         self.household = household
         self.service = service
+        self.keys = HouseholdKeys(household)
 
     def _admin(self, request: gr.Request):
         member = member_of(self.household, request)
@@ -59,6 +61,7 @@ class AdminPanel:
             gr.Dropdown(choices=names, value=None),
             self.household.admins_read_chats,
             gr.Column(visible=self.household.admins_read_chats),
+            self.keys.listing(request),
         )
 
     def pick(self, name: str | None, request: gr.Request) -> tuple:
@@ -100,21 +103,23 @@ class AdminPanel:
         try:
             self.household.reset_password(by, self._id(name), password)
         except (ValueError, AccessDenied, StoreError) as exc:
-            return f"⚠ {exc}", gr.skip(), gr.skip()
-        return f"✓ New password set; {name} is signed out everywhere.", self.table(), ""
+            return f"⚠ {exc}", gr.skip(), gr.skip(), gr.skip()
+        told = f"✓ New password set; {name} is signed out everywhere and their API keys are revoked."
+        return told, self.table(), "", self.keys.listing(request)
 
     def remove(self, name: str, request: gr.Request) -> tuple:
         by = self._admin(request)
         try:
             self.household.remove_member(by, self._id(name))
         except (AccessDenied, StoreError) as exc:
-            return f"⚠ {exc}", gr.skip(), gr.skip(), gr.skip()
+            return f"⚠ {exc}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
         names = [m.name for m in self.household.store.members()]
         return (
-            f"✓ Removed {name} and their chats.",
+            f"✓ Removed {name}, their chats and their API keys.",
             self.table(),
             gr.Dropdown(choices=names, value=None),
             gr.Dropdown(choices=names, value=None),
+            self.keys.listing(request),
         )
 
     def set_reading(self, on: bool, request: gr.Request) -> tuple:
@@ -158,8 +163,10 @@ class AdminPanel:
             )
             save = gr.Button("Save", variant="primary", elem_id="lc-save-member")
             password = gr.Textbox(label="New password", type="password")
-            reset = gr.Button("Set new password (signs them out)")
+            reset = gr.Button("Set new password (signs them out, revokes their API keys)")
             remove = gr.Button("Remove member and their chats", variant="stop")
+        with gr.Accordion("API keys", open=False):
+            keys = self.keys.build(result)
         with gr.Accordion("Privacy", open=False):
             reading = gr.Checkbox(
                 False,
@@ -174,14 +181,14 @@ class AdminPanel:
         add.click(self.add, [new_name, new_password, new_role], [result, members, who, new_password], **q)
         who.input(self.pick, [who], [role, every, models, locked], **q)
         save.click(self.save, [who, role, every, models, locked], [result, members], **q)
-        reset.click(self.reset_password, [who, password], [result, members, password], **q)
+        reset.click(self.reset_password, [who, password], [result, members, password, keys], **q)
         remove.click(
             self.remove,
             [who],
-            [result, members, who, whose],
+            [result, members, who, whose, keys],
             js="(n) => { if (!confirm('Remove ' + n + ' and all their chats?')) throw 'kept'; return [n]; }",
             **q,
         )
         reading.input(self.set_reading, [reading], [result, reader], **q)
         whose.input(self.read, [whose], [transcript], **q)
-        return {"fn": self.refresh, "inputs": None, "outputs": [members, who, whose, reading, reader], **q}
+        return {"fn": self.refresh, "inputs": None, "outputs": [members, who, whose, reading, reader, keys], **q}

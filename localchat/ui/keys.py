@@ -1,5 +1,7 @@
-"""API keys in the Settings sidebar: each member creates and revokes their own; a new key is shown
-once and never again (only its hash is stored)."""
+"""API keys: in the Settings sidebar each member creates and revokes their own (a new key is shown
+once and never again: only its hash is stored); in the household panel admins see and revoke
+everyone's. Invariant: a member's list holds only their keys; the household list is built and
+acted on only after the server checked that an admin asks."""
 
 from __future__ import annotations
 
@@ -8,8 +10,17 @@ import time
 import gradio as gr
 
 from localchat.household import AccessDenied, Household
-from localchat.store import NotFound, StoreError
+from localchat.store import ApiKeyInfo, NotFound, StoreError
 from localchat.ui.members import member_of
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d", time.localtime(ts)) if ts else "never"
+
+
+def describe(key: ApiKeyInfo) -> str:
+    """A key as lists show it: its name and public prefix, never the key itself."""
+    return f"{key.name} (lc-{key.prefix}-…, made {_when(key.created_at)}, last used {_when(key.last_used_at)})"
 
 
 class ApiKeys:
@@ -17,13 +28,7 @@ class ApiKeys:
         self.household = household
 
     def _rows(self, member) -> list[tuple[str, int]]:
-        def when(ts: float | None) -> str:
-            return time.strftime("%Y-%m-%d", time.localtime(ts)) if ts else "never"
-
-        return [
-            (f"{k.name} (lc-{k.prefix}-…, made {when(k.created_at)}, last used {when(k.last_used_at)})", k.id)
-            for k in self.household.store.api_keys(member.id)
-        ]
+        return [(describe(k), k.id) for k in self.household.store.api_keys(member.id)]
 
     def listing(self, request: gr.Request) -> gr.Dropdown:
         member = member_of(self.household, request)
@@ -46,7 +51,7 @@ class ApiKeys:
         if key_id is None:
             return "Pick a key to revoke", gr.skip()
         try:
-            self.household.store.revoke_api_key(member.id, int(key_id))
+            self.household.store.revoke_api_key(member.id, int(key_id))  # own keys only, even for an admin
         except (NotFound, ValueError) as exc:
             return f"⚠ {exc}", gr.skip()
         return "✓ Revoked: that key no longer works.", gr.Dropdown(choices=self._rows(member), value=None)
@@ -63,3 +68,41 @@ class ApiKeys:
         create.click(self.create, [name], [shown, keys, name], **q)
         revoke.click(self.revoke, [keys], [shown, keys], **q)
         return {"fn": self.listing, "inputs": None, "outputs": [keys], **q}
+
+
+class HouseholdKeys:
+    """Every member's keys in the household panel, for admins to review and revoke."""
+
+    def __init__(self, household: Household):
+        self.household = household
+
+    def _admin(self, request: gr.Request):
+        try:
+            return self.household.require_admin(member_of(self.household, request))
+        except AccessDenied as exc:
+            raise gr.Error(str(exc)) from None
+
+    def _choices(self, by) -> list[tuple[str, int]]:
+        return [(f"{name}: {describe(key)}", key.id) for name, key in self.household.household_api_keys(by)]
+
+    def listing(self, request: gr.Request) -> gr.Dropdown:
+        return gr.Dropdown(choices=self._choices(self._admin(request)), value=None)
+
+    def revoke(self, key_id: int | None, request: gr.Request) -> tuple:
+        by = self._admin(request)
+        if key_id is None:
+            return "Pick a key to revoke", gr.skip()
+        try:
+            self.household.revoke_api_key(by, int(key_id))
+        except (NotFound, ValueError) as exc:
+            return f"⚠ {exc}", gr.Dropdown(choices=self._choices(by), value=None)
+        return "✓ Revoked: that key no longer works.", gr.Dropdown(choices=self._choices(by), value=None)
+
+    def build(self, result: gr.Markdown) -> gr.Dropdown:
+        """Inside the household panel; returns the list, which the panel's refresh fills."""
+        keys = gr.Dropdown([], label="Members' API keys", elem_id="lc-household-keys")
+        revoke = gr.Button("Revoke this key", size="sm", variant="stop", elem_id="lc-household-key-revoke")
+        revoke.click(
+            self.revoke, [keys], [result, keys], queue=False, api_visibility="private", api_name="revoke_household_key"
+        )
+        return keys
