@@ -14,6 +14,7 @@ from localchat.core import Chats, ChatService
 from localchat.household import Household
 from localchat.settings import Settings
 from localchat.ui import layout
+from localchat.ui.account import AccountPanel
 from localchat.ui.admin import AdminPanel
 from localchat.ui.chat import UPDATE_INTERVAL, ChatHandlers
 from localchat.ui.conversations import Conversations
@@ -46,6 +47,7 @@ class ChatUI:
         )
         self.admin = AdminPanel(household, service)
         self.keys = ApiKeys(household)
+        self.account = AccountPanel(household)
         self.downloads = Downloads(household, settings.models, service.hardware)
         # The handlers by their old names, for callers that drive the page without a browser.
         c, m, p = self.chat, self.models, self.prefs

@@ -144,6 +144,8 @@ def build(ui: ChatUI) -> gr.Blocks:
                         gr.Markdown(ui.models.hardware_text, elem_id="lc-hardware")
             with gr.Accordion("API keys", open=False, visible=False, elem_id="lc-api-keys") as keys_box:
                 keys_refresh = ui.keys.build()
+            with gr.Accordion("Account", open=False, visible=False, elem_id="lc-account") as account_box:
+                account_refresh = ui.account.build()
             if ui.service.preset_problems:
                 gr.Markdown(
                     "**Some presets have problems:**\n"
@@ -278,6 +280,7 @@ def build(ui: ChatUI) -> gr.Blocks:
         timer.tick(ui.models.status, None, [status, model_info, timer], queue=False, **_hidden)
         demo.load(ui.models.status, None, [status, model_info, timer], queue=False, **_hidden)
         demo.load(**keys_refresh)
+        demo.load(**account_refresh)
         demo.load(**downloads_refresh)
         # The chat list opens by itself on a wide screen; on a phone it would cover the chat.
         demo.load(
@@ -291,7 +294,7 @@ def build(ui: ChatUI) -> gr.Blocks:
         demo.load(
             ui.prefs.on_load,
             None,
-            [listing, preset, preset_note, system, *sliders, who, notice, loader, household_btn, keys_box],
+            [listing, preset, preset_note, system, *sliders, who, notice, loader, household_btn, keys_box, account_box],
             queue=False,
             **_hidden,
         )

@@ -90,4 +90,5 @@ class Preferences:
             gr.Column(visible=admin),  # load controls
             gr.Button(visible=admin and not member.builtin),  # the household panel
             gr.Accordion(visible=not member.builtin),  # API keys belong to accounts
+            gr.Accordion(visible=not member.builtin),  # so does a password
         ]
