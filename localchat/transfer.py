@@ -13,10 +13,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from localchat.store import Conversation, StoredMessage
+from localchat.text import clean_text
 
 FORMAT = "localchat.conversations"
 VERSION = 1
 MAX_IMPORT_BYTES = 32 * 2**20
+LATEST = datetime(9999, 1, 1, tzinfo=UTC).timestamp()  # later times cannot be written back as dates
 SPEAKERS = {"user": "You", "assistant": "Assistant", "system": "Instructions"}
 
 
@@ -69,14 +71,15 @@ def to_markdown(conversations: Sequence[Conversation]) -> str:
 
 
 def _timestamp(value: Any) -> float | None:
-    if isinstance(value, int | float):
-        return float(value)
+    """A time the file gives, or None for one that is missing or no real date (it becomes 'now')."""
     if isinstance(value, str):
         try:
-            return datetime.fromisoformat(value).timestamp()
-        except ValueError:
+            value = datetime.fromisoformat(value).timestamp()
+        except (ValueError, OverflowError, OSError):
             return None
-    return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0 <= value < LATEST else None
 
 
 def _messages(raw: Any, where: str) -> tuple[StoredMessage, ...]:
@@ -84,9 +87,14 @@ def _messages(raw: Any, where: str) -> tuple[StoredMessage, ...]:
         raise ImportProblem(f"{where}: 'messages' must be a list")
     out = []
     for i, m in enumerate(raw, start=1):
-        if not isinstance(m, dict) or m.get("role") not in SPEAKERS or not isinstance(m.get("content"), str):
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or m["role"] not in SPEAKERS
+            or not isinstance(m.get("content"), str)
+        ):
             raise ImportProblem(f"{where}, message {i}: needs a role (user, assistant or system) and text content")
-        out.append(StoredMessage(m["role"], m["content"], str(m.get("stats") or "")))
+        out.append(StoredMessage(m["role"], clean_text(m["content"]), clean_text(str(m.get("stats") or ""))))
     return tuple(out)
 
 
@@ -98,6 +106,8 @@ def parse_import(data: bytes) -> list[ImportedConversation]:
         doc = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ImportProblem(f"This is not a JSON file ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ImportProblem("This file nests its data too deeply to be an export") from None
     if isinstance(doc, list):  # a plain message list
         messages = _messages(doc, "The file")
         first = next((m.content for m in messages if m.role == "user"), "Imported chat")
@@ -118,7 +128,7 @@ def parse_import(data: bytes) -> list[ImportedConversation]:
         messages = _messages(item.get("messages"), where)
         result.append(
             ImportedConversation(
-                str(title) if isinstance(title, str) and title.strip() else "Imported chat",
+                clean_text(title) if isinstance(title, str) and title.strip() else "Imported chat",
                 messages,
                 _timestamp(item.get("created_at")),
             )

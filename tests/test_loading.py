@@ -131,3 +131,69 @@ def test_out_of_memory_is_explained_in_one_line():
     for exc in (MemoryError(), torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")):
         text = _explain(exc, resolved)
         assert text.startswith("Not enough memory to load big.gguf") and "4-bit" in text and "\n" not in text
+
+
+# -- library patches: each fails here when upstream changes what it patches -------------------
+def test_every_patch_is_on_a_tested_version_of_its_library() -> None:
+    from localchat.engine.patches import GGUF_PLAIN_ARRAYS, SAVE_DEQUANTIZED
+
+    for patch in (GGUF_PLAIN_ARRAYS, SAVE_DEQUANTIZED):
+        assert patch.supported(), f"{patch.package} {patch.installed()}: check {patch.what}, then widen its range"
+
+
+def test_the_gguf_reader_still_maps_its_file_with_numpy_memmap() -> None:
+    import inspect
+
+    import gguf.gguf_reader as reader
+    import numpy as np
+
+    assert reader.np is np  # the module attribute gguf_reads swaps
+    assert "np.memmap(" in inspect.getsource(reader.GGUFReader.__init__)  # the call it makes a plain view
+
+
+def test_gguf_reads_puts_numpy_back_and_skips_an_untested_gguf(monkeypatch, caplog) -> None:
+    import gguf.gguf_reader as reader
+    import numpy as np
+
+    from localchat.engine import patches
+
+    with patches.gguf_reads("model.gguf"):
+        assert reader.np is not np  # swapped while reading
+    assert reader.np is np
+    monkeypatch.setattr(patches, "GGUF_PLAIN_ARRAYS", patches.Patch("gguf", "0", "0.1", "test"))
+    with caplog.at_level("WARNING"), patches.gguf_reads("model.gguf"):
+        assert reader.np is np  # outside the tested range: left alone
+    assert "outside 0..0.1" in caplog.text
+
+
+def test_save_pretrained_still_refuses_a_model_by_its_hf_quantizer(tiny_model: Path, tmp_path: Path) -> None:
+    import inspect
+
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+
+    from localchat.engine.patches import allow_saving_dequantized
+
+    source = inspect.getsource(PreTrainedModel.save_pretrained)
+    assert 'getattr(self, "hf_quantizer", None)' in source and "is_serializable" in source
+
+    class Marker:  # what a GGUF load leaves: a quantizer that cannot be serialized
+        is_serializable = False
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model.hf_quantizer = Marker()
+    model.config.quantization_config = {"quant_method": "gguf"}
+    allow_saving_dequantized(model)
+    model.save_pretrained(tmp_path / "saved")
+    assert "quantization_config" not in json.loads((tmp_path / "saved" / "config.json").read_text())
+
+
+def test_models_and_loading_import_one_way() -> None:
+    import ast
+
+    import localchat.engine.models as models
+
+    tree = ast.parse(Path(models.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "localchat.engine.loading" not in imported  # loading imports models, never the reverse
+    assert models.LoadError is LoadError

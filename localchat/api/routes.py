@@ -22,6 +22,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from localchat.api.body import json_body
 from localchat.api.schema import (
     ApiError,
     ApiRequest,
@@ -59,10 +60,7 @@ def _error_status(exc: BackendError) -> ApiError:
 
 
 async def _json_body(request: Request) -> Any:
-    try:
-        return json.loads(await request.body())
-    except ValueError:
-        raise ApiError(400, "The request body is not valid JSON") from None
+    return await json_body(request)  # bounded: size, nesting, numbers (api/body.py)
 
 
 async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> None:

@@ -6,6 +6,7 @@ ignored; every range is checked by SamplingParams.validate, the same check the U
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -58,9 +59,12 @@ def _number(body: dict, name: str, default: Any, kind: type = float) -> Any:
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not float(value).is_integer()):
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not whole):
         raise ApiError(400, f"{name} must be a {'whole ' if kind is int else ''}number", param=name)
-    return kind(value)
+    if not (isinstance(value, float) and not math.isfinite(value)) and abs(value) < 2**63:
+        return kind(value)  # in range for every field; SamplingParams.validate checks each one's own
+    raise ApiError(400, f"{name} is out of range", param=name)
 
 
 def _content(value: Any, index: int) -> str:

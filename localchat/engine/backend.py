@@ -23,7 +23,7 @@ from localchat.backend import ModelLoadFailed, NoModelLoaded, PromptTooLong, Ser
 from localchat.engine import models
 from localchat.engine.batch import Batch, Reply
 from localchat.engine.fit import FitReport
-from localchat.engine.generate import ContextOverflow, Decoded, fit_to_window, prompt_ids
+from localchat.engine.generate import ContextOverflow, Decoded, fit_to_window, prompt_ids, text_ids
 from localchat.engine.loading import Loaded, LoadError, choose_quantization, fit_report, load_model, pick_device
 from localchat.engine.prefix import PrefixCache
 from localchat.engine.scheduler import Busy, InferenceWorker
@@ -253,9 +253,9 @@ class TransformersBackend:
             window = current.info.context_length
             if prompt is not None or not trim:
                 ids = (
-                    list(current.tokenizer(prompt)["input_ids"])
+                    text_ids(current.tokenizer, prompt, window)
                     if prompt is not None
-                    else prompt_ids(current.tokenizer, messages)
+                    else prompt_ids(current.tokenizer, messages, window)
                 )
                 fit = ContextFit()
                 if len(ids) >= window:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
+from localchat.backend import PromptTooLong
 from localchat.types import ContextFit, FinishReason, Message
 
 FALLBACK_SYSTEM = "The following is a conversation between a helpful assistant and a user."
@@ -29,6 +30,63 @@ def uses_fallback(tokenizer: Any) -> bool:
     return not getattr(tokenizer, "chat_template", None)
 
 
+@dataclass(frozen=True)
+class TokenizerFacts:
+    """What the prompt code needs to know of a tokenizer, found once per tokenizer."""
+
+    controls: tuple[str, ...]  # texts the tokenizer reads as one special token (e.g. <|im_start|>)
+    token_bytes: int  # at least the UTF-8 bytes of text any one ordinary token stands for
+
+
+def facts(tokenizer: Any) -> TokenizerFacts:
+    found = tokenizer.__dict__.get("_localchat_facts")
+    if found is None:
+        added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+        controls = sorted({t.content for t in added if getattr(t, "special", False) and t.content}, key=len)
+        vocab = [t for t in tokenizer.get_vocab() if t not in controls]
+        longest = max((len(t.encode("utf-8", "surrogatepass")) for t in vocab), default=1)
+        # A normalizer may shrink text before it is split (NFKC: a 4-byte letter becomes 1 byte).
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        shrink = 1 if backend is not None and backend.normalizer is None else 4
+        found = TokenizerFacts(tuple(reversed(controls)), max(1, longest) * shrink)
+        tokenizer.__dict__["_localchat_facts"] = found
+    return found
+
+
+def least_tokens(tokenizer: Any, text: str) -> int:
+    """A lower bound on the tokens of `text`, without tokenizing it (a 10 MB prompt takes 18 s)."""
+    return len(text.encode("utf-8", "surrogatepass")) // facts(tokenizer).token_bytes
+
+
+def _check_room(tokenizer: Any, texts: Sequence[str], limit: int | None) -> None:
+    if limit is None:
+        return
+    least = sum(least_tokens(tokenizer, t) for t in texts)
+    if least >= limit:
+        raise PromptTooLong(
+            f"The prompt has at least {least:,} tokens, but this model's context window is {limit:,} tokens"
+        )
+
+
+def _has_control(tokenizer: Any, texts: Sequence[str]) -> bool:
+    controls = facts(tokenizer).controls
+    return any(c in t for t in texts for c in controls)
+
+
+def text_ids(tokenizer: Any, text: str, limit: int | None = None) -> list[int]:
+    """A raw prompt (/v1/completions, the fallback transcript) as ids; a special token's text in it
+    stays text. `limit`: a prompt that certainly has `limit` tokens or more is refused untokenized."""
+    _check_room(tokenizer, [text], limit)
+    if not _has_control(tokenizer, [text]):
+        return list(tokenizer(text)["input_ids"])  # the common case: exactly the ids of old
+    return list(tokenizer(text, split_special_tokens=True)["input_ids"])
+
+
+def _content_ids(tokenizer: Any, text: str) -> list[int]:
+    """Text written by someone (a message, a part of one): never a special token."""
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
 def fallback_prompt(messages: Sequence[Message]) -> str:
     """A plain transcript that base models continue naturally; generation stops at the next 'User:'."""
     system = [m.content for m in messages if m.role == "system" and m.content.strip()]
@@ -40,19 +98,61 @@ def fallback_prompt(messages: Sequence[Message]) -> str:
     return "\n".join(lines)
 
 
-def _template(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
-    dicts = [{"role": m.role, "content": m.content} for m in messages]
+def _render(tokenizer: Any, dicts: list[dict[str, str]], tokenize: bool) -> Any:
+    def apply(items: list[dict[str, str]]) -> Any:
+        if not tokenize:
+            return tokenizer.apply_chat_template(items, add_generation_prompt=True, tokenize=False)
+        return tokenizer.apply_chat_template(items, add_generation_prompt=True, tokenize=True, return_dict=True)
+
     try:
-        out = tokenizer.apply_chat_template(dicts, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return apply(dicts)
     except Exception:
         # Some templates (e.g. Gemma) reject a system role: fold it into the first user turn.
         if not dicts or dicts[0]["role"] != "system" or len(dicts) < 2:
             raise
         merged = [{"role": dicts[1]["role"], "content": f"{dicts[0]['content']}\n\n{dicts[1]['content']}"}]
-        out = tokenizer.apply_chat_template(
-            merged + dicts[2:], add_generation_prompt=True, tokenize=True, return_dict=True
-        )
-    return list(out["input_ids"])
+        return apply(merged + dicts[2:])
+
+
+def _template(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+    dicts = [{"role": m.role, "content": m.content} for m in messages]
+    if not _has_control(tokenizer, [m.content for m in messages]):
+        return list(_render(tokenizer, dicts, tokenize=True)["input_ids"])  # exactly the ids of old
+    return _guarded_template(tokenizer, dicts)
+
+
+def _guarded_template(tokenizer: Any, dicts: list[dict[str, str]]) -> list[int]:
+    """The template's own text is read with its special tokens; each message's text without.
+
+    The template is rendered once with a placeholder per message to find where the messages go,
+    and trusted only if putting the messages in its place gives exactly the real rendering."""
+    marks = [f"\ue000{i}\ue001" for i in range(len(dicts))]
+    real = _render(tokenizer, dicts, tokenize=False)
+    shell = _render(tokenizer, [{**d, "content": m} for d, m in zip(dicts, marks, strict=True)], tokenize=False)
+    pieces = [shell]
+    for mark in marks:
+        head, found, tail = pieces[-1].partition(mark)
+        if not found or mark in tail:
+            pieces = []
+            break
+        pieces[-1:] = [head, tail]
+    for strip in (False, True):
+        contents = [d["content"].strip() if strip else d["content"] for d in dicts]
+        if pieces and "".join(p + c for p, c in zip(pieces, [*contents, ""], strict=True)) == real:
+            ids: list[int] = []
+            for piece, content in zip(pieces, [*contents, ""], strict=True):
+                ids += tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
+                ids += _content_ids(tokenizer, content) if content else []
+            return ids
+    # A template that rewrites the messages: a word joiner inside each special token's text.
+    controls = facts(tokenizer).controls
+    defanged = []
+    for d in dicts:
+        content = d["content"]
+        for c in controls:
+            content = content.replace(c, f"{c[0]}\u2060{c[1:]}")
+        defanged.append({**d, "content": content})
+    return list(_render(tokenizer, defanged, tokenize=True)["input_ids"])
 
 
 def merge_same_role(messages: Sequence[Message]) -> list[Message]:
@@ -67,11 +167,26 @@ def merge_same_role(messages: Sequence[Message]) -> list[Message]:
     return merged
 
 
-def prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+def prompt_ids(tokenizer: Any, messages: Sequence[Message], limit: int | None = None) -> list[int]:
+    """The chat as the model reads it. Text in messages never becomes a special token (a message
+    cannot open a turn of its own). `limit`: as in text_ids."""
+    _check_room(tokenizer, [m.content for m in messages], limit)
     messages = merge_same_role(messages)
     if uses_fallback(tokenizer):
-        return list(tokenizer(fallback_prompt(messages))["input_ids"])
+        return text_ids(tokenizer, fallback_prompt(messages))
     return _template(tokenizer, messages)
+
+
+def _tail_ids(tokenizer: Any, text: str, room: int) -> list[int]:
+    """The ids of a tail of `text` with more than `room` tokens (or all of it), tokenizing only a
+    tail a few times longer than `room` tokens usually take, never the whole of a huge text."""
+    size = 8 * room
+    while True:
+        tail = text[-size:]
+        ids = _content_ids(tokenizer, tail)
+        if len(tail) == len(text) or len(ids) > room:
+            return ids
+        size *= 4
 
 
 def fit_to_window(
@@ -94,10 +209,12 @@ def fit_to_window(
             kept = kept[1:]  # keep roles alternating from a user turn
         return prompt_ids(tokenizer, system + kept)
 
-    ids = ids_for(0)
-    if len(ids) <= budget:
+    # A last message that alone certainly overflows is cut at once, untokenized.
+    last_alone_too_long = least_tokens(tokenizer, turns[-1].content) > budget
+    ids = [] if last_alone_too_long else ids_for(0)
+    if ids and len(ids) <= budget:
         return ids, ContextFit()
-    lo, hi = 1, len(turns) - 1  # smallest drop count that fits, by bisection (fit is monotonic)
+    lo, hi = 1, 0 if last_alone_too_long else len(turns) - 1  # smallest drop count that fits, by bisection
     best: tuple[int, list[int]] | None = None
     while lo <= hi:
         mid = (lo + hi) // 2
@@ -113,14 +230,15 @@ def fit_to_window(
             kept, dropped = kept[1:], dropped + 1
         return best[1], ContextFit(dropped_messages=dropped)
     last = turns[-1]
-    overhead = len(prompt_ids(tokenizer, [*system, Message(last.role, "")]))
+    least = sum(least_tokens(tokenizer, m.content) for m in system)
+    overhead = least if least > budget else len(prompt_ids(tokenizer, [*system, Message(last.role, "")]))
     room = budget - overhead - 2
     if room < 8:
         raise ContextOverflow(
-            f"the system prompt alone takes {overhead} of the {window} tokens in the context window; "
+            f"the system prompt alone takes {'at least ' * (least > budget)}{overhead:,} of the {window:,} tokens in the context window; "
             "shorten it or load the model with a longer context"
         )
-    content_ids = tokenizer(last.content, add_special_tokens=False)["input_ids"]
+    content_ids = _tail_ids(tokenizer, last.content, room)
     while True:
         tail = tokenizer.decode(content_ids[-room:], skip_special_tokens=True)
         ids = prompt_ids(tokenizer, [*system, Message(last.role, tail)])

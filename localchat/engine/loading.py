@@ -13,27 +13,23 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from localchat.engine.errors import LoadError
 from localchat.engine.fit import FitReport
+from localchat.engine.models import smollm2_path
+from localchat.engine.patches import allow_saving_dequantized, gguf_reads
 from localchat.types import LoadedInfo, LoadOptions
 
 log = logging.getLogger(__name__)
 
 # bitsandbytes logs a warning on every int8 matmul (hundreds a token, ~16% of decode time).
 logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
-
-
-class LoadError(RuntimeError):
-    """A model could not be loaded; str(error) is one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -134,48 +130,6 @@ def quantization_config(options: LoadOptions, device: str) -> Any | None:
     )
 
 
-_reader_swap = threading.Lock()  # one swap of gguf's numpy at a time
-
-
-class _PlainArrays:
-    """numpy as gguf's reader sees it, except that its file map is a plain array view."""
-
-    def __init__(self, numpy: Any):
-        self._numpy = numpy
-
-    def __getattr__(self, name: str) -> Any:  # the reader's every np.<name>, once per field
-        return getattr(self._numpy, name)
-
-    def memmap(self, *args: Any, **kwargs: Any) -> Any:
-        return self._numpy.memmap(*args, **kwargs).view(self._numpy.ndarray)
-
-
-@contextmanager
-def gguf_reads(gguf_file: str | None) -> Iterator[None]:
-    """Around from_pretrained calls that may read a GGUF (none when gguf_file is None): read it
-    2.5x faster. gguf's reader slices its np.memmap once per field and per vocabulary entry, and
-    every memmap slice runs Python code (__getitem__, __array_finalize__); slices of a plain
-    ndarray view of the same map do not. The bytes, and the mapping, are the same. A 262k-token
-    vocabulary (Gemma 3) takes 20 -> 8 s per read on a 2-core CPU, and a first load reads a GGUF
-    four times (fit estimate, tokenizer, model config, weights)."""
-    reader = None
-    if gguf_file is not None:
-        try:
-            import gguf.gguf_reader as reader
-        except ImportError:  # transformers says what is missing when it needs gguf
-            pass
-    if reader is None:
-        yield
-        return
-    with _reader_swap:
-        stock = reader.np
-        reader.np = _PlainArrays(stock)
-        try:
-            yield
-        finally:
-            reader.np = stock
-
-
 def _gguf_cache_dir(resolved: ResolvedModel, cache_root: Path) -> Path:
     f = Path(resolved.path) / (resolved.gguf_file or "")
     st = f.stat()
@@ -193,10 +147,7 @@ def dequantized_gguf_folder(resolved: ResolvedModel, cache_root: Path) -> Path:
     with gguf_reads(resolved.gguf_file):
         tokenizer = AutoTokenizer.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
         model = AutoModelForCausalLM.from_pretrained(resolved.path, gguf_file=resolved.gguf_file, dtype=torch.float32)
-    # The weights are already plain fp32 tensors; only the GGUF marker blocks saving.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    allow_saving_dequantized(model)  # the weights are already plain fp32 tensors
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -302,8 +253,6 @@ def adapter_base(folder: Path) -> str | None:
     if not base:
         raise LoadError(f"{folder.name}: the adapter does not say which base model it belongs to")
     if BUNDLED_HUB_IDS.get(str(base).lower()) == "smollm2":
-        from localchat.engine.models import smollm2_path
-
         bundled = smollm2_path()
         if bundled is not None:
             return str(bundled)

@@ -12,6 +12,7 @@ import json
 import logging
 from pathlib import Path
 
+from localchat.engine.errors import LoadError
 from localchat.types import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,6 @@ def materialize(ref: str, data_dir: Path) -> str:
     """Turn a bundled: reference into a real path; other references pass through unchanged."""
     if not ref.startswith(BUNDLED_PREFIX):
         return ref
-    from localchat.engine.loading import LoadError
-
     if ref == SMOLLM2:
         path = smollm2_path()
         if path is None:

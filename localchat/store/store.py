@@ -17,6 +17,7 @@ from typing import Any
 
 from localchat.store.db import Database, NotFound, StoreError
 from localchat.store.records import ApiKeyInfo, Conversation, ConversationInfo, Member, StoredMessage
+from localchat.text import clean_text
 
 BUILTIN_NAME = "(this computer)"
 TITLE_LENGTH = 60
@@ -198,7 +199,7 @@ class Store:
         now = self.clock() if created_at is None else created_at
         self.db.execute(
             "INSERT INTO conversations (id, member_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-            (conversation_id, member_id, title_from(title), now, now),
+            (conversation_id, member_id, title_from(clean_text(title)), now, now),
         )
         return conversation_id
 
@@ -206,6 +207,7 @@ class Store:
         """The member's conversations, newest first; `search` matches titles and message text."""
         sql = "SELECT id, title, updated_at FROM conversations c WHERE member_id = ?"
         args: list[Any] = [member_id]
+        search = clean_text(search)  # text from a form: a lone surrogate cannot be bound to SQL
         if search.strip():
             pattern = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             sql += (
@@ -245,7 +247,7 @@ class Store:
             raise NotFound("That conversation does not exist (it may have been deleted)")
 
     def rename(self, member_id: int, conversation_id: str, title: str) -> None:
-        title = " ".join(title.split())[:200]
+        title = " ".join(clean_text(title).split())[:200]
         if not title:
             raise StoreError("A title cannot be empty")
         with self.db.transaction() as conn:
@@ -280,7 +282,7 @@ class Store:
             conn.execute(
                 "INSERT INTO messages (conversation_id, position, role, content, stats, created_at) VALUES "
                 "(?, (SELECT coalesce(max(position), -1) + 1 FROM messages WHERE conversation_id = ?), ?, ?, ?, ?)",
-                (conversation_id, conversation_id, role, content, stats, self.clock()),
+                (conversation_id, conversation_id, role, clean_text(content), clean_text(stats), self.clock()),
             )
 
     def truncate(self, member_id: int, conversation_id: str, keep: int) -> None:
@@ -298,13 +300,13 @@ class Store:
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT INTO conversations (id, member_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (conversation_id, member_id, title_from(title), created_at or now, now),
+                (conversation_id, member_id, title_from(clean_text(title)), created_at or now, now),
             )
             for position, m in enumerate(messages):
                 conn.execute(
                     "INSERT INTO messages (conversation_id, position, role, content, stats, created_at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (conversation_id, position, m.role, m.content, m.stats, now),
+                    (conversation_id, position, m.role, clean_text(m.content), clean_text(m.stats), now),
                 )
         return conversation_id
 
