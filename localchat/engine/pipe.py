@@ -124,6 +124,7 @@ class LogMsg:
 
 ToEngine = Start | StreamCall | Call | LoadCall | Cancel | Expect | Close
 FromEngine = State | ChunkMsg | End | Result | Failure | LogMsg
+MESSAGES = (Start, StreamCall, Call, LoadCall, Cancel, Expect, Close, State, ChunkMsg, End, Result, Failure, LogMsg)
 
 
 class Wire:
@@ -136,6 +137,8 @@ class Wire:
         self.lock = threading.Lock()
 
     def send(self, message: ToEngine | FromEngine) -> None:
+        if not isinstance(message, MESSAGES):  # the protocol is these types, never ad hoc tuples
+            raise TypeError(f"not a pipe message: {type(message).__name__}")
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         with self.lock:
             self.writer.write(self.HEADER.pack(len(data)) + data)
