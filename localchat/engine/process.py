@@ -35,25 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from localchat.backend import BackendError, ServerBusy
-from localchat.engine.pipe import (
-    Call,
-    CallName,
-    Cancel,
-    ChunkMsg,
-    Close,
-    End,
-    Expect,
-    Failure,
-    FromEngine,
-    LoadCall,
-    LogMsg,
-    Result,
-    Start,
-    State,
-    StreamCall,
-    ToEngine,
-    Wire,
-)
+from localchat.engine import pipe
+from localchat.engine.pipe import End, State, Wire
 from localchat.hardware import Hardware
 from localchat.types import Chunk, GenerationRequest, LoadedInfo, LoadOptions, Message, ModelSpec
 
@@ -97,7 +80,7 @@ class EngineProcess:
         self.data_dir = data_dir
         self.models_dir = models_dir or data_dir / "models"
         self._command = command or ENGINE_COMMAND
-        self._config = Start(
+        self._config = pipe.Start(
             backend={
                 "data_dir": data_dir,
                 "models_dir": self.models_dir,
@@ -119,7 +102,7 @@ class EngineProcess:
         self._broken: str | None = None  # why no engine runs (it died too often or cannot start)
         self._closed = False
         self._generation = 0  # which engine process: messages for an earlier one are dropped
-        self._outbox: queue.SimpleQueue[tuple[int, ToEngine]] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[tuple[int, pipe.ToEngine]] = queue.SimpleQueue()
         self._start()
         threading.Thread(target=self._write, name="localchat-engine-writer", daemon=True).start()
         atexit.register(self.close)
@@ -148,13 +131,13 @@ class EngineProcess:
             current, wire = self._current
             if message is not None and generation == current:  # a message for an engine that died: dropped
                 self._send_now(wire, message)
-                if isinstance(message, Close):
+                if isinstance(message, pipe.Close):
                     return
             for rid, _ in self._stopped_streams(current):
-                self._send_now(wire, Cancel(rid))
+                self._send_now(wire, pipe.Cancel(rid))
 
     @staticmethod
-    def _send_now(wire: Wire, message: ToEngine) -> None:
+    def _send_now(wire: Wire, message: pipe.ToEngine) -> None:
         try:
             wire.send(message)
         except (OSError, ValueError):
@@ -184,27 +167,27 @@ class EngineProcess:
                 log.exception("a message from the engine could not be handled")
         self._engine_died(process, generation)
 
-    def _dispatch(self, message: FromEngine) -> None:
+    def _dispatch(self, message: pipe.FromEngine) -> None:
         match message:
-            case LogMsg(record):
+            case pipe.LogMsg(record):
                 logging.getLogger(record.name).handle(record)
             case State():
                 with self._lock:
                     self._state = message
-            case ChunkMsg(rid, _) | End(rid, _):
+            case pipe.ChunkMsg(rid, _) | End(rid, _):
                 with self._lock:
                     stream = self._streams.get(rid)
                     if stream is not None:
-                        stream.replies.put(message.chunk if isinstance(message, ChunkMsg) else message)
-            case Result(rid, _) | Failure(rid, _):
+                        stream.replies.put(message.chunk if isinstance(message, pipe.ChunkMsg) else message)
+            case pipe.Result(rid, _) | pipe.Failure(rid, _):
                 with self._lock:
                     future = self._calls.pop(rid, None)
                     options = self._loads.pop(rid, None)
-                    if options is not None and isinstance(message, Result):
+                    if options is not None and isinstance(message, pipe.Result):
                         self._model = options
                 if future is None or future.done():
                     return
-                if isinstance(message, Result):
+                if isinstance(message, pipe.Result):
                     future.set_result(message.value)
                 else:
                     future.set_exception(message.error)
@@ -279,7 +262,7 @@ class EngineProcess:
             stream.replies.put(End(rid, error()))
 
     # -- requests -------------------------------------------------------------------------------
-    def _call(self, make: Callable[[int], Call | LoadCall], load: LoadOptions | None = None) -> Future:
+    def _call(self, make: Callable[[int], pipe.Call | pipe.LoadCall], load: LoadOptions | None = None) -> Future:
         """Send the request `make(rid)` (a Call or LoadCall); the Future (which cannot be cancelled)
         gets the engine's answer. `load`: the options of a LoadCall."""
         future: Future = Future()
@@ -305,9 +288,9 @@ class EngineProcess:
             self._outbox.put((self._generation, make(rid)))
         return future
 
-    def _ask(self, method: CallName, *args: Any, seconds: float = CALL_SECONDS) -> Any:
+    def _ask(self, method: pipe.CallName, *args: Any, seconds: float = CALL_SECONDS) -> Any:
         try:
-            return self._call(lambda rid: Call(rid, method, args)).result(timeout=seconds)
+            return self._call(lambda rid: pipe.Call(rid, method, args)).result(timeout=seconds)
         except TimeoutError:
             raise EngineStopped(f"The model engine did not answer within {seconds:.0f} s") from None
 
@@ -342,7 +325,7 @@ class EngineProcess:
             return {"generating": 0, "waiting": 0}
 
     def load_in_background(self, options: LoadOptions) -> Future[LoadedInfo]:
-        return self._call(lambda rid: LoadCall(rid, options), load=options)
+        return self._call(lambda rid: pipe.LoadCall(rid, options), load=options)
 
     def load(self, options: LoadOptions) -> LoadedInfo:
         return self.load_in_background(options).result()
@@ -360,13 +343,13 @@ class EngineProcess:
         return self._ask("count_tokens", list(messages))
 
     def unload(self) -> None:
-        self._call(lambda rid: Call(rid, "unload")).result()
+        self._call(lambda rid: pipe.Call(rid, "unload")).result()
         with self._lock:
             self._model = None
 
     def expect(self) -> None:
         if not self._closed:  # a hint: never blocks (the writer sends it) and never fails
-            self._outbox.put((self._generation, Expect()))
+            self._outbox.put((self._generation, pipe.Expect()))
 
     def stream(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Iterator[Chunk]:
         """See Engine.stream; the engine process checks the model when the job starts there."""
@@ -382,7 +365,7 @@ class EngineProcess:
                 rid = next(self._ids)
                 stream.generation = self._generation
                 self._streams[rid] = stream
-                self._outbox.put((self._generation, StreamCall(rid, request)))
+                self._outbox.put((self._generation, pipe.StreamCall(rid, request)))
             while True:
                 item = stream.replies.get()  # the engine, its death or close() always puts an end
                 if isinstance(item, End):
@@ -397,14 +380,14 @@ class EngineProcess:
                 self._streams.pop(rid, None)
                 if not stream.ended and not stream.told:
                     stream.told = True
-                    self._outbox.put((stream.generation, Cancel(rid)))
+                    self._outbox.put((stream.generation, pipe.Cancel(rid)))
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._outbox.put((self._generation, Close()))
+            self._outbox.put((self._generation, pipe.Close()))
             process = self._process
         try:
             process.wait(15)
