@@ -45,11 +45,11 @@ def raw_generate(model, tokenizer, tokens: int) -> float:
 
 
 def engine_stream(backend, tokens: int) -> float:
-    from localchat.types import Message, SamplingParams
+    from localchat.types import GenerationRequest, Message, SamplingParams
 
     params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=tokens)
     start = time.perf_counter()
-    chunks = list(backend.stream([Message("user", PROMPT)], params, threading.Event()))
+    chunks = list(backend.stream(GenerationRequest((Message("user", PROMPT),), params), threading.Event()))
     return chunks[-1].usage.completion_tokens / (time.perf_counter() - start)
 
 

@@ -1,5 +1,6 @@
 """What this machine has: CPU, cores, RAM, each GPU with its memory, and whether bitsandbytes can
-run there. Read from the OS (no extra packages); torch is asked about GPUs only when present.
+run there. Read from the OS (no extra packages); torch is asked about GPUs only when present and
+wanted (`detect(gpus=False)` never imports it: a server whose models run elsewhere).
 
 Invariant: never fails; anything it cannot read is reported as unknown.
 """
@@ -33,6 +34,7 @@ class Hardware:
     gpus: tuple[Gpu, ...] = field(default_factory=tuple)
     bitsandbytes_cpu: bool = False
     torch: str = ""
+    engine: str = ""  # where the models run when not on this machine (a remote engine), else ""
 
     def free_bytes(self, device: str) -> int:
         """Memory a model can use on `device` ("cpu" or "cuda", the first GPU)."""
@@ -41,7 +43,8 @@ class Hardware:
         return self.ram_free_bytes
 
     def describe(self) -> str:
-        lines = [
+        lines = [f"Models run on {self.engine}; this server:"] if self.engine else []
+        lines += [
             f"CPU: {self.cpu}, {self.cores} cores",
             f"RAM: {gib(self.ram_free_bytes)} free of {gib(self.ram_total_bytes)}",
         ]
@@ -51,6 +54,8 @@ class Hardware:
                 f"GPU {g.index}: {g.name} (compute {g.capability}), {gib(g.free_bytes)} free of "
                 f"{gib(g.total_bytes)}; {bnb}"
             )
+        if self.engine:
+            return "\n".join(lines)  # GPUs and quantization are the engine's, not known here
         if not self.gpus:
             lines.append("GPU: none usable (CUDA not available)")
         lines.append(f"bitsandbytes on the CPU: {'yes' if self.bitsandbytes_cpu else 'no'}")
@@ -111,17 +116,20 @@ def _gpus() -> tuple[tuple[Gpu, ...], str]:
     return tuple(gpus), version
 
 
-def detect() -> Hardware:
+def detect(gpus: bool = True, engine: str = "") -> Hardware:
+    """`gpus=False`: CPU and RAM only, without importing torch. `engine`: where the models run, when
+    not here (see Hardware.engine)."""
     total, free = _meminfo()
-    gpus, torch_version = _gpus()
+    found, torch_version = _gpus() if gpus else ((), "")
     return Hardware(
         cpu=_cpu_name(),
         cores=os.cpu_count() or 1,
         ram_total_bytes=total,
         ram_free_bytes=free,
-        gpus=gpus,
+        gpus=found,
         bitsandbytes_cpu=importlib.util.find_spec("bitsandbytes") is not None,
         torch=torch_version,
+        engine=engine,
     )
 
 

@@ -1,10 +1,13 @@
 """A stand-in engine process for EngineProcess's supervision tests: it speaks the pipe protocol of
-engine/worker_process.py with no model, so deaths, restarts and shutdowns are quick and exact.
+engine/worker_process.py (the typed messages of engine/pipe.py) with no model, so deaths, restarts
+and shutdowns are quick and exact.
 
 `python fake_engine.py MODE`. MODE `die`: exits before reading anything. MODE `serve`: loads any
 model at once, except `crash` (the process kills itself mid-load) and `hang` (never answers);
-a reply is one chunk `hi`, except to the message `crash` (killed mid-reply) and `hang` (no
-answer). Each start appends a line to DATA_DIR/starts, so tests can count engine processes.
+a reply is one chunk `hi` and a usage chunk naming the model, except to the message `crash`
+(killed mid-reply) and `hang` (no answer); a request whose allowed models leave out the loaded
+one ends with ModelNotAllowed. Each start appends a line to DATA_DIR/starts, so tests can count
+engine processes.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import signal
 import sys
 from pathlib import Path
 
-from localchat.engine.pipe import Wire
-from localchat.types import Chunk, LoadedInfo
+from localchat.backend import ModelNotAllowed
+from localchat.engine.pipe import Call, ChunkMsg, Close, End, LoadCall, Result, Start, State, StreamCall, Wire
+from localchat.types import Chunk, LoadedInfo, Usage
 
 
 def main() -> None:
@@ -24,40 +28,42 @@ def main() -> None:
     wire = Wire(os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb"))
     os.dup2(2, 1)
     config = wire.recv()
-    data = Path(config["backend"]["data_dir"])
+    assert isinstance(config, Start)
+    data = Path(config.backend["data_dir"])
     with (data / "starts").open("a") as f:
         f.write(f"{os.getpid()}\n")
-    state = {"loaded": None, "asleep": False, "loading": None, "last_load_error": None}
-    wire.send(("state", dict(state)))
+    state = State()
+    wire.send(state)
     while True:
         message = wire.recv()
-        kind = message[0]
-        if kind == "close":
-            return
-        if kind == "load":
-            rid, options = message[1], message[2]
-            if options.model == "crash":
-                os.kill(os.getpid(), signal.SIGKILL)
-            if options.model == "hang":
-                continue
-            info = LoadedInfo(options, options.model, "cpu", "float32", "none", 1, 512, 0.0, True)
-            state["loaded"] = info
-            wire.send(("state", dict(state)))
-            wire.send(("result", rid, info))
-        elif kind == "stream":
-            rid, messages = message[1], message[2]
-            last = messages[-1].content
-            if last == "crash":
-                wire.send(("chunk", rid, Chunk(text="hi")))
-                os.kill(os.getpid(), signal.SIGKILL)
-            if last == "hang":
-                continue
-            wire.send(("chunk", rid, Chunk(text="hi")))
-            wire.send(("end", rid, None))
-        elif kind == "call":
-            rid, method = message[1], message[2]
-            if method == "activity":
-                wire.send(("result", rid, {"generating": 0, "waiting": 0}))
+        match message:
+            case Close():
+                return
+            case LoadCall(rid, options):
+                if options.model == "crash":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if options.model == "hang":
+                    continue
+                info = LoadedInfo(options, options.model, "cpu", "float32", "none", 1, 512, 0.0, True)
+                state = State(loaded=info)
+                wire.send(state)
+                wire.send(Result(rid, info))
+            case StreamCall(rid, request):
+                last = request.messages[-1].content
+                if last == "crash":
+                    wire.send(ChunkMsg(rid, Chunk(text="hi")))
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if last == "hang":
+                    continue
+                model = state.loaded.options.model if state.loaded else ""
+                if request.allowed_models is not None and model not in request.allowed_models:
+                    wire.send(End(rid, ModelNotAllowed(f"Your account may not use {model}")))
+                    continue
+                wire.send(ChunkMsg(rid, Chunk(text="hi")))
+                wire.send(ChunkMsg(rid, Chunk(usage=Usage(completion_tokens=1, model=model))))
+                wire.send(End(rid))
+            case Call(rid, "activity"):
+                wire.send(Result(rid, {"generating": 0, "waiting": 0}))
 
 
 if __name__ == "__main__":

@@ -12,14 +12,14 @@ import torch
 
 from localchat.engine.batch import Batch, Reply, batchable, stream_reply
 from localchat.engine.generate import prompt_ids
-from localchat.types import Chunk, LoadOptions, Message, SamplingParams
+from localchat.types import Chunk, GenerationRequest, LoadOptions, Message, SamplingParams
 
 GREEDY = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=40)
-SHORT = [Message("user", "What is the capital of France?")]
-LONG = [
+SHORT = (Message("user", "What is the capital of France?"),)
+LONG = (
     Message("system", "You are a patient teacher who explains things step by step to a curious child."),
     Message("user", "Why do leaves change colour in autumn? Please explain it simply, in a few sentences."),
-]
+)
 
 
 @pytest.fixture()
@@ -43,15 +43,17 @@ def outcome(chunks: list[Chunk]) -> tuple[str, str, int]:
 
 
 def solo(backend, messages: list[Message], params: SamplingParams = GREEDY) -> list[Chunk]:
-    return list(backend.stream(messages, params))
+    return list(backend.stream(GenerationRequest(tuple(messages), params)))
 
 
 def together(backend, first: list[Message], second: list[Message], params: SamplingParams = GREEDY):
     """Start `first`, and `second` once `first` has its first words: both then decode together."""
-    a = backend.stream(first, params, owner="ann")
+    a = backend.stream(GenerationRequest(tuple(first), params, owner="ann"))
     a_chunks = [next(c for c in a if c.text)]
     b_chunks: list[Chunk] = []
-    b = threading.Thread(target=lambda: b_chunks.extend(backend.stream(second, params, owner="bob")))
+    b = threading.Thread(
+        target=lambda: b_chunks.extend(backend.stream(GenerationRequest(tuple(second), params, owner="bob")))
+    )
     b.start()
     a_chunks.extend(a)
     b.join(120)
@@ -74,10 +76,12 @@ def test_two_concurrent_streams_each_equal_their_solo_greedy_reply(smol_backend,
 
 def test_stop_on_one_reply_leaves_the_other_complete(smol_backend, rows_per_step):
     alone = solo(smol_backend, LONG)
-    a = smol_backend.stream(SHORT, SamplingParams(temperature=0, max_new_tokens=200), owner="ann")
+    a = smol_backend.stream(GenerationRequest(SHORT, SamplingParams(temperature=0, max_new_tokens=200), owner="ann"))
     next(c for c in a if c.text)
     b_chunks: list[Chunk] = []
-    b = threading.Thread(target=lambda: b_chunks.extend(smol_backend.stream(LONG, GREEDY, owner="bob")))
+    b = threading.Thread(
+        target=lambda: b_chunks.extend(smol_backend.stream(GenerationRequest(LONG, GREEDY, owner="bob")))
+    )
     b.start()
     while max(rows_per_step, default=0) < 2:  # wait until both decode in one batch, then Stop Ann's
         next(a)
@@ -167,7 +171,7 @@ def test_prompts_that_arrive_together_are_read_in_one_pass_and_each_reply_is_its
 
     def cold(messages: list[Message]) -> tuple[str, str, int]:
         smol_backend.prefix.clear()
-        return outcome(list(smol_backend.stream(messages, params)))
+        return outcome(list(smol_backend.stream(GenerationRequest(tuple(messages), params))))
 
     first = cold(turn1)
     turn2 = [*turn1, Message("assistant", first[0]), Message("user", "And the smallest?")]
@@ -176,11 +180,11 @@ def test_prompts_that_arrive_together_are_read_in_one_pass_and_each_reply_is_its
     expected = [cold(turn2), cold(fresh), cold(other)]
 
     smol_backend.prefix.clear()
-    list(smol_backend.stream(turn1, params, owner="ann"))  # Ann's chat so far, cached
+    list(smol_backend.stream(GenerationRequest(tuple(turn1), params, owner="ann")))  # Ann's chat so far, cached
     gate = threading.Event()
     smol_backend.worker.submit(lambda: gate.wait(30))  # hold the model so all three queue up
-    streams = [smol_backend.stream(turn2, params, owner="ann"), smol_backend.stream(fresh, params, owner="ann"),
-               smol_backend.stream(other, params, owner="bob")]  # fmt: skip
+    asks = [(turn2, "ann"), (fresh, "ann"), (other, "bob")]
+    streams = [smol_backend.stream(GenerationRequest(tuple(m), params, owner=who)) for m, who in asks]
     results: list[list[Chunk]] = [[] for _ in streams]
     threads = [threading.Thread(target=lambda s=s, r=r: r.extend(s)) for s, r in zip(streams, results, strict=True)]
     hits = smol_backend.prefix.hits
@@ -204,7 +208,10 @@ def test_replies_announced_together_share_their_prompt_read(smol_backend, rows_p
     prompts = [[Message("user", f"Write one sentence about {what}.")] for what in ("rain", "bread", "owls")]
     params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
     smol_backend.prefix.clear()
-    alone = [outcome(list(smol_backend.stream(p, params, owner=str(i)))) for i, p in enumerate(prompts)]
+    alone = [
+        outcome(list(smol_backend.stream(GenerationRequest(tuple(p), params, owner=str(i)))))
+        for i, p in enumerate(prompts)
+    ]
     smol_backend.prefix.clear()
     for _ in prompts:
         smol_backend.expect()
@@ -213,7 +220,11 @@ def test_replies_announced_together_share_their_prompt_read(smol_backend, rows_p
     rows_per_step.clear()
     for i, (p, r) in enumerate(zip(prompts, results, strict=True)):
         threads.append(
-            threading.Thread(target=lambda p=p, r=r, i=i: r.extend(smol_backend.stream(p, params, owner=str(i))))
+            threading.Thread(
+                target=lambda p=p, r=r, i=i: r.extend(
+                    smol_backend.stream(GenerationRequest(tuple(p), params, owner=str(i)))
+                )
+            )
         )
         threads[-1].start()
         threading.Event().wait(0.1)  # they arrive one after another, well apart

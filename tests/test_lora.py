@@ -11,9 +11,9 @@ import pytest
 from localchat.engine.backend import TransformersBackend
 from localchat.engine.loading import LoadError, load_model
 from localchat.engine.models import folder_models
-from localchat.types import LoadOptions, Message, SamplingParams
+from localchat.types import GenerationRequest, LoadOptions, Message, SamplingParams
 
-HI = [Message("user", "Hello there")]
+HI = (Message("user", "Hello there"),)
 GREEDY = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
 
 
@@ -39,7 +39,7 @@ def models_dir(tmp_path: Path, tiny_model: Path) -> Path:
 
 
 def reply(backend: TransformersBackend) -> str:
-    return "".join(c.text for c in backend.stream(HI, GREEDY))
+    return "".join(c.text for c in backend.stream(GenerationRequest(HI, GREEDY)))
 
 
 def test_adapters_are_listed_with_their_base(models_dir: Path, tiny_model: Path) -> None:

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     import localchat
     from localchat.engine.backend import TransformersBackend
     from localchat.engine.models import SMOLLM2, materialize
-    from localchat.types import LoadOptions, Message, SamplingParams
+    from localchat.types import GenerationRequest, LoadOptions, Message, SamplingParams
 
     def rss():
         for line in open("/proc/self/status"):
@@ -33,14 +33,14 @@ SCRIPT = textwrap.dedent(
     path = materialize(SMOLLM2, data)  # a plain path: the bundled model would be kept resident
     before = rss()
     info = backend.load(LoadOptions(model=path, device="cpu", dtype="float32", quantization="none"))
-    list(backend.stream([Message("user", "Hi")], SamplingParams(temperature=0, max_new_tokens=2)))  # touch every weight
+    list(backend.stream(GenerationRequest((Message("user", "Hi"),), SamplingParams(temperature=0, max_new_tokens=2))))  # touch every weight
     loaded = rss()
     deadline = time.monotonic() + 60
     while backend.asleep is None and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(0.5)
     asleep = rss()
-    chunks = list(backend.stream([Message("user", "Hi")], SamplingParams(temperature=0, max_new_tokens=4)))
+    chunks = list(backend.stream(GenerationRequest((Message("user", "Hi"),), SamplingParams(temperature=0, max_new_tokens=4))))
     print(json.dumps({"model": info.memory_bytes, "before": before, "loaded": loaded, "asleep": asleep,
                       "awake": rss(), "was_asleep": backend.asleep is None and chunks[-1].usage is not None,
                       "reply_tokens": chunks[-1].usage.completion_tokens}))

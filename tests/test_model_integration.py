@@ -12,15 +12,15 @@ from localchat.backend import ModelLoadFailed
 from localchat.core import ChatService
 from localchat.engine.backend import TransformersBackend
 from localchat.engine.models import GEMMA3, SMOLLM2
-from localchat.types import LoadOptions, Message, SamplingParams
+from localchat.types import GenerationRequest, LoadOptions, Message, SamplingParams
 
 pytestmark = pytest.mark.model
 GREEDY = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=40)
-FRANCE = [Message("user", "What is the capital of France?")]
+FRANCE = (Message("user", "What is the capital of France?"),)
 
 
 def answer(backend, messages=FRANCE, params=GREEDY) -> tuple[str, object]:
-    chunks = list(backend.stream(messages, params))
+    chunks = list(backend.stream(GenerationRequest(tuple(messages), params)))
     return "".join(c.text for c in chunks), chunks[-1].usage
 
 
@@ -88,7 +88,9 @@ def test_stop_ends_a_stream_early(smol_backend):
     cancel = threading.Event()
     story = [Message("user", "Write a long story about a dragon who learns to bake bread.")]
     chunks = []
-    for chunk in smol_backend.stream(story, SamplingParams(temperature=0, max_new_tokens=400), cancel):
+    for chunk in smol_backend.stream(
+        GenerationRequest(tuple(story), SamplingParams(temperature=0, max_new_tokens=400)), cancel
+    ):
         chunks.append(chunk)
         if sum(1 for c in chunks if c.text) == 5:
             cancel.set()

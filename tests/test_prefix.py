@@ -10,13 +10,13 @@ from transformers import DynamicCache
 
 from localchat.engine.backend import TransformersBackend
 from localchat.engine.prefix import PrefixCache, common_prefix
-from localchat.types import LoadOptions, Message, SamplingParams
+from localchat.types import GenerationRequest, LoadOptions, Message, SamplingParams
 
 GREEDY = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=16)
 
 
 def chat(backend: TransformersBackend, messages: list[Message]) -> str:
-    return "".join(c.text for c in backend.stream(messages, GREEDY))
+    return "".join(c.text for c in backend.stream(GenerationRequest(tuple(messages), GREEDY)))
 
 
 def test_the_next_turn_reuses_the_cache_and_answers_the_same(tmp_path: Path, tiny_model: Path) -> None:
@@ -59,13 +59,13 @@ def test_a_new_chat_reuses_its_shared_start_but_only_for_the_same_member(tmp_pat
         second = [system, Message("user", "What is a volcano?")]
 
         def ask(messages: list[Message], owner: str) -> str:
-            return "".join(c.text for c in warm.stream(messages, GREEDY, owner=owner))
+            return "".join(c.text for c in warm.stream(GenerationRequest(tuple(messages), GREEDY, owner=owner)))
 
         ask(first, "ann")
         assert ask(second, "bob") and warm.prefix.hits == 0  # Bob never reuses Ann's cache
         answer = ask(second, "ann")
         assert warm.prefix.hits == 1 and warm.prefix.reused_tokens > 60  # the system prompt, copied
-        assert answer == "".join(c.text for c in cold.stream(second, GREEDY))
+        assert answer == "".join(c.text for c in cold.stream(GenerationRequest(tuple(second), GREEDY)))
         assert len(warm.prefix) == 3  # Ann's first chat keeps its own cache for its next turn
         again = first + [Message("assistant", ask(first, "ann")), Message("user", "More?")]
         hits = warm.prefix.hits

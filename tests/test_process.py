@@ -20,12 +20,12 @@ from conftest import ROOT
 from localchat.backend import ModelLoadFailed, PromptTooLong
 from localchat.engine.models import SMOLLM2
 from localchat.engine.process import EngineProcess, EngineStopped
-from localchat.types import Chunk, LoadOptions, Message, SamplingParams
+from localchat.types import Chunk, GenerationRequest, LoadOptions, Message, SamplingParams
 
 pytestmark = pytest.mark.model
 GREEDY = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=24)
-QUESTION = [Message("user", "What is the capital of France?")]
-STORY = [Message("user", "Write a long story about a lighthouse keeper.")]
+QUESTION = (Message("user", "What is the capital of France?"),)
+STORY = (Message("user", "Write a long story about a lighthouse keeper."),)
 WAIT = 120
 
 
@@ -51,7 +51,9 @@ def outcome(chunks: list[Chunk]) -> tuple[str, str, int]:
 
 
 def test_a_reply_from_the_engine_process_equals_the_in_process_one(engine, smol_backend) -> None:
-    assert outcome(list(engine.stream(QUESTION, GREEDY))) == outcome(list(smol_backend.stream(QUESTION, GREEDY)))
+    assert outcome(list(engine.stream(GenerationRequest(QUESTION, GREEDY)))) == outcome(
+        list(smol_backend.stream(GenerationRequest(QUESTION, GREEDY)))
+    )
     info = engine.loaded()
     assert info is not None and info.name == smol_backend.loaded().name and info.context_length == 8192
     assert engine.loading is None and engine.asleep is None and engine.last_load_error is None
@@ -64,12 +66,14 @@ def test_a_reply_from_the_engine_process_equals_the_in_process_one(engine, smol_
 def test_two_streams_at_once_each_equal_their_solo_reply_and_stop_ends_only_its_own(engine) -> None:
     long = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=400)
     bob_params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=200)
-    alone = outcome(list(engine.stream(STORY, bob_params)))
+    alone = outcome(list(engine.stream(GenerationRequest(STORY, bob_params))))
     stop = threading.Event()
-    story = engine.stream(STORY, long, stop, owner="ann")
+    story = engine.stream(GenerationRequest(STORY, long, owner="ann"), stop)
     story_chunks = [next(c for c in story if c.text)]
     bob: list[Chunk] = []
-    other = threading.Thread(target=lambda: bob.extend(engine.stream(STORY, bob_params, owner="bob")))
+    other = threading.Thread(
+        target=lambda: bob.extend(engine.stream(GenerationRequest(STORY, bob_params, owner="bob")))
+    )
     other.start()
     wait_for(lambda: engine.activity()["generating"] == 2)  # both decode in one batch
     stop.set()  # Ann presses Stop
@@ -81,7 +85,7 @@ def test_two_streams_at_once_each_equal_their_solo_reply_and_stop_ends_only_its_
 
 
 def test_closing_a_stream_ends_its_generation(engine) -> None:
-    stream = engine.stream(STORY, SamplingParams(temperature=0, max_new_tokens=4000))
+    stream = engine.stream(GenerationRequest(STORY, SamplingParams(temperature=0, max_new_tokens=4000)))
     next(c for c in stream if c.text)
     stream.close()  # a dropped connection
     wait_for(lambda: engine.activity()["generating"] == 0, 10)  # 4,000 tokens would take minutes
@@ -94,8 +98,8 @@ def test_errors_cross_the_pipe_as_themselves(engine) -> None:
     assert engine.loaded() == before and "not found" in engine.last_load_error
     huge = [Message("user", "word " * 9000)]
     with pytest.raises(PromptTooLong, match="context window"):
-        list(engine.stream(huge, GREEDY, trim=False))
-    assert outcome(list(engine.stream(QUESTION, GREEDY)))[2] > 0  # still answering
+        list(engine.stream(GenerationRequest(tuple(huge), GREEDY, trim=False)))
+    assert outcome(list(engine.stream(GenerationRequest(QUESTION, GREEDY))))[2] > 0  # still answering
 
 
 def test_the_engine_logs_through_the_servers_logging(session_data_dir: Path, caplog) -> None:
@@ -114,14 +118,14 @@ def test_a_dying_engine_fails_the_reply_in_flight_and_comes_back_with_its_model(
     try:
         backend.load(LoadOptions(model=SMOLLM2, device="cpu"))
         first = backend._process
-        stream = backend.stream(STORY, SamplingParams(temperature=0, max_new_tokens=400))
+        stream = backend.stream(GenerationRequest(STORY, SamplingParams(temperature=0, max_new_tokens=400)))
         next(c for c in stream if c.text)
         os.kill(first.pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
         with pytest.raises(EngineStopped, match="signal 9.*out of memory.*started again"):
             list(stream)
         wait_for(lambda: backend.loaded() is not None)  # a new engine, loading the same model by itself
         assert backend._process.pid != first.pid and first.poll() is not None
-        assert outcome(list(backend.stream(QUESTION, GREEDY)))[2] > 0
+        assert outcome(list(backend.stream(GenerationRequest(QUESTION, GREEDY))))[2] > 0
     finally:
         backend.close()
     assert backend._process.poll() is not None  # closing stops the engine process

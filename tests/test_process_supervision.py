@@ -15,7 +15,7 @@ from conftest import ROOT
 
 from localchat.backend import ServerBusy
 from localchat.engine.process import EngineProcess, EngineStopped
-from localchat.types import LoadOptions, Message, SamplingParams
+from localchat.types import GenerationRequest, LoadOptions, Message, SamplingParams
 
 WAIT = 20
 
@@ -44,7 +44,7 @@ def wait_for(condition) -> None:
 
 
 def ask(backend: EngineProcess, text: str) -> str:
-    return "".join(c.text for c in backend.stream([Message("user", text)], SamplingParams()))
+    return "".join(c.text for c in backend.stream(GenerationRequest((Message("user", text),), SamplingParams())))
 
 
 def test_a_reply_and_a_load_through_the_pipe(engine: EngineProcess, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from localchat.backend import ModelLoadFailed, NoModelLoaded, PromptTooLong, ServerBusy
+from localchat.backend import ModelLoadFailed, ModelNotAllowed, NoModelLoaded, PromptTooLong, ServerBusy
 from localchat.engine import models
 from localchat.engine.batch import Batch, Reply
 from localchat.engine.fit import FitReport
@@ -28,7 +28,7 @@ from localchat.engine.loading import Loaded, LoadError, choose_quantization, fit
 from localchat.engine.prefix import PrefixCache
 from localchat.engine.scheduler import Busy, InferenceWorker
 from localchat.hardware import Hardware, detect
-from localchat.types import Chunk, ContextFit, LoadedInfo, LoadOptions, Message, ModelSpec, SamplingParams, Usage
+from localchat.types import Chunk, ContextFit, GenerationRequest, LoadedInfo, LoadOptions, Message, ModelSpec, Usage
 
 log = logging.getLogger(__name__)
 _DONE = object()
@@ -229,29 +229,24 @@ class TransformersBackend:
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return self.worker.call(lambda: len(prompt_ids(self._require().tokenizer, messages)), quick=True)
 
-    def stream(
-        self,
-        messages: Sequence[Message],
-        params: SamplingParams,
-        cancel: threading.Event | None = None,
-        *,
-        trim: bool = True,
-        prompt: str | None = None,
-        owner: str | None = None,
-    ) -> Iterator[Chunk]:
-        """`trim=False`: a prompt that does not fit is an error instead of being shortened (the API).
-        `prompt`: complete this raw text instead of the chat `messages` (/v1/completions)."""
+    def stream(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Iterator[Chunk]:
+        """See Engine.stream: the job checks the model (and the member's allowed models) when it
+        starts on the worker, after any load queued before it."""
         cancel = cancel or threading.Event()
-        params.validate()
+        messages, params, prompt, owner = request.messages, request.params.validate(), request.prompt, request.owner
         out: queue.Queue = queue.Queue()
         ended: list[Usage | BaseException] = []  # set by the batch when the reply ends
         submitted = time.perf_counter()
 
         def job() -> None:
             started = time.perf_counter()
-            current = self._require()  # checked when the job runs: a reply queued behind a load waits
+            # Checked when the job runs, so a reply queued behind a load is checked against the new
+            # model; before _require, so a model asleep that would be refused is not woken for it.
+            self._check_allowed(request)
+            current = self._require()
+            model = current.info.options.model
             window = current.info.context_length
-            if prompt is not None or not trim:
+            if prompt is not None or not request.trim:
                 ids = (
                     text_ids(current.tokenizer, prompt, window)
                     if prompt is not None
@@ -276,15 +271,15 @@ class TransformersBackend:
                     ended.append(exc)
                 else:
                     assert decoded is not None
-                    ended.append(usage(decoded, len(ids), submitted, started))
+                    ended.append(usage(decoded, len(ids), submitted, started, model))
                 out.put(_DONE)
 
             assert self._batch is not None
-            self._batch.add(Reply(ids, params, cancel, lambda text: out.put(Chunk(text=text)), done, owner or ""))
+            self._batch.add(Reply(ids, params, cancel, lambda text: out.put(Chunk(text=text)), done, owner))
 
         self._last_used = time.monotonic()  # idle time counts from the last request and the last reply
         try:
-            future = self.worker.submit(job, cancel, owner, joins=True)
+            future = self.worker.submit(job, cancel, owner or None, joins=True)  # None: a turn of its own
         except Busy as exc:
             raise ServerBusy(f"The model is busy: {exc}") from exc
 
@@ -325,6 +320,15 @@ class TransformersBackend:
         finally:
             cancel.set()  # a closed iterator (Stop, dropped connection) ends the generation
 
+    def _check_allowed(self, request: GenerationRequest) -> None:
+        """On the worker: refuse a model (loaded, or asleep and about to load) the member may not use."""
+        info = self.loaded()
+        if request.allowed_models is not None and info is not None and info.options.model not in request.allowed_models:
+            raise ModelNotAllowed(
+                f"Your account may not use {info.name}, the model loaded now; ask a household admin "
+                "to load one you may use"
+            )
+
     def _require(self) -> Loaded:
         """The loaded model; on the worker, one unloaded for being idle is loaded again first."""
         self._last_used = time.monotonic()
@@ -351,7 +355,7 @@ class TransformersBackend:
         self.worker.close()
 
 
-def usage(decoded: Decoded, prompt_tokens: int, submitted: float, started: float) -> Usage:
+def usage(decoded: Decoded, prompt_tokens: int, submitted: float, started: float, model: str = "") -> Usage:
     first = decoded.first_token_at
     speed = None
     if first is not None and decoded.completion_tokens > 1 and decoded.finished_at > first:
@@ -363,6 +367,7 @@ def usage(decoded: Decoded, prompt_tokens: int, submitted: float, started: float
         tokens_per_second=speed,
         finish_reason=decoded.finish_reason,
         queue_seconds=started - submitted,
+        model=model,
     )
 
 

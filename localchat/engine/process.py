@@ -28,22 +28,23 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from localchat.backend import BackendError, ServerBusy
-from localchat.engine.pipe import Wire
+from localchat.engine import pipe
+from localchat.engine.pipe import End, State, Wire
 from localchat.hardware import Hardware
-from localchat.types import Chunk, LoadedInfo, LoadOptions, Message, ModelSpec, SamplingParams
+from localchat.types import Chunk, GenerationRequest, LoadedInfo, LoadOptions, Message, ModelSpec
 
 log = logging.getLogger(__name__)
 CANCEL_SECONDS = 0.05  # how often the writer looks for Stop pressed on a reply in flight
 DEATHS, DEATH_WINDOW_SECONDS = 3, 60.0  # this many deaths within the window: not started again
 CALL_SECONDS = 60.0  # an engine that does not answer a short call in this time is reported
-NO_STATE: dict[str, Any] = {"loaded": None, "asleep": False, "loading": None, "last_load_error": None}
+NO_STATE = State()  # before the engine said anything, and after it died
 ENGINE_COMMAND = [sys.executable, "-m", "localchat.engine.worker_process"]
 
 
@@ -51,15 +52,10 @@ class EngineStopped(BackendError):
     """The engine process ended while requests were in flight, or cannot be started."""
 
 
-@dataclass(frozen=True)
-class _End:
-    error: BaseException | None = None
-
-
 @dataclass(eq=False)
 class _Stream:
     cancel: threading.Event
-    replies: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    replies: queue.SimpleQueue[Chunk | End] = field(default_factory=queue.SimpleQueue)
     generation: int = 0
     told: bool = False  # the engine was told to cancel it
     ended: bool = False
@@ -84,29 +80,29 @@ class EngineProcess:
         self.data_dir = data_dir
         self.models_dir = models_dir or data_dir / "models"
         self._command = command or ENGINE_COMMAND
-        self._config = {
-            "backend": {
+        self._config = pipe.Start(
+            backend={
                 "data_dir": data_dir,
                 "models_dir": self.models_dir,
                 "max_waiting": max_waiting,
                 "idle_unload": idle_unload,
                 "max_batch": max_batch,
             },
-            "offline": is_offline(),
-            "log_level": logging.getLogger().getEffectiveLevel(),
-        }
+            offline=is_offline(),
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
         self._lock = threading.Lock()  # guards the fields below; never held during pipe I/O
         self._ids = itertools.count()
         self._calls: dict[int, Future] = {}
         self._streams: dict[int, _Stream] = {}
         self._loads: dict[int, LoadOptions] = {}  # loads in flight, by call id
-        self._state: dict[str, Any] = NO_STATE  # what the engine last said
+        self._state = NO_STATE  # what the engine last said
         self._model: LoadOptions | None = None  # what is loaded, to load again after a crash
         self._deaths: deque[float] = deque()
         self._broken: str | None = None  # why no engine runs (it died too often or cannot start)
         self._closed = False
         self._generation = 0  # which engine process: messages for an earlier one are dropped
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[tuple[int, pipe.ToEngine]] = queue.SimpleQueue()
         self._start()
         threading.Thread(target=self._write, name="localchat-engine-writer", daemon=True).start()
         atexit.register(self.close)
@@ -135,13 +131,13 @@ class EngineProcess:
             current, wire = self._current
             if message is not None and generation == current:  # a message for an engine that died: dropped
                 self._send_now(wire, message)
-                if message == ("close",):
+                if isinstance(message, pipe.Close):
                     return
             for rid, _ in self._stopped_streams(current):
-                self._send_now(wire, ("cancel", rid))
+                self._send_now(wire, pipe.Cancel(rid))
 
     @staticmethod
-    def _send_now(wire: Wire, message: Any) -> None:
+    def _send_now(wire: Wire, message: pipe.ToEngine) -> None:
         try:
             wire.send(message)
         except (OSError, ValueError):
@@ -171,31 +167,32 @@ class EngineProcess:
                 log.exception("a message from the engine could not be handled")
         self._engine_died(process, generation)
 
-    def _dispatch(self, message: tuple) -> None:
-        kind = message[0]
-        if kind == "log":
-            record = message[1]
-            logging.getLogger(record.name).handle(record)
-            return
-        with self._lock:
-            if kind == "state":
-                self._state = message[1]
-                return
-            if kind in ("chunk", "end"):
-                stream = self._streams.get(message[1])
-                if stream is not None:
-                    stream.replies.put(message[2] if kind == "chunk" else _End(message[2]))
-                return
-            future = self._calls.pop(message[1], None)
-            options = self._loads.pop(message[1], None)
-            if options is not None and kind == "result":
-                self._model = options
-        if future is None or future.done():
-            return
-        if kind == "result":
-            future.set_result(message[2])
-        else:
-            future.set_exception(message[2])
+    def _dispatch(self, message: pipe.FromEngine) -> None:
+        match message:
+            case pipe.LogMsg(record):
+                logging.getLogger(record.name).handle(record)
+            case State():
+                with self._lock:
+                    self._state = message
+            case pipe.ChunkMsg(rid, _) | End(rid, _):
+                with self._lock:
+                    stream = self._streams.get(rid)
+                    if stream is not None:
+                        stream.replies.put(message.chunk if isinstance(message, pipe.ChunkMsg) else message)
+            case pipe.Result(rid, _) | pipe.Failure(rid, _):
+                with self._lock:
+                    future = self._calls.pop(rid, None)
+                    options = self._loads.pop(rid, None)
+                    if options is not None and isinstance(message, pipe.Result):
+                        self._model = options
+                if future is None or future.done():
+                    return
+                if isinstance(message, pipe.Result):
+                    future.set_result(message.value)
+                else:
+                    future.set_exception(message.error)
+            case _:
+                log.error("the engine sent a message the server does not know: %r", type(message).__name__)
 
     def _engine_died(self, process: subprocess.Popen, generation: int) -> None:
         try:
@@ -248,32 +245,33 @@ class EngineProcess:
             calls, streams = self._take_in_flight()
         self._fail(calls, streams, lambda: EngineStopped(why))
 
-    def _take_in_flight(self) -> tuple[list[Future], list[_Stream]]:
+    def _take_in_flight(self) -> tuple[list[Future], list[tuple[int, _Stream]]]:
         """The calls (now forgotten) and streams waiting for an answer; under self._lock. Streams
         leave by themselves once they have read their end."""
-        calls, streams = list(self._calls.values()), list(self._streams.values())
+        calls, streams = list(self._calls.values()), list(self._streams.items())
         self._calls.clear()
         self._loads.clear()
         return calls, streams
 
     @staticmethod
-    def _fail(calls: list[Future], streams: list[_Stream], error: Any) -> None:
+    def _fail(calls: list[Future], streams: list[tuple[int, _Stream]], error: Callable[[], BackendError]) -> None:
         for future in calls:
             if not future.done():
                 future.set_exception(error())
-        for stream in streams:
-            stream.replies.put(_End(error()))
+        for rid, stream in streams:
+            stream.replies.put(End(rid, error()))
 
     # -- requests -------------------------------------------------------------------------------
-    def _call(self, kind: str, *args: Any) -> Future:
-        """Send a request; the Future (which cannot be cancelled) gets the engine's answer."""
+    def _call(self, make: Callable[[int], pipe.Call | pipe.LoadCall], load: LoadOptions | None = None) -> Future:
+        """Send the request `make(rid)` (a Call or LoadCall); the Future (which cannot be cancelled)
+        gets the engine's answer. `load`: the options of a LoadCall."""
         future: Future = Future()
         future.set_running_or_notify_cancel()  # cancel() would not reach the engine: refuse it
         with self._lock:
             if self._closed:
                 future.set_exception(ServerBusy("The server is shutting down"))
                 return future
-            if self._broken is not None and kind == "load":
+            if self._broken is not None and load is not None:
                 self._deaths.clear()  # someone asks for a model: try a fresh engine once more
                 try:
                     self._start()
@@ -285,14 +283,14 @@ class EngineProcess:
                 return future
             rid = next(self._ids)
             self._calls[rid] = future
-            if kind == "load":
-                self._loads[rid] = args[0]
-            self._outbox.put((self._generation, (kind, rid, *args)))
+            if load is not None:
+                self._loads[rid] = load
+            self._outbox.put((self._generation, make(rid)))
         return future
 
-    def _ask(self, method: str, *args: Any, seconds: float = CALL_SECONDS) -> Any:
+    def _ask(self, method: pipe.CallName, *args: Any, seconds: float = CALL_SECONDS) -> Any:
         try:
-            return self._call("call", method, args).result(timeout=seconds)
+            return self._call(lambda rid: pipe.Call(rid, method, args)).result(timeout=seconds)
         except TimeoutError:
             raise EngineStopped(f"The model engine did not answer within {seconds:.0f} s") from None
 
@@ -303,22 +301,22 @@ class EngineProcess:
         return models.discover(self.models_dir)  # files only: no need to ask the engine
 
     def loaded(self) -> LoadedInfo | None:
-        return self._state["loaded"]
+        return self._state.loaded
 
     @property
     def asleep(self) -> LoadedInfo | None:
         state = self._state
-        return state["loaded"] if state["asleep"] else None
+        return state.loaded if state.asleep else None
 
     @property
     def loading(self) -> LoadOptions | None:
         with self._lock:
             pending = list(self._loads.values())
-        return pending[-1] if pending else self._state["loading"]
+        return pending[-1] if pending else self._state.loading
 
     @property
     def last_load_error(self) -> str | None:
-        return self._broken or self._state["last_load_error"]
+        return self._broken or self._state.last_load_error
 
     def activity(self) -> dict[str, int]:
         try:
@@ -326,8 +324,8 @@ class EngineProcess:
         except BackendError:
             return {"generating": 0, "waiting": 0}
 
-    def load_in_background(self, options: LoadOptions) -> Future:
-        return self._call("load", options)
+    def load_in_background(self, options: LoadOptions) -> Future[LoadedInfo]:
+        return self._call(lambda rid: pipe.LoadCall(rid, options), load=options)
 
     def load(self, options: LoadOptions) -> LoadedInfo:
         return self.load_in_background(options).result()
@@ -345,26 +343,18 @@ class EngineProcess:
         return self._ask("count_tokens", list(messages))
 
     def unload(self) -> None:
-        self._call("call", "unload", ()).result()
+        self._call(lambda rid: pipe.Call(rid, "unload")).result()
         with self._lock:
             self._model = None
 
     def expect(self) -> None:
         if not self._closed:  # a hint: never blocks (the writer sends it) and never fails
-            self._outbox.put((self._generation, ("expect",)))
+            self._outbox.put((self._generation, pipe.Expect()))
 
-    def stream(
-        self,
-        messages: Sequence[Message],
-        params: SamplingParams,
-        cancel: threading.Event | None = None,
-        *,
-        trim: bool = True,
-        prompt: str | None = None,
-        owner: str | None = None,
-    ) -> Iterator[Chunk]:
+    def stream(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Iterator[Chunk]:
+        """See Engine.stream; the engine process checks the model when the job starts there."""
         cancel = cancel or threading.Event()
-        params.validate()
+        request.params.validate()
         stream, rid = _Stream(cancel), None
         try:
             with self._lock:
@@ -375,11 +365,10 @@ class EngineProcess:
                 rid = next(self._ids)
                 stream.generation = self._generation
                 self._streams[rid] = stream
-                options = {"trim": trim, "prompt": prompt, "owner": owner}
-                self._outbox.put((self._generation, ("stream", rid, list(messages), params, options)))
+                self._outbox.put((self._generation, pipe.StreamCall(rid, request)))
             while True:
                 item = stream.replies.get()  # the engine, its death or close() always puts an end
-                if isinstance(item, _End):
+                if isinstance(item, End):
                     stream.ended = True
                     if item.error is not None:
                         raise item.error
@@ -391,14 +380,14 @@ class EngineProcess:
                 self._streams.pop(rid, None)
                 if not stream.ended and not stream.told:
                     stream.told = True
-                    self._outbox.put((stream.generation, ("cancel", rid)))
+                    self._outbox.put((stream.generation, pipe.Cancel(rid)))
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._outbox.put((self._generation, ("close",)))
+            self._outbox.put((self._generation, pipe.Close()))
             process = self._process
         try:
             process.wait(15)

@@ -1,9 +1,11 @@
 """OpenAIBackend: use any OpenAI-compatible server (vLLM, llama.cpp's server, Ollama, another
 localchat) as the engine, for a household that outgrows one box.
 
-Owns: the HTTP calls to that server. Invariants: no torch here; history, accounts and presets
-stay local (only the messages of one request are sent); Stop or a closed stream closes that one
-HTTP response, which makes the server stop generating; every failure is one line for the user.
+Owns: the HTTP calls to that server, and which of its models is chosen. Invariants: no torch here,
+nor anything that imports it (hardware() describes this machine without asking torch); history,
+accounts and presets stay local (only the messages of one request are sent); Stop or a closed
+stream closes that one HTTP response, which makes the server stop generating; every failure is
+one line for the user.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import httpx
 
-from localchat.backend import BackendError, ModelLoadFailed, NoModelLoaded, PromptTooLong, ServerBusy
-from localchat.types import Chunk, LoadedInfo, LoadOptions, Message, ModelSpec, SamplingParams, Usage
+from localchat.backend import BackendError, ModelLoadFailed, ModelNotAllowed, NoModelLoaded, PromptTooLong, ServerBusy
+from localchat.hardware import Hardware, detect
+from localchat.types import Chunk, GenerationRequest, LoadedInfo, LoadOptions, Message, ModelSpec, Usage
 
 
 class OpenAIBackend:
@@ -28,8 +32,17 @@ class OpenAIBackend:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
         self._info: LoadedInfo | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _info and _streaming
+        self._streaming = 0  # replies being written for this server now
         self.last_load_error: str | None = None
+
+    @property
+    def loading(self) -> LoadOptions | None:
+        return None  # choosing a remote model is quick: load() returns when it is done
+
+    @property
+    def asleep(self) -> LoadedInfo | None:
+        return None  # the engine's own business: it never looks unloaded from here
 
     # -- models -------------------------------------------------------------------------------
     def _models(self) -> list[dict[str, Any]]:
@@ -87,36 +100,68 @@ class OpenAIBackend:
         self.last_load_error = None
         return info
 
-    def load_in_background(self, options: LoadOptions) -> None:
-        """Choosing a remote model is quick; a failure is remembered for the status line."""
+    def load_in_background(self, options: LoadOptions) -> Future[LoadedInfo]:
+        """Choosing a remote model is quick, so this chooses at once; a failure is remembered for
+        the status line (and in the Future). The default (a bundled local model) is not on the
+        engine: the engine's first model is chosen instead."""
+        future: Future[LoadedInfo] = Future()
+        future.set_running_or_notify_cancel()
         try:
-            self.load(options)
-        except ModelLoadFailed:
-            if options.model.startswith("bundled:"):  # the default names a local model: take the engine's first
-                models = self.available_models()
-                if models:
-                    self.load(LoadOptions(model=models[0].id))
+            try:
+                info = self.load(options)
+            except ModelLoadFailed:
+                models = self.available_models() if options.model.startswith("bundled:") else []
+                if not models:
+                    raise
+                info = self.load(LoadOptions(model=models[0].id))
+        except ModelLoadFailed as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(info)
+        return future
+
+    def unload(self) -> None:
+        raise BackendError("This engine does not unload models: the server at the engine URL manages its memory")
+
+    def fit(self, options: LoadOptions) -> str:
+        return (
+            f"⚠ Memory estimates are not available for {options.model}: it runs on the engine at {self.url}, "
+            "which manages its own memory"
+        )
+
+    def hardware(self) -> Hardware:
+        """This machine without its GPUs (torch is not asked), and where the models run."""
+        return detect(gpus=False, engine=f"the remote engine at {self.url}")
+
+    def activity(self) -> dict[str, int]:
+        """Replies this server is receiving from the engine now (the engine's own queue is not known)."""
+        with self._lock:
+            return {"generating": self._streaming, "waiting": 0}
 
     # -- replies ------------------------------------------------------------------------------
+    def expect(self) -> None:
+        """Nothing to do: the engine batches as it sees fit."""
+
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return sum(4 + len(m.content) // 4 for m in messages)  # an estimate: the engine does not say
 
-    def stream(
-        self,
-        messages: Sequence[Message],
-        params: SamplingParams,
-        cancel: threading.Event | None = None,
-        *,
-        trim: bool = True,
-        prompt: str | None = None,
-        owner: str | None = None,
-    ) -> Iterator[Chunk]:
+    def stream(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Iterator[Chunk]:
+        """See Engine.stream. The reply starts when called: the chosen model is checked against the
+        member's allowed models then. `trim` and `owner` are the engine's business (it answers 400
+        to a prompt past its window, and queues as it sees fit)."""
         info = self._info
         if info is None:
             raise NoModelLoaded("No model of the engine is chosen yet; pick one and press Load")
+        model = info.options.model
+        if request.allowed_models is not None and model not in request.allowed_models:
+            raise ModelNotAllowed(
+                f"Your account may not use {info.name}, the model chosen now; ask a household admin "
+                "to choose one you may use"
+            )
+        params, prompt = request.params.validate(), request.prompt
         cancel = cancel or threading.Event()
         body: dict[str, Any] = {
-            "model": info.options.model,
+            "model": model,
             "stream": True,
             "stream_options": {"include_usage": True},
             "temperature": params.temperature,
@@ -140,11 +185,20 @@ class OpenAIBackend:
             body["prompt"] = prompt
             path = "/completions"
         else:
-            body["messages"] = [{"role": m.role, "content": m.content} for m in messages]
+            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
             path = "/chat/completions"
         return self._stream(path, body, cancel)
 
     def _stream(self, path: str, body: dict[str, Any], cancel: threading.Event) -> Iterator[Chunk]:
+        with self._lock:
+            self._streaming += 1
+        try:
+            yield from self._stream_now(path, body, cancel)
+        finally:
+            with self._lock:
+                self._streaming -= 1
+
+    def _stream_now(self, path: str, body: dict[str, Any], cancel: threading.Event) -> Iterator[Chunk]:
         submitted = time.perf_counter()
         first_at: float | None = None
         usage: dict[str, Any] = {}
@@ -202,6 +256,7 @@ class OpenAIBackend:
                 if first_at and completion > 1 and end > first_at
                 else None,
                 finish_reason=reason,  # type: ignore[arg-type]
+                model=body["model"],  # the id asked for: what the allowed models name
             )
         )
 

@@ -17,23 +17,37 @@ import os
 import signal
 import threading
 from concurrent.futures import Future
-from typing import Any
 
-from localchat.backend import BackendError
-from localchat.engine.pipe import Wire, portable
-from localchat.types import LoadOptions, Message, SamplingParams
+from localchat.backend import Backend, BackendError
+from localchat.engine.pipe import (
+    CALLS,
+    Call,
+    Cancel,
+    ChunkMsg,
+    Close,
+    End,
+    Expect,
+    Failure,
+    LoadCall,
+    Result,
+    Start,
+    State,
+    StreamCall,
+    Wire,
+    portable,
+)
+from localchat.types import LoadedInfo
 
 STATE_EVERY_SECONDS = 0.5  # how often changes the server did not cause (an idle unload) are looked for
-CALLS = ("fit", "count_tokens", "unload", "hardware", "activity")
 
 
 class Engine:
     """Takes messages from the server and answers them."""
 
-    def __init__(self, wire: Wire, backend: Any):
+    def __init__(self, wire: Wire, backend: Backend):
         self.wire, self.backend = wire, backend
         self.cancels: dict[int, threading.Event] = {}
-        self._told: dict[str, Any] | None = None  # the state the server has
+        self._told: State | None = None  # the state the server has
         self._state_lock = threading.Lock()
         self._stopping = threading.Event()
 
@@ -45,43 +59,42 @@ class Engine:
                 message = self.wire.recv()
             except (EOFError, OSError):
                 os._exit(0)  # the server is gone: nothing here is worth finishing
-            kind = message[0]
-            if kind == "close":
-                break
-            if kind == "cancel":
-                event = self.cancels.get(message[1])
-                if event is not None:
-                    event.set()
-            elif kind == "stream":
-                self.cancels[message[1]] = threading.Event()  # before any cancel can come for it
-                threading.Thread(target=self.stream, args=message[1:], daemon=True).start()
-            elif kind == "load":  # queued at once, so the state sent next says it is loading
-                self.load(*message[1:])
-            elif kind == "expect":
-                self.backend.expect()
-            else:  # "call": may wait for the worker (counting tokens, unloading, estimating)
-                threading.Thread(target=self.answer, args=message[1:], daemon=True).start()
+            match message:
+                case Close():
+                    break
+                case Cancel(rid):
+                    event = self.cancels.get(rid)
+                    if event is not None:
+                        event.set()
+                case StreamCall(rid, _):
+                    self.cancels[rid] = threading.Event()  # before any cancel can come for it
+                    threading.Thread(target=self.stream, args=(message,), daemon=True).start()
+                case LoadCall():  # queued at once, so the state sent next says it is loading
+                    self.load(message)
+                case Expect():
+                    self.backend.expect()
+                case Call():  # may wait for the worker (counting tokens, unloading, estimating)
+                    threading.Thread(target=self.answer, args=(message,), daemon=True).start()
+                case _:
+                    logging.getLogger(__name__).error("unknown message from the server: %r", type(message).__name__)
         self._stopping.set()
         for event in list(self.cancels.values()):
             event.set()  # replies in flight end at their next step, so closing does not wait for them
         self.backend.close()
 
     # -- state ----------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
+    def state(self) -> State:
         b = self.backend
-        return {
-            "loaded": b.loaded(),
-            "asleep": b.asleep is not None,
-            "loading": b.loading,
-            "last_load_error": b.last_load_error,
-        }
+        return State(
+            loaded=b.loaded(), asleep=b.asleep is not None, loading=b.loading, last_load_error=b.last_load_error
+        )
 
     def tell_state(self) -> None:
         """Send the state if it changed since the server last heard it."""
         with self._state_lock:
             now = self.state()
             if now != self._told:
-                self.wire.send(("state", now))
+                self.wire.send(now)
                 self._told = now
 
     def _watch_state(self) -> None:
@@ -92,43 +105,44 @@ class Engine:
                 return
 
     # -- requests -------------------------------------------------------------------------------
-    def answer(self, rid: int, method: str, args: tuple) -> None:
+    def answer(self, call: Call) -> None:
         try:
-            if method not in CALLS:
-                raise BackendError(f"The engine has no call {method!r}")
-            result = getattr(self.backend, method)(*args)
+            if call.method not in CALLS:
+                raise BackendError(f"The engine has no call {call.method!r}")
+            result = getattr(self.backend, call.method)(*call.args)  # one of CALLS, checked above
         except BaseException as exc:  # noqa: BLE001 - handed to the caller in the server
             self.tell_state()
-            self.wire.send(("error", rid, portable(exc)))
+            self.wire.send(Failure(call.rid, portable(exc)))
         else:
             self.tell_state()
-            self.wire.send(("result", rid, result))
+            self.wire.send(Result(call.rid, result))
 
-    def load(self, rid: int, options: LoadOptions) -> None:
+    def load(self, call: LoadCall) -> None:
+        rid, options = call.rid, call.options
         try:
             future = self.backend.load_in_background(options)
         except BaseException as exc:  # noqa: BLE001 - the queue is full, say
-            self.wire.send(("error", rid, portable(exc)))
+            self.wire.send(Failure(rid, portable(exc)))
             return
         self.tell_state()
 
-        def done(f: Future) -> None:
+        def done(f: Future[LoadedInfo]) -> None:
             exc = f.exception() if not f.cancelled() else BackendError("The load was cancelled")
             self.tell_state()  # the backend's own callback ran first: the state is final
-            self.wire.send(("error", rid, portable(exc)) if exc else ("result", rid, f.result()))
+            self.wire.send(Failure(rid, portable(exc)) if exc else Result(rid, f.result()))
 
         future.add_done_callback(done)
 
-    def stream(self, rid: int, messages: list[Message], params: SamplingParams, options: dict[str, Any]) -> None:
-        cancel = self.cancels[rid]
+    def stream(self, call: StreamCall) -> None:
+        cancel = self.cancels[call.rid]
         try:
-            for chunk in self.backend.stream(messages, params, cancel, **options):
-                self.wire.send(("chunk", rid, chunk))
-            self.wire.send(("end", rid, None))
+            for chunk in self.backend.stream(call.request, cancel):
+                self.wire.send(ChunkMsg(call.rid, chunk))
+            self.wire.send(End(call.rid))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller in the server
-            self.wire.send(("end", rid, portable(exc)))
+            self.wire.send(End(call.rid, portable(exc)))
         finally:
-            self.cancels.pop(rid, None)
+            self.cancels.pop(call.rid, None)
 
 
 def main() -> None:
@@ -140,18 +154,20 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     config = wire.recv()
+    if not isinstance(config, Start):
+        raise SystemExit(f"the server's first message must be Start, not {type(config).__name__}")
     import localchat  # noqa: F401 - offline/telemetry switches before transformers is imported
 
-    if config["offline"]:
+    if config.offline:
         from localchat.privacy import go_offline
 
         go_offline()
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(wire)]  # the server's handlers write them
-    root.setLevel(config["log_level"])
+    root.setLevel(config.log_level)
     from localchat.engine.backend import TransformersBackend
 
-    Engine(wire, TransformersBackend(**config["backend"])).run()
+    Engine(wire, TransformersBackend(**config.backend)).run()
 
 
 if __name__ == "__main__":
