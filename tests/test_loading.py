@@ -12,7 +12,7 @@ import torch
 
 from localchat.backend import ModelLoadFailed
 from localchat.engine.loading import LoadError, load_model, pick_device, pick_dtype, quantization_config, resolve_model
-from localchat.types import LoadOptions, Message, SamplingParams
+from localchat.types import GenerationRequest, LoadOptions, Message, SamplingParams
 
 
 def test_resolve_folder_gguf_file_and_gguf_folder(tmp_path: Path, tiny_model: Path):
@@ -111,7 +111,7 @@ def test_failed_load_keeps_the_previous_model(tiny_backend, tmp_path: Path):
     with pytest.raises(ModelLoadFailed, match="broken.gguf"):
         tiny_backend.load(LoadOptions(model=str(bad), device="cpu"))
     assert tiny_backend.loaded() == before
-    chunks = list(tiny_backend.stream([Message("user", "hi")], SamplingParams(temperature=0, max_new_tokens=5)))
+    chunks = list(tiny_backend.stream(GenerationRequest((Message("user", "hi"),), SamplingParams(temperature=0, max_new_tokens=5))))
     assert chunks[-1].usage.completion_tokens == 5
 
 
