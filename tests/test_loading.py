@@ -111,7 +111,11 @@ def test_failed_load_keeps_the_previous_model(tiny_backend, tmp_path: Path):
     with pytest.raises(ModelLoadFailed, match="broken.gguf"):
         tiny_backend.load(LoadOptions(model=str(bad), device="cpu"))
     assert tiny_backend.loaded() == before
-    chunks = list(tiny_backend.stream(GenerationRequest((Message("user", "hi"),), SamplingParams(temperature=0, max_new_tokens=5))))
+    chunks = list(
+        tiny_backend.stream(
+            GenerationRequest((Message("user", "hi"),), SamplingParams(temperature=0, max_new_tokens=5))
+        )
+    )
     assert chunks[-1].usage.completion_tokens == 5
 
 
