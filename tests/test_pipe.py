@@ -94,11 +94,14 @@ def test_the_backend_protocol_declares_replies_and_model_admin() -> None:
 
 
 def test_every_backend_implements_every_declared_method(tmp_path: Path) -> None:
+    from fakes import FakeBackend  # the UI tests' stand-in must keep the same contract
+
     from localchat.engine.backend import TransformersBackend
     from localchat.engine.process import EngineProcess
     from localchat.engine.remote import OpenAIBackend
 
     backends = [
+        FakeBackend("hi", model=None),
         TransformersBackend(tmp_path / "local"),
         EngineProcess(tmp_path, command=[sys.executable, str(ROOT / "tests" / "fake_engine.py"), "serve"]),
         OpenAIBackend("http://127.0.0.1:9"),  # nothing listens there: construction sends nothing
