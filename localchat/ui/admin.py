@@ -174,7 +174,7 @@ class AdminPanel:
                 elem_id="lc-admins-read",
             )
             with gr.Column(visible=False) as reader:
-                whose = gr.Dropdown([], label="Read the chats of")
+                whose = gr.Dropdown([], label="Read the chats of", elem_id="lc-reader-pick")
                 shown = gr.Markdown("", latex_delimiters=latex_config(), elem_id="lc-transcript")
         q = {"queue": False, "api_visibility": "private"}
         add.click(self.add, [new_name, new_password, new_role], [result, members, who, new_password], **q)

@@ -1,7 +1,7 @@
 """Security headers on every response: a strict Content-Security-Policy and its companions.
 
 Invariant: the page may load, connect to and post forms only to its own origin, may not be framed by
-another site, and sends no Referer anywhere. Chat text that slips past the Markdown escaping still
+another site, and sends no Referer to another host. Chat text that slips past the Markdown escaping still
 cannot fetch an image from, or submit a form to, another host.
 """
 
@@ -31,7 +31,9 @@ CONTENT_SECURITY_POLICY = "; ".join(f"{name} {value}" for name, value in CSP.ite
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # not no-referrer: under it Chromium sends `Origin: null` with our own form posts, which the
+    # Guard must refuse as foreign; same-origin still sends nothing to another host
+    (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"SAMEORIGIN"),
     (b"cross-origin-opener-policy", b"same-origin"),
 )
