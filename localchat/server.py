@@ -1,27 +1,31 @@
 """build_app(settings) -> a FastAPI app with the Gradio UI mounted at / and /health beside it.
 
 Owns: building every object of a running server (backend, chat service, UI) and passing them in;
-there is no module-level state. Invariant: Gradio's share links are never offered.
+there is no module-level state. Invariants: Gradio's share links and monitoring are never offered;
+/health tells someone not signed in only that the server is up; the data dir is private to the OS
+account running the server.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from localchat import web
 from localchat.api import routes as openai_api
 from localchat.backend import Backend
 from localchat.core import ChatService
-from localchat.household import Household
+from localchat.household import SESSION_COOKIE, Household
 from localchat.privacy import is_offline
 from localchat.settings import Settings
 from localchat.store import Store
+from localchat.store.db import make_private
 from localchat.ui.app import CSS, THEME, ChatUI
 
 log = logging.getLogger(__name__)
@@ -37,7 +41,8 @@ class App:
 
 
 def build_app(settings: Settings, backend: Backend | None = None, household: Household | None = None) -> App:
-    settings.data.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # whatever the server and its engine process write is theirs alone
+    make_private(settings.data)
     if household is None:
         household = Household(Store(settings.database), listen=settings.household_mode)
     if backend is None and settings.engine == "openai":
@@ -56,23 +61,21 @@ def build_app(settings: Settings, backend: Backend | None = None, household: Hou
         )
     service = ChatService(backend, settings.presets)
     if settings.load_on_start and backend.loaded() is None:
-        loader: Any = getattr(backend, "load_in_background", None)
-        if loader is not None:
-            loader(settings.load_options())  # the page comes up at once and shows the loading
-        else:
-            backend.load(settings.load_options())
+        backend.load_in_background(settings.load_options())  # the page comes up at once and shows the loading
 
     api = FastAPI(title="localchat", docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.get("/health")
-    def health() -> dict[str, Any]:
+    def health(request: Request) -> dict[str, Any]:
+        if household.member_for_token(request.cookies.get(SESSION_COOKIE)) is None:
+            return {"status": "ok"}  # an outsider learns nothing of what the household is doing
         info = backend.loaded()
         return {
             "status": "ok",
             "model": info.name if info else None,
             "loading": service.status(),
             "offline": is_offline(),
-            **(backend.activity() if hasattr(backend, "activity") else {}),
+            **backend.activity(),
         }
 
     web.install(api, household, settings.extra_hosts)  # before the UI's mount at "/" so its routes win
@@ -90,6 +93,7 @@ def build_app(settings: Settings, backend: Backend | None = None, household: Hou
         pwa=True,  # installable on a phone: manifest and service worker served by us
         favicon_path=str(ICON),
         mcp_server=False,
+        enable_monitoring=False,  # its summary shows every member's activity to any member
         run_history=False,  # else Gradio keeps every chat in the browser's storage (and offers to upload it)
         auth_dependency=web.auth_dependency(household),
     )

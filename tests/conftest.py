@@ -150,7 +150,8 @@ def start_app(data_dir: Path, *args: str, ready_timeout: float = 240) -> Running
         try:
             with urllib.request.urlopen(url + "/health", timeout=2) as r:
                 body = r.read().decode()
-            if '"model":null' not in body:
+            # /health tells someone not signed in (household mode) only "ok": the log says when it loaded
+            if '"model":null' not in body and ('"model"' in body or "engine.backend: loaded " in log.read_text()):
                 return RunningApp(url, process, log)
         except OSError:
             pass

@@ -72,7 +72,7 @@ def visible(button: object) -> bool:
 def test_render_puts_the_stats_line_under_replies() -> None:
     turns = [user("Hi <b>"), bot("Hello!", "5 tokens · 3.0 tok/s"), user("More"), bot("", "⚠ <busy>"), bot("Plain")]
     assert render(turns) == [
-        {"role": "user", "content": "Hi <b>"},
+        {"role": "user", "content": "Hi &lt;b>"},  # HTML shows as text
         {"role": "assistant", "content": "Hello!\n\n<sub>5 tokens · 3.0 tok/s</sub>"},
         {"role": "user", "content": "More"},
         {"role": "assistant", "content": "<sub>⚠ &lt;busy&gt;</sub>"},

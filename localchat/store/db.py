@@ -3,11 +3,13 @@
 Owns: the connection and the schema version. Invariants: migrations run on open, each inside one
 transaction (a failed one leaves the file as it was); every statement runs under one lock, so writes
 are serialized; `synchronous=FULL` so an acknowledged write survives a crash or a power cut; a full
-disk or a broken file surfaces as a StoreError with a sentence a person can act on.
+disk or a broken file surfaces as a StoreError with a sentence a person can act on; the folder
+holding the file is 0700 and the file (and its -wal/-shm) 0600, also when they already existed.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -29,6 +31,17 @@ class NotFound(StoreError):
     pass
 
 
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+
+
+def make_private(folder: Path) -> None:
+    """Create `folder` if needed and make it this OS account's alone: other accounts on a family
+    PC can then open nothing inside it. Files in it are left as they are (it may be a home dir)."""
+    folder = Path(folder)
+    folder.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    os.chmod(folder, PRIVATE_DIR)
+
+
 def _explain(exc: sqlite3.Error, path: Path) -> StoreError:
     text = str(exc)
     if "full" in text or isinstance(exc, sqlite3.OperationalError) and "disk I/O" in text:
@@ -46,9 +59,13 @@ def _explain(exc: sqlite3.Error, path: Path) -> StoreError:
 class Database:
     def __init__(self, path: Path, migrations: Sequence[str] = MIGRATIONS):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         try:
+            make_private(self.path.parent)
+            self.path.touch(mode=PRIVATE_FILE)  # SQLite gives its -wal and -shm the file's mode
+            for suffix in ("", "-wal", "-shm", "-journal"):  # also files of an older, laxer version
+                if (file := self.path.with_name(self.path.name + suffix)).exists():
+                    os.chmod(file, PRIVATE_FILE)
             self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
             self._conn.row_factory = sqlite3.Row
             for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000"):
@@ -56,6 +73,8 @@ class Database:
             self._migrate(migrations)
         except sqlite3.Error as exc:
             raise _explain(exc, self.path) from exc
+        except OSError as exc:
+            raise StoreError(f"Could not use the folder {self.path.parent}: {exc}") from exc
 
     @property
     def version(self) -> int:

@@ -13,6 +13,7 @@ from localchat.core import ReplyUpdate, stats_line
 from localchat.core.conversation import to_messages as history_messages
 from localchat.store import StoredMessage
 from localchat.types import InvalidValue, Message, SamplingParams
+from localchat.ui.markdown import close_open_fence, safe_markdown
 
 SAMPLING_FIELDS = (
     "temperature",
@@ -41,13 +42,14 @@ def to_messages(turns: list[Turn]) -> list[Message]:
 
 
 def render(turns: list[Turn]) -> list[dict[str, str]]:
-    """Chatbot value: each reply followed by its stats line in small print."""
+    """Chatbot value: each message as safe Markdown (its HTML shown as text, images only from
+    this origin), each reply followed by its stats line in small print."""
     shown = []
     for t in turns:
-        content = t["content"]
+        content = safe_markdown(t["content"])
         if t["role"] == "assistant" and t["stats"]:
             stats = html.escape(t["stats"])
-            content = f"{content}\n\n<sub>{stats}</sub>" if content else f"<sub>{stats}</sub>"
+            content = f"{close_open_fence(content)}\n\n<sub>{stats}</sub>" if content else f"<sub>{stats}</sub>"
         shown.append({"role": t["role"], "content": content})
     return shown
 

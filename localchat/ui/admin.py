@@ -2,18 +2,24 @@
 their API keys, and whether admins may read members' chats.
 
 Invariant: every handler checks on the server that the member of the request is an admin; hiding
-the panel from members is a convenience, not the protection.
+the panel from members is a convenience, not the protection. A member's chats, read by an admin,
+render as safe Markdown (their HTML as text, no image from another host), like the chat itself.
 """
 
 from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from datetime import datetime, timezone
 
 import gradio as gr
 
 from localchat.core import ChatService
 from localchat.household import AccessDenied, Household
-from localchat.store import StoreError
-from localchat.transfer import to_markdown
+from localchat.store import Conversation, StoreError
+from localchat.transfer import SPEAKERS
 from localchat.ui.keys import HouseholdKeys
+from localchat.ui.markdown import close_open_fence, latex_config, safe_markdown
 from localchat.ui.members import member_of
 
 ALL_MODELS = "Every model"
@@ -134,7 +140,7 @@ class AdminPanel:
             chats = self.household.read_member_chats(by, self._id(name))
         except AccessDenied as exc:
             return f"⚠ {exc}"
-        return to_markdown(chats) if chats else f"*{name} has no saved chats.*"
+        return transcript(chats) if chats else f"*{safe_markdown(name)} has no saved chats.*"
 
     def build(self) -> dict:
         """Lay out the panel; returns the event arguments that refresh it when it opens."""
@@ -175,8 +181,8 @@ class AdminPanel:
                 elem_id="lc-admins-read",
             )
             with gr.Column(visible=False) as reader:
-                whose = gr.Dropdown([], label="Read the chats of")
-                transcript = gr.Markdown("")
+                whose = gr.Dropdown([], label="Read the chats of", elem_id="lc-reader-pick")
+                shown = gr.Markdown("", latex_delimiters=latex_config(), elem_id="lc-transcript")
         q = {"queue": False, "api_visibility": "private"}
         add.click(self.add, [new_name, new_password, new_role], [result, members, who, new_password], **q)
         who.input(self.pick, [who], [role, every, models, locked], **q)
@@ -190,5 +196,19 @@ class AdminPanel:
             **q,
         )
         reading.input(self.set_reading, [reading], [result, reader], **q)
-        whose.input(self.read, [whose], [transcript], **q)
+        whose.input(self.read, [whose], [shown], **q)
         return {"fn": self.refresh, "inputs": None, "outputs": [members, who, whose, reading, reader, keys], **q}
+
+
+def transcript(chats: Sequence[Conversation]) -> str:
+    """A member's chats for the admin's reader: titles, messages and stats never render as HTML."""
+    parts = []
+    for c in chats:
+        when = datetime.fromtimestamp(c.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        lines = [f"### {safe_markdown(' '.join(c.title.split()))}", "", f"*{when} UTC*", ""]
+        for m in c.messages:
+            lines += [f"**{SPEAKERS.get(m.role, m.role)}:**", "", close_open_fence(safe_markdown(m.content)), ""]
+            if m.stats:
+                lines += [f"<sub>{html.escape(m.stats)}</sub>", ""]
+        parts.append("\n".join(lines))
+    return "\n---\n\n".join(parts)

@@ -1,5 +1,9 @@
 """Getting more models (admins): the curated catalog with what fits this machine, downloading a
-Hub id with progress, and the downloaded models with their disk use, updates and deletion."""
+Hub id with progress, and the downloaded models with their disk use, updates and deletion.
+
+Invariant: every handler that acts on or tells about the server's model folder checks on the
+server that the member of the request may load models; the page hiding it is only a convenience.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +49,10 @@ class Downloads:
             )
         return "\n".join(rows)
 
-    def downloaded(self) -> tuple[str, gr.Dropdown]:
+    def downloaded(self, request: gr.Request) -> tuple[str, gr.Dropdown]:
+        """The downloaded models and the disk they use; nothing for a member who may not load models."""
+        if not self.household.may_load_models(member_of(self.household, request)):
+            return "", gr.Dropdown(choices=[], value=None)
         folders = sorted(f for f in self.models_dir.glob("*") if f.is_dir()) if self.models_dir.is_dir() else []
         lines, names = [], []
         for folder in folders:

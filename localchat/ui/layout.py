@@ -14,6 +14,7 @@ import gradio as gr
 from localchat.types import DEVICES, DTYPES, QUANT_TYPES_4BIT, QUANTIZATIONS, SAMPLING_RANGES, SamplingParams
 from localchat.ui.adapters import format_stop
 from localchat.ui.conversations import IMPORT_FORM, export_links
+from localchat.ui.markdown import latex_config
 
 if TYPE_CHECKING:
     from localchat.ui.app import ChatUI
@@ -170,11 +171,7 @@ def build(ui: ChatUI) -> gr.Blocks:
                 buttons=["copy"],
                 scale=1,
                 placeholder="**Ask anything.** Everything stays on this machine.",
-                latex_delimiters=[
-                    {"left": "$$", "right": "$$", "display": True},
-                    {"left": "\\(", "right": "\\)", "display": False},
-                    {"left": "\\[", "right": "\\]", "display": True},
-                ],
+                latex_delimiters=latex_config(),  # exactly the ones safe_markdown leaves to the renderer
                 elem_id="lc-chat",
             )
             with gr.Row(equal_height=True):
