@@ -216,7 +216,7 @@ def test_admins_read_chats_only_when_turned_on(household: Household) -> None:
     household.set_admins_read_chats(ann, True)
     assert household.read_member_chats(ann, bob.id)[0].messages[0].content == "dear diary"
     ui, _ = ui_for(household)
-    notice = ui.on_load(as_member(household, "Bob"))[-4]
+    notice = ui.on_load(as_member(household, "Bob"))[-5]
     assert "can read your chats" in notice  # members are told
 
 
