@@ -79,8 +79,8 @@ def main() -> None:
 
     from localchat.engine.generate import prompt_ids
     from localchat.engine.loading import load_model
-    from localchat.engine.models import SMOLLM2, materialize
     from localchat.types import LoadOptions, Message
+    from localchat.weights.models import SMOLLM2, materialize
 
     data = Path(tempfile.mkdtemp(prefix="localchat-bench-"))
     path = materialize(SMOLLM2, data)

@@ -90,7 +90,7 @@ def plain_generate(data: Path, dtype: str, quant: str, runs: int, tokens: int) -
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     from localchat.engine.loading import dequantized_gguf_folder, resolve_model
-    from localchat.engine.models import SMOLLM2, materialize
+    from localchat.weights.models import SMOLLM2, materialize
 
     folder = dequantized_gguf_folder(resolve_model(materialize(SMOLLM2, data)), data / "cache" / "gguf-dequantized")
     kwargs: dict = {"dtype": torch.float32 if dtype in ("auto", "float32") else getattr(torch, dtype)}
@@ -123,8 +123,8 @@ CONFIGS = {
 def measure(kind: str, label: str, data: Path, runs: int, tokens: int) -> dict[str, float]:
     """One measurement in this (fresh) process, so no other thread has started an OpenMP team."""
     from localchat.engine.backend import TransformersBackend
-    from localchat.engine.models import SMOLLM2
     from localchat.types import LoadOptions
+    from localchat.weights.models import SMOLLM2
 
     dtype, quant = CONFIGS[label]
     if kind == "plain":

@@ -96,9 +96,9 @@ def doctor(argv: list[str]) -> int:
     except InvalidValue as exc:
         print(f"localchat: {exc}", file=sys.stderr)
         return 2
-    from localchat.engine import models
     from localchat.engine.loading import LoadError, fit_report
     from localchat.hardware import detect, disk_free, gib
+    from localchat.weights import models
 
     print(detect().describe())
     print(f"Data folder: {settings.data} ({gib(disk_free(settings.data))} free on its disk)")
@@ -132,8 +132,8 @@ def models_command(command: str, argv: list[str]) -> int:
         p.add_argument("--check-updates", action="store_true", help="ask the Hub whether a newer revision exists")
         p.add_argument("--delete", metavar="NAME", help="delete a downloaded model folder")
     args = p.parse_args(argv)
-    from localchat.engine import hub
     from localchat.hardware import gib
+    from localchat.weights import hub
 
     flags = [
         *(["--data-dir", args.data_dir] if args.data_dir else []),

@@ -46,11 +46,11 @@ def build_app(settings: Settings, backend: Backend | None = None, household: Hou
     if household is None:
         household = Household(Store(settings.database), listen=settings.household_mode)
     if backend is None and settings.engine == "openai":
-        from localchat.engine.remote import OpenAIBackend
+        from localchat.engines.remote import OpenAIBackend
 
         backend = OpenAIBackend(settings.engine_url or "", settings.engine_key)
     if backend is None:
-        from localchat.engine.process import EngineProcess  # the model runs in a process of its own
+        from localchat.engines.process import EngineProcess  # the model runs in a process of its own
 
         backend = EngineProcess(
             settings.data,

@@ -105,8 +105,8 @@ def session_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def smol_backend(session_data_dir: Path):
     """The real bundled SmolLM2-135M-Instruct, loaded once for the session (fp32, CPU)."""
     from localchat.engine.backend import TransformersBackend
-    from localchat.engine.models import SMOLLM2, smollm2_path
     from localchat.types import LoadOptions
+    from localchat.weights.models import SMOLLM2, smollm2_path
 
     if smollm2_path() is None:
         pytest.fail("the bundled model is missing: run the README test command (scripts/test.sh)")

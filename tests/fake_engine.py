@@ -1,5 +1,5 @@
 """A stand-in engine process for EngineProcess's supervision tests: it speaks the pipe protocol of
-engine/worker_process.py (the typed messages of engine/pipe.py) with no model, so deaths, restarts
+engine/worker_process.py (the typed messages of engines/pipe.py) with no model, so deaths, restarts
 and shutdowns are quick and exact.
 
 `python fake_engine.py MODE`. MODE `die`: exits before reading anything. MODE `serve`: loads any
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from localchat.backend import ModelNotAllowed
-from localchat.engine.pipe import Call, ChunkMsg, Close, End, LoadCall, Result, Start, State, StreamCall, Wire
+from localchat.engines.pipe import Call, ChunkMsg, Close, End, LoadCall, Result, Start, State, StreamCall, Wire
 from localchat.types import Chunk, LoadedInfo, Usage
 
 

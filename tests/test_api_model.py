@@ -14,7 +14,7 @@ import pytest
 from conftest import message_text, output_chat, start_app
 from gradio_client import Client
 
-from localchat.engine.models import SMOLLM2
+from localchat.weights.models import SMOLLM2
 
 pytestmark = pytest.mark.model
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

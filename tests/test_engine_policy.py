@@ -17,7 +17,7 @@ import pytest
 
 from localchat.backend import ModelNotAllowed
 from localchat.engine.backend import TransformersBackend
-from localchat.engine.process import EngineProcess
+from localchat.engines.process import EngineProcess
 from localchat.types import Chunk, GenerationRequest, LoadOptions, Message, SamplingParams
 
 HI = (Message("user", "hi"),)

@@ -13,9 +13,9 @@ from conftest import ROOT
 
 from localchat.engine import fit
 from localchat.engine.loading import LoadError, choose_quantization, fit_report, load_model
-from localchat.engine.models import materialize
 from localchat.hardware import detect
 from localchat.types import LoadOptions
+from localchat.weights.models import materialize
 
 CASES = [
     ("float32", "none", "float32"),

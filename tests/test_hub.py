@@ -14,8 +14,8 @@ from conftest import ROOT
 from hub_server import HubServer, Repo, tiny_repo_files
 
 from localchat.engine.loading import load_model
-from localchat.engine.models import folder_models
 from localchat.types import LoadOptions
+from localchat.weights.models import folder_models
 
 
 @pytest.fixture()
@@ -96,7 +96,7 @@ def test_updates_are_found_and_a_model_can_be_deleted(hub: HubServer, tmp_path: 
 
 
 def test_the_catalog_estimates_match_the_known_sizes() -> None:
-    from localchat.engine.catalog import CATALOG
+    from localchat.weights.catalog import CATALOG
 
     known = {  # parameters, from the model cards
         "HuggingFaceTB/SmolLM2-360M-Instruct": 0.362e9,
@@ -136,7 +136,7 @@ def test_downloading_from_the_page_is_for_admins_and_shows_progress(
         list(downloads.download("org/tiny", False, SimpleNamespace(username=str(bob.id))))
     lines = list(downloads.download("org/tiny", False, SimpleNamespace(username=str(ann.id))))
     assert lines[-1].startswith("✓ Downloaded org/tiny")
-    text, _ = downloads.downloaded()
+    text, _ = downloads.downloaded(SimpleNamespace(username=str(ann.id)))
     assert "org--tiny" in text and "org/tiny@aaaaaaaa" in text
     assert "- `Qwen/Qwen2.5-0.5B-Instruct`:" in downloads.catalog() and "fits here" in downloads.catalog()
     assert downloads.check_updates("org--tiny", SimpleNamespace(username=str(ann.id))) == "Up to date"

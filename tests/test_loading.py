@@ -194,7 +194,7 @@ def test_save_pretrained_still_refuses_a_model_by_its_hf_quantizer(tiny_model: P
 def test_models_and_loading_import_one_way() -> None:
     import ast
 
-    import localchat.engine.models as models
+    import localchat.weights.models as models
 
     tree = ast.parse(Path(models.__file__).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}

@@ -10,8 +10,8 @@ import pytest
 
 from localchat.engine.backend import TransformersBackend
 from localchat.engine.loading import LoadError, load_model
-from localchat.engine.models import folder_models
 from localchat.types import GenerationRequest, LoadOptions, Message, SamplingParams
+from localchat.weights.models import folder_models
 
 HI = (Message("user", "Hello there"),)
 GREEDY = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=12)

@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent(
     from pathlib import Path
     import localchat
     from localchat.engine.backend import TransformersBackend
-    from localchat.engine.models import SMOLLM2, materialize
+    from localchat.weights.models import SMOLLM2, materialize
     from localchat.types import GenerationRequest, LoadOptions, Message, SamplingParams
 
     def rss():

@@ -11,8 +11,8 @@ import pytest
 from localchat.backend import ModelLoadFailed
 from localchat.core import ChatService
 from localchat.engine.backend import TransformersBackend
-from localchat.engine.models import GEMMA3, SMOLLM2
 from localchat.types import GenerationRequest, LoadOptions, Message, SamplingParams
+from localchat.weights.models import GEMMA3, SMOLLM2
 
 pytestmark = pytest.mark.model
 GREEDY = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=40)
@@ -52,7 +52,7 @@ def test_gguf_reads_with_plain_arrays_see_the_same_file():
     import numpy as np
 
     from localchat.engine.loading import gguf_reads
-    from localchat.engine.models import smollm2_path
+    from localchat.weights.models import smollm2_path
 
     path = smollm2_path()
     stock = reader.GGUFReader(path)

@@ -1,4 +1,4 @@
-"""The engine's seams without a model: the typed pipe messages (engine/pipe.py) cross a real OS pipe
+"""The engine's seams without a model: the typed pipe messages (engines/pipe.py) cross a real OS pipe
 as themselves, errors cross as what the server can catch, and every backend implements every
 method the Engine and ModelAdmin protocols declare (so no caller needs getattr)."""
 
@@ -14,9 +14,10 @@ import pytest
 from conftest import ROOT
 
 from localchat.backend import Backend, BackendError, Engine, ModelAdmin, ModelNotAllowed, ServerBusy
-from localchat.engine import pipe
-from localchat.engine.pipe import Wire, portable
 from localchat.engine.scheduler import Busy
+from localchat.engine.worker_process import portable
+from localchat.engines import pipe
+from localchat.engines.pipe import Wire
 from localchat.types import Chunk, GenerationRequest, LoadedInfo, LoadOptions, Message, SamplingParams, Usage
 
 INFO = LoadedInfo(LoadOptions(model="m"), "m", "cpu", "float32", "none", 1, 512, 0.0, True, extra={"a": "b"})
@@ -97,8 +98,8 @@ def test_every_backend_implements_every_declared_method(tmp_path: Path) -> None:
     from fakes import FakeBackend  # the UI tests' stand-in must keep the same contract
 
     from localchat.engine.backend import TransformersBackend
-    from localchat.engine.process import EngineProcess
-    from localchat.engine.remote import OpenAIBackend
+    from localchat.engines.process import EngineProcess
+    from localchat.engines.remote import OpenAIBackend
 
     backends = [
         FakeBackend("hi", model=None),

@@ -18,9 +18,9 @@ import pytest
 from conftest import ROOT
 
 from localchat.backend import ModelLoadFailed, PromptTooLong
-from localchat.engine.models import SMOLLM2
-from localchat.engine.process import EngineProcess, EngineStopped
+from localchat.engines.process import EngineProcess, EngineStopped
 from localchat.types import Chunk, GenerationRequest, LoadOptions, Message, SamplingParams
+from localchat.weights.models import SMOLLM2
 
 pytestmark = pytest.mark.model
 GREEDY = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=24)
@@ -132,6 +132,6 @@ def test_a_dying_engine_fails_the_reply_in_flight_and_comes_back_with_its_model(
 
 
 def test_the_server_side_imports_no_torch() -> None:
-    code = "import sys, localchat.server, localchat.engine.process; print('torch' in sys.modules)"  # noqa: E501
+    code = "import sys, localchat.server, localchat.engines.process; print('torch' in sys.modules)"  # noqa: E501
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 
 from localchat.backend import ServerBusy
-from localchat.engine.process import EngineProcess, EngineStopped
+from localchat.engines.process import EngineProcess, EngineStopped
 from localchat.types import GenerationRequest, LoadOptions, Message, SamplingParams
 
 WAIT = 20

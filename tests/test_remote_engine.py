@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT
 
 from localchat.backend import BackendError, ModelNotAllowed
-from localchat.engine.remote import OpenAIBackend
+from localchat.engines.remote import OpenAIBackend
 from localchat.types import GenerationRequest, LoadOptions, Message, SamplingParams
 
 MODELS = ["remote-a", "remote-b"]

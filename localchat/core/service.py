@@ -38,7 +38,7 @@ class ReplyUpdate:
 
 def info_name(ref: str) -> str:
     """A model reference as people read it: the bundled model's name, or the last path part."""
-    from localchat.engine.models import DISPLAY_NAMES  # a plain dict; importing it loads no torch
+    from localchat.weights.models import DISPLAY_NAMES  # a plain dict; importing it loads no torch
 
     return DISPLAY_NAMES.get(ref) or ref.rstrip("/").rsplit("/", 1)[-1]
 

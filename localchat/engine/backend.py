@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from localchat.backend import ModelLoadFailed, ModelNotAllowed, NoModelLoaded, PromptTooLong, ServerBusy
-from localchat.engine import models
 from localchat.engine.batch import Batch, Reply
 from localchat.engine.fit import FitReport
 from localchat.engine.generate import ContextOverflow, Decoded, fit_to_window, prompt_ids, text_ids
@@ -29,6 +28,7 @@ from localchat.engine.prefix import PrefixCache
 from localchat.engine.scheduler import Busy, InferenceWorker
 from localchat.hardware import Hardware, detect
 from localchat.types import Chunk, ContextFit, GenerationRequest, LoadedInfo, LoadOptions, Message, ModelSpec, Usage
+from localchat.weights import models
 
 log = logging.getLogger(__name__)
 _DONE = object()

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from localchat.engine.errors import LoadError
 from localchat.engine.fit import FitReport
-from localchat.engine.models import smollm2_path
 from localchat.engine.patches import allow_saving_dequantized, gguf_reads
 from localchat.types import LoadedInfo, LoadOptions
+from localchat.weights.errors import LoadError
+from localchat.weights.models import smollm2_path
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The engine process (`python -m localchat.engine.worker_process`): a TransformersBackend that
-takes its requests from the server over stdin and answers over stdout (engine/pipe.py).
+takes its requests from the server over stdin and answers over stdout (engines/pipe.py).
 
 Owns: the requests in flight in this process and their cancel events, and telling the server what
 it needs to show (the loaded model, a load going on, its last error) whenever that changes.
@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import pickle
 import signal
 import threading
 from concurrent.futures import Future
 
-from localchat.backend import Backend, BackendError
-from localchat.engine.pipe import (
+from localchat.backend import Backend, BackendError, ServerBusy
+from localchat.engine.scheduler import Busy
+from localchat.engines.pipe import (
     CALLS,
     Call,
     Cancel,
@@ -34,7 +36,6 @@ from localchat.engine.pipe import (
     State,
     StreamCall,
     Wire,
-    portable,
 )
 from localchat.types import LoadedInfo
 
@@ -143,6 +144,21 @@ class Engine:
             self.wire.send(End(call.rid, portable(exc)))
         finally:
             self.cancels.pop(call.rid, None)
+
+
+def portable(exc: BaseException) -> BaseException:
+    """An exception as it may cross the pipe: builtins and localchat's own as they are, the
+    scheduler's Busy as ServerBusy, anything else (torch's, transformers') as one BackendError line."""
+    if isinstance(exc, Busy):
+        return ServerBusy(f"The model is busy: {exc}")
+    module = type(exc).__module__
+    if module == "builtins" or module.startswith("localchat."):
+        try:
+            pickle.loads(pickle.dumps(exc))
+            return exc
+        except Exception:  # noqa: BLE001 - one that does not survive pickling is described instead
+            pass
+    return BackendError(f"{type(exc).__name__}: {exc}".splitlines()[0])
 
 
 def main() -> None:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from localchat.engine import hub
-from localchat.engine.catalog import CATALOG
 from localchat.hardware import Hardware, gib
 from localchat.household import Household
 from localchat.ui.members import member_of
+from localchat.weights import hub
+from localchat.weights.catalog import CATALOG
 
 LABELS = {"float32": "fp32", "bfloat16": "bf16", "8bit": "8-bit", "4bit": "4-bit"}
 

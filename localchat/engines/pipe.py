@@ -4,8 +4,8 @@ length-prefixed pickles, and the errors that may cross it.
 Invariants: both ends are localchat's own processes, so unpickling trusts what it reads; every
 message is one of the frozen dataclasses below (ToEngine one way, FromEngine the other), and each
 end dispatches on their type, never on a string tag; only exceptions the server can always
-unpickle cross (builtins and localchat's own), anything else becomes one BackendError line; the
-pipe imports no torch.
+unpickle cross (the engine makes them so: engine/worker_process.portable); the pipe imports no
+torch.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from localchat.backend import BackendError, ServerBusy
 from localchat.types import Chunk, GenerationRequest, LoadedInfo, LoadOptions
 
 # The backend methods the server may ask of the engine with a Call (anything else is refused).
@@ -159,20 +158,3 @@ class Wire:
             self.send(LogMsg(record))
         except (OSError, ValueError):
             pass  # the server is gone; nobody reads the log any more
-
-
-def portable(exc: BaseException) -> BaseException:
-    """An exception as it may cross the pipe: builtins and localchat's own as they are, the
-    scheduler's Busy as ServerBusy, anything else (torch's, transformers') as one BackendError line."""
-    from localchat.engine.scheduler import Busy
-
-    if isinstance(exc, Busy):
-        return ServerBusy(f"The model is busy: {exc}")
-    module = type(exc).__module__
-    if module == "builtins" or module.startswith("localchat."):
-        try:
-            pickle.loads(pickle.dumps(exc))
-            return exc
-        except Exception:  # noqa: BLE001 - one that does not survive pickling is described instead
-            pass
-    return BackendError(f"{type(exc).__name__}: {exc}".splitlines()[0])

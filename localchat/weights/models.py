@@ -12,8 +12,8 @@ import json
 import logging
 from pathlib import Path
 
-from localchat.engine.errors import LoadError
 from localchat.types import ModelSpec
+from localchat.weights.errors import LoadError
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from localchat.backend import BackendError, ServerBusy
-from localchat.engine import pipe
-from localchat.engine.pipe import End, State, Wire
+from localchat.engines import pipe
+from localchat.engines.pipe import End, State, Wire
 from localchat.hardware import Hardware
 from localchat.types import Chunk, GenerationRequest, LoadedInfo, LoadOptions, Message, ModelSpec
 
@@ -296,7 +296,7 @@ class EngineProcess:
 
     # -- the Backend calls ----------------------------------------------------------------------
     def available_models(self) -> list[ModelSpec]:
-        from localchat.engine import models
+        from localchat.weights import models
 
         return models.discover(self.models_dir)  # files only: no need to ask the engine
 

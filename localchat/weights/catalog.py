@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from localchat.engine.fit import OPTIONS, PRACTICAL_CONTEXT, Counts, Estimate, FitReport, estimate
+from localchat.weights.sizes import OPTIONS, PRACTICAL_CONTEXT, Counts, Estimate, FitReport, estimate
 
 
 @dataclass(frozen=True)
