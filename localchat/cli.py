@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     if settings.household_mode:
         where += "  (shared on the network: everyone signs in)"
     print(f"localchat is starting on {where}  (Ctrl+C to stop)", flush=True)
+    import uvicorn
+
     uvicorn.Server(server_config(app.api, settings)).run()
     return 0
 
