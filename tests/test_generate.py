@@ -108,8 +108,7 @@ def test_reply_room_is_at_most_half_the_window(tok):
 def test_processors_follow_the_sampling_settings():
     from transformers import MinPLogitsWarper, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper
 
-    from localchat.engine.batch import processors
-    from localchat.engine.generate import PresenceFrequencyPenalty
+    from localchat.engine.sampling import PresenceFrequencyPenalty, processors
 
     assert list(processors(SamplingParams(temperature=0, repetition_penalty=1.0), 5)) == []
     greedy = processors(SamplingParams(temperature=0, repetition_penalty=1.2, presence_penalty=0.5), 5)

@@ -27,25 +27,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import (
-    DynamicCache,
-    LogitsProcessorList,
-    MinPLogitsWarper,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import DynamicCache, LogitsProcessorList
 
 from localchat.engine.generate import (
     FALLBACK_STOPS,
     Decoded,
-    PresenceFrequencyPenalty,
     StopStringFilter,
     TextStream,
     uses_fallback,
 )
 from localchat.engine.prefix import PrefixCache, reusable
+from localchat.engine.sampling import processors
 from localchat.types import FinishReason, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -76,27 +68,6 @@ def eos_ids(model: Any, tokenizer: Any) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
-
-
-def processors(params: SamplingParams, prompt_length: int) -> LogitsProcessorList:
-    """The logits processors for localchat's sampling settings, in the order transformers'
-    generate() applies them (a model's own generation_config extras, such as suppressed tokens,
-    are not applied)."""
-    out = LogitsProcessorList()
-    if params.repetition_penalty != 1.0:
-        out.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
-    if params.presence_penalty or params.frequency_penalty:
-        out.append(PresenceFrequencyPenalty(prompt_length, params.presence_penalty, params.frequency_penalty))
-    if params.temperature > 0:
-        if params.temperature != 1.0:
-            out.append(TemperatureLogitsWarper(params.temperature))
-        if params.top_k:
-            out.append(TopKLogitsWarper(params.top_k))
-        if params.top_p < 1.0:
-            out.append(TopPLogitsWarper(params.top_p))
-        if params.min_p:
-            out.append(MinPLogitsWarper(params.min_p))
-    return out
 
 
 @dataclass(eq=False)

@@ -12,9 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from transformers import LogitsProcessor
-
 from localchat.backend import PromptTooLong
 from localchat.types import ContextFit, FinishReason, Message
 
@@ -314,20 +311,6 @@ class TextStream:
         rest = self.stops.flush()
         if rest:
             self.emit(rest)
-
-
-class PresenceFrequencyPenalty(LogitsProcessor):
-    """OpenAI's presence and frequency penalties over the tokens of the reply so far."""
-
-    def __init__(self, prompt_length: int, presence: float, frequency: float):
-        self.prompt_length, self.presence, self.frequency = prompt_length, presence, frequency
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        reply = input_ids[:, self.prompt_length :]
-        if reply.shape[1] == 0:
-            return scores
-        counts = torch.zeros_like(scores).scatter_add_(1, reply, torch.ones_like(reply, dtype=scores.dtype))
-        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
 @dataclass(frozen=True)
