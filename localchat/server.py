@@ -38,6 +38,7 @@ class App:
     service: ChatService
     backend: Backend
     household: Household
+    ui: ChatUI
 
 
 def build_app(settings: Settings, backend: Backend | None = None, household: Household | None = None) -> App:
@@ -80,7 +81,8 @@ def build_app(settings: Settings, backend: Backend | None = None, household: Hou
 
     web.install(api, household, settings.extra_hosts)  # before the UI's mount at "/" so its routes win
     openai_api.install(api, service, household)
-    demo = ChatUI(service, settings, household).build()
+    ui = ChatUI(service, settings, household)
+    demo = ui.build()
     demo.queue(default_concurrency_limit=None)
     api = gr.mount_gradio_app(
         api,
@@ -97,4 +99,4 @@ def build_app(settings: Settings, backend: Backend | None = None, household: Hou
         run_history=False,  # else Gradio keeps every chat in the browser's storage (and offers to upload it)
         auth_dependency=web.auth_dependency(household),
     )
-    return App(api=api, service=service, backend=backend, household=household)
+    return App(api=api, service=service, backend=backend, household=household, ui=ui)

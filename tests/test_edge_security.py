@@ -153,3 +153,22 @@ def test_only_admins_see_the_downloaded_models_and_where_they_are(tmp_path: Path
     assert "secret-model" not in text and "free" not in text
     text, _ = downloads.downloaded(as_member(household, "Ann"))
     assert "secret-model" in text
+
+
+def test_a_members_page_carries_no_model_paths_and_no_machine_details(tmp_path: Path) -> None:
+    """The page's config goes to everyone who opens it: where models live on the server (and the
+    machine's description) reach an admin's page only when it loads, checked on the server."""
+    secret = "/srv/household-models/Qwen2.5-7B-Instruct"
+    served = serve(tmp_path, backend=FakeBackend(models=[secret]), members={"Ann": "admin", "Bob": "member"})
+    try:
+        page = httpx.get(served.url + "/config", cookies=cookies(served, "Bob"))
+        assert page.status_code == 200 and secret not in page.text
+        ui = served.app.ui
+        bob, ann = as_member(served.app.household, "Bob"), as_member(served.app.household, "Ann")
+        picker, machine = ui.models.on_load(bob)
+        assert picker.choices == [] and machine == ""
+        assert ui.models.picker(bob).choices == []
+        picker, machine = ui.models.on_load(ann)
+        assert [value for _, value in picker.choices] == [secret] and "Fake CPU" in machine
+    finally:
+        served.stop()

@@ -68,6 +68,7 @@ class AdminPanel:
             self.household.admins_read_chats,
             gr.Column(visible=self.household.admins_read_chats),
             self.keys.listing(request),
+            gr.CheckboxGroup(choices=self._models()),  # their paths reach an admin's page only
         )
 
     def pick(self, name: str | None, request: gr.Request) -> tuple:
@@ -163,7 +164,7 @@ class AdminPanel:
             who = gr.Dropdown([], label="Member", elem_id="lc-edit-member")
             role = gr.Radio(["member", "admin"], label="Role")
             every = gr.Checkbox(True, label="May use every model")
-            models = gr.CheckboxGroup(self._models(), label="Or only these models")
+            models = gr.CheckboxGroup([], label="Or only these models")  # filled by refresh, for admins
             locked = gr.Dropdown(
                 presets, value=NO_LOCK, label="Locked preset (they cannot change it or the instructions)"
             )
@@ -197,7 +198,7 @@ class AdminPanel:
         )
         reading.input(self.set_reading, [reading], [result, reader], **q)
         whose.input(self.read, [whose], [shown], **q)
-        return {"fn": self.refresh, "inputs": None, "outputs": [members, who, whose, reading, reader, keys], **q}
+        return {"fn": self.refresh, "inputs": None, "outputs": [members, who, whose, reading, reader, keys, models], **q}
 
 
 def transcript(chats: Sequence[Conversation]) -> str:

@@ -103,8 +103,8 @@ def build(ui: ChatUI) -> gr.Blocks:
                 model_info = gr.Markdown(ui.service.status(), elem_id="lc-model-info")
                 with gr.Column(visible=False) as loader:
                     picker = gr.Dropdown(
-                        ui.models.model_choices(),
-                        value=ui.settings.model,
+                        [],  # filled for admins when the page loads (models.on_load): paths stay off members' pages
+                        value=None,
                         label="Model",
                         info="Pick one, or type a folder, a .gguf file, or a cached Hub id",
                         allow_custom_value=True,
@@ -134,7 +134,7 @@ def build(ui: ChatUI) -> gr.Blocks:
                         unload = gr.Button("Unload", elem_id="lc-unload")
                     load_result = gr.Markdown("", elem_id="lc-load-result")
                     picker_refresh = {
-                        "fn": lambda: gr.Dropdown(choices=ui.models.model_choices()),
+                        "fn": ui.models.picker,
                         "inputs": None,
                         "outputs": [picker],
                         "queue": False,
@@ -142,7 +142,7 @@ def build(ui: ChatUI) -> gr.Blocks:
                     }
                     downloads_refresh = ui.downloads.build(picker_refresh)
                     with gr.Accordion("This machine", open=False):
-                        gr.Markdown(ui.models.hardware_text, elem_id="lc-hardware")
+                        machine = gr.Markdown("", elem_id="lc-hardware")
             with gr.Accordion("API keys", open=False, visible=False, elem_id="lc-api-keys") as keys_box:
                 keys_refresh = ui.keys.build()
             with gr.Accordion("Account", open=False, visible=False, elem_id="lc-account") as account_box:
@@ -276,6 +276,7 @@ def build(ui: ChatUI) -> gr.Blocks:
         )
         timer.tick(ui.models.status, None, [status, model_info, timer], queue=False, **_hidden)
         demo.load(ui.models.status, None, [status, model_info, timer], queue=False, **_hidden)
+        demo.load(ui.models.on_load, None, [picker, machine], queue=False, **_hidden)
         demo.load(**keys_refresh)
         demo.load(**account_refresh)
         demo.load(**downloads_refresh)

@@ -108,8 +108,19 @@ class ModelPanel:
         loading = self.service.loading() is not None
         return self.service.status_line(), self.service.status(), gr.Timer(active=loading)
 
-    def after_load(self) -> tuple:
-        return gr.Dropdown(choices=self.model_choices()), self.service.status_line()
+    def after_load(self, request: gr.Request) -> tuple:
+        return self.picker(request), self.service.status_line()
+
+    def picker(self, request: gr.Request) -> gr.Dropdown:
+        """The model picker's choices: where models live on this machine (their paths), for admins only."""
+        return gr.Dropdown(choices=self.model_choices() if self._admin(request) else [])
+
+    def on_load(self, request: gr.Request) -> tuple:
+        """The panel as this member may see it: the page itself carries no path and no machine
+        details (its config goes to everyone), an admin's page gets them here."""
+        if not self._admin(request):
+            return gr.Dropdown(choices=[], value=None), ""
+        return gr.Dropdown(choices=self.model_choices(), value=self.settings.model), self.hardware_text()
 
     def model_choices(self) -> list[tuple[str, str]]:
         specs = self.service.backend.available_models()
