@@ -70,6 +70,16 @@ def test_a_locked_member_cannot_use_raw_text_completions(app, bob) -> None:
     assert refused.value.code == "preset_locked" and len(app.app.backend.calls) == before
 
 
+def test_asking_for_another_model_names_the_loaded_one_only_to_those_who_may_use_it(app, bob) -> None:
+    bob(["fake-large"], None)  # fake-small is loaded: its id (often a path on the server) stays unsaid
+    with pytest.raises(openai.NotFoundError) as refused:
+        client(app, "Bob").chat.completions.create(model="fake-large", messages=TRICK)
+    assert "fake-small" not in str(refused.value) and "no model of yours is loaded" in str(refused.value)
+    with pytest.raises(openai.NotFoundError) as told:
+        client(app, "Ann").chat.completions.create(model="fake-large", messages=TRICK)
+    assert "the loaded model is 'fake-small'" in str(told.value)
+
+
 def test_an_unlocked_member_keeps_their_own_prompt_and_sampling(app, bob) -> None:
     client(app, "Bob").chat.completions.create(model="fake-small", messages=TRICK, temperature=1.9)
     call = app.app.backend.calls[-1]
@@ -140,3 +150,23 @@ def test_a_ui_reply_queued_during_a_load_is_refused_by_the_new_model(app, bob) -
     (conversation,) = app.app.household.store.conversations(bob_id)
     saved = app.app.household.store.conversation(bob_id, conversation.id).messages
     assert saved[-1].content == "" and "may not use fake-large" in saved[-1].stats  # what was shown is kept
+
+
+def test_a_reply_streaming_on_a_key_stops_when_the_key_is_revoked(tmp_path) -> None:
+    """As a page's reply ends when its session does: an admin's password reset revokes the key."""
+    served = serve(tmp_path, backend=FakeBackend("word " * 400, delay=0.02), members={"Ann": "admin", "Bob": "member"})
+    try:
+        household = served.app.household
+        ann, bob = household.store.member_by_name("Ann"), household.store.member_by_name("Bob")
+        key = household.create_api_key(bob, "phone")
+        api = openai.OpenAI(base_url=served.url + "/v1", api_key=key, max_retries=0, timeout=60)
+        stream = api.chat.completions.create(model="fake-small", messages=TRICK, max_tokens=1000, stream=True)
+        words = 0
+        with pytest.raises(openai.APIError, match="revoked"):
+            for chunk in stream:
+                words += bool(chunk.choices and chunk.choices[0].delta.content)
+                if words == 1:
+                    household.reset_password(ann, bob.id, "a brand new password")
+        assert words < 400  # it did not run to its end (400 words take 8 s; the key is checked every 2 s)
+    finally:
+        served.stop()

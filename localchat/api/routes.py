@@ -41,6 +41,7 @@ from localchat.types import Chunk, InvalidValue, LoadedInfo, LoadOptions, Usage
 
 log = logging.getLogger(__name__)
 _END = object()
+KEY_RECHECK_SECONDS = 2.0  # a reply streaming on a key stops this soon after the key is revoked
 LOAD_FIELDS = {"model", "quantization", "device", "dtype", "context_length", "quant_type_4bit", "compute_dtype",
                "double_quant"}  # fmt: skip
 
@@ -71,6 +72,15 @@ async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> No
             return
 
 
+def _revoked() -> ApiError:
+    return ApiError(401, "This API key was revoked while the reply was being written", code="invalid_api_key")
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else None
+
+
 def _sse(data: Any) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -82,9 +92,7 @@ class OpenAIRoutes:
 
     # -- who and which model ------------------------------------------------------------------
     def caller(self, request: Request) -> Member:
-        auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-        member = self.household.member_for_api_key(key)
+        member = self.household.member_for_api_key(_bearer(request))
         if member is None:
             raise ApiError(
                 401,
@@ -98,9 +106,15 @@ class OpenAIRoutes:
         if info is None:
             raise ApiError(503, "No model is loaded yet", kind="server_error", code="model_not_loaded")
         if requested and requested not in (info.options.model, info.name):
+            # Only a model the member may use is named: its id can be a path on the server.
+            loaded = (
+                f"the loaded model is {info.options.model!r}"
+                if member.may_use(info.options.model)
+                else "no model of yours is loaded"
+            )
             raise ApiError(
                 404,
-                f"The model {requested!r} is not loaded; the loaded model is {info.options.model!r}. "
+                f"The model {requested!r} is not loaded; {loaded}. "
                 "An admin can load another one (POST /v1/models/load).",
                 param="model",
                 code="model_not_found",
@@ -134,6 +148,16 @@ class OpenAIRoutes:
             if chunk is _END or chunk.text or chunk.usage is not None or chunk.error is not None:
                 return chunk
 
+    async def _while_key_valid(self, request: Request, cancel: threading.Event, revoked: threading.Event) -> None:
+        """Like the page's session check: a reply stops when its key is revoked (a password reset, an
+        admin's revoke, the member removed), not only when it was checked at the start."""
+        key = _bearer(request)
+        while not cancel.is_set():
+            await asyncio.sleep(KEY_RECHECK_SECONDS)
+            if not cancel.is_set() and await run_in_threadpool(self.household.member_for_api_key, key) is None:
+                revoked.set()
+                cancel.set()
+
     async def respond(self, request: Request, chat: bool) -> Any:
         self.service.expect()  # before the checks: requests sent together are read together
         member = await run_in_threadpool(self.caller, request)  # a database read and write
@@ -148,10 +172,13 @@ class OpenAIRoutes:
         # Until a streamed response takes over (it watches for the client itself), a client that
         # leaves while queued, during the prompt, or before a whole reply is ready, cancels it.
         watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
+        revoked = threading.Event()
+        key_watch = asyncio.create_task(self._while_key_valid(request, cancel, revoked))
         try:
             first = await self.pull(stream)  # errors before the first token are a proper HTTP status
         except BaseException:
             watcher.cancel()
+            key_watch.cancel()
             cancel.set()
             raise
         model, rid = info.options.model, new_id("chatcmpl" if chat else "cmpl")
@@ -160,7 +187,10 @@ class OpenAIRoutes:
                 text, usage = await self._collect(stream, first)
             finally:
                 watcher.cancel()
+                key_watch.cancel()
                 cancel.set()
+            if revoked.is_set():
+                raise _revoked()
             if cancel.is_set() and usage is not None and usage.finish_reason == "cancelled":
                 raise ApiError(499, "The client closed the request", code="client_closed")
             model = usage.model if usage is not None and usage.model else model
@@ -169,7 +199,7 @@ class OpenAIRoutes:
             return text_completion(rid, model, text, usage)
         watcher.cancel()
         return StreamingResponse(
-            self._events(stream, first, cancel, rid, model, chat, req.include_usage),
+            self._events(stream, first, cancel, rid, model, chat, req.include_usage, (key_watch, revoked)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -194,7 +224,9 @@ class OpenAIRoutes:
         model: str,
         chat: bool,
         include_usage: bool,
+        key: tuple[asyncio.Task, threading.Event],
     ) -> AsyncIterator[str]:
+        key_watch, revoked = key
         usage: Usage | None = None
         failed = False
         try:
@@ -219,6 +251,9 @@ class OpenAIRoutes:
                     yield _sse(exc.body())
                     failed = True
                     break
+            if revoked.is_set():
+                yield _sse(_revoked().body())
+                failed = True
             if failed:  # the error event ends the stream: no finish_reason pretends it went well
                 yield "data: [DONE]\n\n"
                 return
@@ -232,6 +267,7 @@ class OpenAIRoutes:
                 yield _sse(last if chat else {**last, "object": "text_completion"})
             yield "data: [DONE]\n\n"
         finally:  # also when the client went away: its generation stops at the next token
+            key_watch.cancel()
             cancel.set()
             close = getattr(stream, "close", None)
             if close is not None:
