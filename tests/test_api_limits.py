@@ -48,7 +48,7 @@ def test_a_body_past_the_cap_is_a_413_whether_declared_or_streamed(echo) -> None
             yield big[start : start + 2**20]
 
     assert_openai_error(post(echo, chunks()), 413)
-    assert post(echo, raw_chat(content=json.dumps("x" * 100_000))).status_code == 200  # a long message is fine
+    assert post(echo, raw_chat(content=json.dumps("x" * 30_000))).status_code == 200  # a long message that may fit is read
 
 
 @pytest.mark.parametrize(
@@ -85,3 +85,11 @@ def test_bodies_that_are_not_utf8_json_are_a_400(echo) -> None:
     assert_openai_error(post(echo, b'{"model": "\xff\xfe"}'), 400)
     assert_openai_error(post(echo, b""), 400)
     assert_openai_error(post(echo, b"[1, 2]"), 400)
+
+
+def test_a_prompt_far_past_the_window_is_refused_before_the_engine_sees_it(echo) -> None:
+    calls = len(echo.app.backend.calls)
+    r = post(echo, raw_chat(content='"' + "word " * 20_000 + '"'))  # 100,000 characters, a 2,048-token window
+    error = assert_openai_error(r, 400)
+    assert error["code"] == "context_length_exceeded" and "100,000 characters" in error["message"]
+    assert len(echo.app.backend.calls) == calls

@@ -41,6 +41,9 @@ from localchat.types import Chunk, InvalidValue, LoadedInfo, LoadOptions, Usage
 
 log = logging.getLogger(__name__)
 _END = object()
+# Real text averages about 4 characters a token; past 16 a prompt cannot fit, and reading it whole
+# would hold every member's replies while the engine's tokenizer works through it.
+MAX_CHARS_PER_TOKEN = 16
 KEY_RECHECK_SECONDS = 2.0  # a reply streaming on a key stops this soon after the key is revoked
 LOAD_FIELDS = {"model", "quantization", "device", "dtype", "context_length", "quant_type_4bit", "compute_dtype",
                "double_quant"}  # fmt: skip
@@ -130,6 +133,14 @@ class OpenAIRoutes:
                 f"max_tokens ({req.params.max_new_tokens}) does not fit this model's context window of "
                 f"{info.context_length} tokens",
                 param="max_tokens",
+                code="context_length_exceeded",
+            )
+        chars = len(req.prompt or "") + sum(len(m.content) for m in req.messages)
+        if window and chars > window * MAX_CHARS_PER_TOKEN:  # refused before any tokenizer runs on it
+            raise ApiError(
+                400,
+                f"The prompt has {chars:,} characters, far more than this model's context window of {window:,} tokens",
+                param="messages" if req.messages else "prompt",
                 code="context_length_exceeded",
             )
         return self.service.complete(member, req.messages, req.params, cancel, trim=False, prompt=req.prompt)
