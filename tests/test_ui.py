@@ -499,3 +499,50 @@ def test_the_fit_estimate_is_for_admins_only_checked_on_the_server(tmp_path: Pat
     assert "fits" in ui.fit_estimate("fake-large", "cpu", None, request("a", str(ann.id)))
     with pytest.raises(gr.Error):
         ui.fit_estimate("fake-large", "cpu", None, request("x"))  # signed out
+
+
+def saved_chat(ui: ChatUI, conversation: str) -> list[tuple[str, str]]:
+    member = ui.household.store.builtin_member()
+    return [(m.role, m.content) for m in ui.household.store.conversation(member.id, conversation).messages]
+
+
+def test_a_failed_edit_loses_nothing_and_is_not_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    from localchat.store import StoreError
+
+    ui, backend = make_ui()
+    _, turns, _, conversation, _ = ui.add_user("q1", [], None, False, request("a"))
+    turns = list(ui.respond(turns, conversation, "", *UI_SAMPLING, request("a")))[-1][1]
+    before = saved_chat(ui, conversation)
+    assert before == [("user", "q1"), ("assistant", "Hello there friend")]
+
+    def disk_full(*args: object, **kw: object) -> None:
+        raise StoreError("database or disk is full")
+
+    monkeypatch.setattr(ui.household.store, "put_message", disk_full)
+    data = gr.EditData(None, {"index": 0, "value": "q1, edited", "previous_value": "q1"})
+    with pytest.warns(UserWarning, match="not saved"):
+        turns, chat = ui.edit(turns, conversation, data, request("a"))
+    assert saved_chat(ui, conversation) == before  # nothing was dropped
+    assert turns[0] == user("q1, edited") and "q1, edited" in chat[0]["content"]  # the edit stays visible
+    assert turns[-1]["role"] == "assistant" and "not saved" in turns[-1]["stats"]
+    calls = len(backend.calls)
+    (only,) = list(ui.respond(turns, conversation, "", *UI_SAMPLING, request("a")))  # the chained reply
+    assert only[1] == turns and len(backend.calls) == calls  # nothing is answered
+
+
+def test_an_edit_is_saved_in_one_write() -> None:
+    ui, backend = make_ui()
+    _, turns, _, conversation, _ = ui.add_user("q1", [], None, False, request("a"))
+    turns = list(ui.respond(turns, conversation, "", *UI_SAMPLING, request("a")))[-1][1]
+    writes = []
+    store = ui.household.store
+    for name in ("put_message", "truncate"):
+        original = getattr(store, name)
+        setattr(store, name, lambda *a, _f=original, _n=name, **kw: (writes.append(_n), _f(*a, **kw))[1])
+    data = gr.EditData(None, {"index": 0, "value": "q2", "previous_value": "q1"})
+    turns, _ = ui.edit(turns, conversation, data, request("a"))
+    assert writes == ["put_message"] and turns == [user("q2")]
+    assert saved_chat(ui, conversation) == [("user", "q2")]
+    final = list(ui.respond(turns, conversation, "", *UI_SAMPLING, request("a")))[-1][1]
+    assert [t["content"] for t in final] == ["q2", "Hello there friend"]
+    assert backend.calls[-1].messages == [Message("user", "q2")]
