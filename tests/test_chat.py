@@ -527,3 +527,15 @@ def test_a_stored_system_message_keeps_instructing_the_chat(chats) -> None:
     list(chats.reply(locked, conversation, [], "Be brief.", PARAMS, Reply()))
     system = backend.calls[-1].messages[0]
     assert system.role == "system" and "French" not in system.content and "Be brief" not in system.content
+
+
+def test_the_policy_cleans_lone_surrogates_from_what_reaches_the_engine() -> None:
+    """Both front ends build requests through Policy.request: a lone surrogate (JSON `\\ud800`, or
+    typed in a form) becomes U+FFFD in the system prompt, the messages and the stop strings."""
+    service, backend = make()
+    list(service.reply(ME, [Message("user", "a\ud800")], "sys\udc00", SamplingParams(stop=("\ud800",))))
+    call = backend.calls[-1]
+    assert call.messages == [Message("system", "sys\ufffd"), Message("user", "a\ufffd")]
+    assert call.params.stop == ("\ufffd",)
+    list(service.complete(ME, HISTORY, PARAMS, prompt="raw\ud800"))
+    assert backend.calls[-1].prompt == "raw\ufffd"

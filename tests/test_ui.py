@@ -546,3 +546,33 @@ def test_an_edit_is_saved_in_one_write() -> None:
     final = list(ui.respond(turns, conversation, "", *UI_SAMPLING, request("a")))[-1][1]
     assert [t["content"] for t in final] == ["q2", "Hello there friend"]
     assert backend.calls[-1].messages == [Message("user", "q2")]
+
+
+def test_a_lone_surrogate_typed_in_the_page_is_cleaned_before_it_is_shown() -> None:
+    """Gradio sends values as JSON with orjson, which refuses a lone surrogate (a 500, and the
+    message was gone): the text shown is the text saved, with U+FFFD in its place."""
+    import orjson
+
+    ui, _ = make_ui()
+    for incognito in (False, True):
+        box, turns, chat, conversation, _ = ui.add_user("a\ud800b", [], None, incognito, request("a"))
+        assert box == "" and turns == [user("a\ufffdb")]
+        orjson.dumps([turns, chat])
+    assert saved_chat(ui, conversation_id := ui.add_user("c\udfff", [], None, False, request("a"))[3]) == [
+        ("user", "c\ufffd")
+    ]
+    data = gr.EditData(None, {"index": 0, "value": "d\ud800", "previous_value": "c"})
+    turns, chat = ui.edit([user("c\ufffd")], conversation_id, data, request("a"))
+    assert turns == [user("d\ufffd")] and saved_chat(ui, conversation_id) == [("user", "d\ufffd")]
+    orjson.dumps([turns, chat])
+
+
+def test_a_key_name_with_a_lone_surrogate_is_cleaned() -> None:
+    from localchat.ui.keys import ApiKeys
+
+    ui, _ = make_ui()
+    bob = ui.household.store.add_member("Bob", None, "member")
+    shown, listing, _ = ApiKeys(ui.household).create("my\ud800editor", request("a", str(bob.id)))
+    assert not shown.startswith("⚠")
+    ((label, _),) = listing.choices
+    assert label.startswith("my\ufffdeditor")

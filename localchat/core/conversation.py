@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from localchat.core.replies import Replies, Reply
 from localchat.core.service import ChatService, ReplyUpdate, stats_line
 from localchat.store import Member, NotFound, Store, StoredMessage, StoreError
+from localchat.text import clean_text
 from localchat.types import Message, SamplingParams
 
 
@@ -42,6 +43,7 @@ class Chats:
         """Save the member's new message after `history` -> (conversation id, whether it is new).
         A conversation deleted meanwhile (another tab) continues as a new one, written whole in one
         transaction. Raises StoreError: the message was not saved."""
+        text = clean_text(text)
         if conversation_id is not None:
             try:
                 index = self._stored_index(member, conversation_id, len(history))
@@ -62,7 +64,7 @@ class Chats:
         transaction (a failed write leaves the conversation as it was); raises StoreError."""
         if conversation_id is not None:
             index = self._stored_index(member, conversation_id, index)
-            self.store.put_message(member.id, conversation_id, index, "user", text)
+            self.store.put_message(member.id, conversation_id, index, "user", clean_text(text))
 
     def _stored_index(self, member: Member, conversation_id: str, index: int) -> int:
         """The stored position of the page's `index`-th message (the page shows no system

@@ -148,7 +148,7 @@ class ChatHandlers:
     ) -> tuple:
         """-> message box, turns, chat, current conversation id, conversation list. The message is
         saved before the reply starts; if it cannot be saved it stays in the box."""
-        text = (text or "").strip()
+        text = clean_text((text or "").strip())  # as the core saves it: the page gets back what orjson can send
         unchanged = gr.update(), turns, render(turns), conversation_id, gr.skip()
         if not text:
             return unchanged
