@@ -576,3 +576,33 @@ def test_a_key_name_with_a_lone_surrogate_is_cleaned() -> None:
     assert not shown.startswith("⚠")
     ((label, _),) = listing.choices
     assert label.startswith("my\ufffdeditor")
+
+
+def test_an_imported_chat_with_a_system_message_keeps_its_reply_through_send_and_retry() -> None:
+    """The page hides the stored system message; sending, then retrying, addresses the right ones."""
+    from localchat.store import StoredMessage
+
+    ui, backend = make_ui()
+    store = ui.household.store
+    me = store.builtin_member()
+    history = [
+        StoredMessage("system", "Answer in French."),
+        StoredMessage("user", "hi"),
+        StoredMessage("assistant", "hello!"),
+    ]
+    conversation = store.import_conversation(me.id, "hi", history)
+    turns, *_ = ui.conversations.open(conversation, None, request("a"))
+    assert turns == [user("hi"), bot("hello!")]
+    _, turns, *_ = ui.add_user("next", turns, conversation, False, request("a"))
+    turns = list(ui.respond(turns, conversation, "", *UI_SAMPLING, request("a")))[-1][1]
+    assert [m[1] for m in saved_chat(ui, conversation)] == [
+        "Answer in French.",
+        "hi",
+        "hello!",
+        "next",
+        "Hello there friend",
+    ]
+    assert backend.calls[-1].messages[0] == Message("system", "Answer in French.")
+    turns, _ = ui.retry(turns, conversation, gr.RetryData(None, {"index": 1, "value": "hello!"}), request("a"))
+    assert turns == [user("hi")]
+    assert [m[1] for m in saved_chat(ui, conversation)] == ["Answer in French.", "hi"]
