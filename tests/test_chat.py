@@ -3,6 +3,7 @@ streamed updates, notices, errors, status lines, and Chats saving a conversation
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -48,10 +49,11 @@ def test_empty_system_prompt_sends_no_system_message() -> None:
     assert backend.calls[0].messages == HISTORY
 
 
-def test_system_messages_in_history_are_replaced_by_the_system_prompt() -> None:
+def test_a_system_message_in_history_follows_the_system_prompt_in_one_message() -> None:
     service, _ = make()
-    messages = service.messages_for("Be brief.", [Message("system", "old"), *HISTORY])
-    assert messages == [Message("system", "Be brief."), *HISTORY]
+    messages = service.messages_for("Be brief.", [Message("system", "Keep {date} as written."), *HISTORY])
+    assert messages == [Message("system", "Be brief.\n\nKeep {date} as written."), *HISTORY]
+    assert service.messages_for("", [Message("system", " "), *HISTORY]) == HISTORY
 
 
 def test_complete_is_the_backend_stream() -> None:
@@ -470,3 +472,70 @@ def test_a_conversation_id_of_another_member_is_never_read_or_written(chats) -> 
     list(chats.reply(me, theirs, [StoredMessage("user", "hello")], "", PARAMS, Reply()))
     assert "their secret" not in str(backend.calls[-1].messages)
     assert saved(chats, other, theirs) == [("user", "their secret", "")]
+
+
+# -- Chats: a stored system message (imports, OpenAI-style exports) ------------------------------
+def imported(chats, me: Member) -> str:
+    from localchat.store import StoredMessage
+
+    history = [
+        StoredMessage("system", "Answer in French."),
+        StoredMessage("user", "hi"),
+        StoredMessage("assistant", "hello!"),
+    ]
+    return chats.store.import_conversation(me.id, "hi", history)
+
+
+def test_page_positions_skip_a_stored_system_message(chats) -> None:
+    """The page hides system messages, so its indexes count only user and assistant turns."""
+    from localchat.store import StoredMessage
+
+    chats, _, me = chats
+    conversation = imported(chats, me)
+    page = [StoredMessage("user", "hi"), StoredMessage("assistant", "hello!")]
+    chats.add_user(me, conversation, page, "next")
+    assert [m[1] for m in saved(chats, me, conversation)] == ["Answer in French.", "hi", "hello!", "next"]
+    chats.truncate(me, conversation, 1)  # retry the reply to "hi"
+    assert [m[1] for m in saved(chats, me, conversation)] == ["Answer in French.", "hi"]
+    chats.edit(me, conversation, 0, "hi, edited")
+    assert [m[1] for m in saved(chats, me, conversation)] == ["Answer in French.", "hi, edited"]
+
+
+def test_a_stored_system_message_keeps_instructing_the_chat(chats) -> None:
+    from localchat.core import Reply
+    from localchat.store import StoredMessage
+
+    chats, backend, me = chats
+    conversation = imported(chats, me)
+    page = [StoredMessage("user", "hi"), StoredMessage("assistant", "hello!")]
+    chats.add_user(me, conversation, page, "next")
+    list(chats.reply(me, conversation, [*page, StoredMessage("user", "next")], "Be brief.", PARAMS, Reply()))
+    assert backend.calls[-1].messages == [
+        Message("system", "Be brief.\n\nAnswer in French."),
+        Message("user", "hi"),
+        Message("assistant", "hello!"),
+        Message("user", "next"),
+    ]
+    assert [m[1] for m in saved(chats, me, conversation)] == [
+        "Answer in French.",
+        "hi",
+        "hello!",
+        "next",
+        "Fine, thanks.",
+    ]
+    locked = dataclasses.replace(me, locked_preset="Homework helper")  # a locked preset replaces both
+    list(chats.reply(locked, conversation, [], "Be brief.", PARAMS, Reply()))
+    system = backend.calls[-1].messages[0]
+    assert system.role == "system" and "French" not in system.content and "Be brief" not in system.content
+
+
+def test_the_policy_cleans_lone_surrogates_from_what_reaches_the_engine() -> None:
+    """Both front ends build requests through Policy.request: a lone surrogate (JSON `\\ud800`, or
+    typed in a form) becomes U+FFFD in the system prompt, the messages and the stop strings."""
+    service, backend = make()
+    list(service.reply(ME, [Message("user", "a\ud800")], "sys\udc00", SamplingParams(stop=("\ud800",))))
+    call = backend.calls[-1]
+    assert call.messages == [Message("system", "sys\ufffd"), Message("user", "a\ufffd")]
+    assert call.params.stop == ("\ufffd",)
+    list(service.complete(ME, HISTORY, PARAMS, prompt="raw\ud800"))
+    assert backend.calls[-1].prompt == "raw\ufffd"

@@ -499,3 +499,110 @@ def test_the_fit_estimate_is_for_admins_only_checked_on_the_server(tmp_path: Pat
     assert "fits" in ui.fit_estimate("fake-large", "cpu", None, request("a", str(ann.id)))
     with pytest.raises(gr.Error):
         ui.fit_estimate("fake-large", "cpu", None, request("x"))  # signed out
+
+
+def saved_chat(ui: ChatUI, conversation: str) -> list[tuple[str, str]]:
+    member = ui.household.store.builtin_member()
+    return [(m.role, m.content) for m in ui.household.store.conversation(member.id, conversation).messages]
+
+
+def test_a_failed_edit_loses_nothing_and_is_not_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    from localchat.store import StoreError
+
+    ui, backend = make_ui()
+    _, turns, _, conversation, _ = ui.add_user("q1", [], None, False, request("a"))
+    turns = list(ui.respond(turns, conversation, "", *UI_SAMPLING, request("a")))[-1][1]
+    before = saved_chat(ui, conversation)
+    assert before == [("user", "q1"), ("assistant", "Hello there friend")]
+
+    def disk_full(*args: object, **kw: object) -> None:
+        raise StoreError("database or disk is full")
+
+    monkeypatch.setattr(ui.household.store, "put_message", disk_full)
+    data = gr.EditData(None, {"index": 0, "value": "q1, edited", "previous_value": "q1"})
+    with pytest.warns(UserWarning, match="not saved"):
+        turns, chat = ui.edit(turns, conversation, data, request("a"))
+    assert saved_chat(ui, conversation) == before  # nothing was dropped
+    assert turns[0] == user("q1, edited") and "q1, edited" in chat[0]["content"]  # the edit stays visible
+    assert turns[-1]["role"] == "assistant" and "not saved" in turns[-1]["stats"]
+    calls = len(backend.calls)
+    (only,) = list(ui.respond(turns, conversation, "", *UI_SAMPLING, request("a")))  # the chained reply
+    assert only[1] == turns and len(backend.calls) == calls  # nothing is answered
+
+
+def test_an_edit_is_saved_in_one_write() -> None:
+    ui, backend = make_ui()
+    _, turns, _, conversation, _ = ui.add_user("q1", [], None, False, request("a"))
+    turns = list(ui.respond(turns, conversation, "", *UI_SAMPLING, request("a")))[-1][1]
+    writes = []
+    store = ui.household.store
+    for name in ("put_message", "truncate"):
+        original = getattr(store, name)
+        setattr(store, name, lambda *a, _f=original, _n=name, **kw: (writes.append(_n), _f(*a, **kw))[1])
+    data = gr.EditData(None, {"index": 0, "value": "q2", "previous_value": "q1"})
+    turns, _ = ui.edit(turns, conversation, data, request("a"))
+    assert writes == ["put_message"] and turns == [user("q2")]
+    assert saved_chat(ui, conversation) == [("user", "q2")]
+    final = list(ui.respond(turns, conversation, "", *UI_SAMPLING, request("a")))[-1][1]
+    assert [t["content"] for t in final] == ["q2", "Hello there friend"]
+    assert backend.calls[-1].messages == [Message("user", "q2")]
+
+
+def test_a_lone_surrogate_typed_in_the_page_is_cleaned_before_it_is_shown() -> None:
+    """Gradio sends values as JSON with orjson, which refuses a lone surrogate (a 500, and the
+    message was gone): the text shown is the text saved, with U+FFFD in its place."""
+    import orjson
+
+    ui, _ = make_ui()
+    for incognito in (False, True):
+        box, turns, chat, conversation, _ = ui.add_user("a\ud800b", [], None, incognito, request("a"))
+        assert box == "" and turns == [user("a\ufffdb")]
+        orjson.dumps([turns, chat])
+    assert saved_chat(ui, conversation_id := ui.add_user("c\udfff", [], None, False, request("a"))[3]) == [
+        ("user", "c\ufffd")
+    ]
+    data = gr.EditData(None, {"index": 0, "value": "d\ud800", "previous_value": "c"})
+    turns, chat = ui.edit([user("c\ufffd")], conversation_id, data, request("a"))
+    assert turns == [user("d\ufffd")] and saved_chat(ui, conversation_id) == [("user", "d\ufffd")]
+    orjson.dumps([turns, chat])
+
+
+def test_a_key_name_with_a_lone_surrogate_is_cleaned() -> None:
+    from localchat.ui.keys import ApiKeys
+
+    ui, _ = make_ui()
+    bob = ui.household.store.add_member("Bob", None, "member")
+    shown, listing, _ = ApiKeys(ui.household).create("my\ud800editor", request("a", str(bob.id)))
+    assert not shown.startswith("⚠")
+    ((label, _),) = listing.choices
+    assert label.startswith("my\ufffdeditor")
+
+
+def test_an_imported_chat_with_a_system_message_keeps_its_reply_through_send_and_retry() -> None:
+    """The page hides the stored system message; sending, then retrying, addresses the right ones."""
+    from localchat.store import StoredMessage
+
+    ui, backend = make_ui()
+    store = ui.household.store
+    me = store.builtin_member()
+    history = [
+        StoredMessage("system", "Answer in French."),
+        StoredMessage("user", "hi"),
+        StoredMessage("assistant", "hello!"),
+    ]
+    conversation = store.import_conversation(me.id, "hi", history)
+    turns, *_ = ui.conversations.open(conversation, None, request("a"))
+    assert turns == [user("hi"), bot("hello!")]
+    _, turns, *_ = ui.add_user("next", turns, conversation, False, request("a"))
+    turns = list(ui.respond(turns, conversation, "", *UI_SAMPLING, request("a")))[-1][1]
+    assert [m[1] for m in saved_chat(ui, conversation)] == [
+        "Answer in French.",
+        "hi",
+        "hello!",
+        "next",
+        "Hello there friend",
+    ]
+    assert backend.calls[-1].messages[0] == Message("system", "Answer in French.")
+    turns, _ = ui.retry(turns, conversation, gr.RetryData(None, {"index": 1, "value": "hello!"}), request("a"))
+    assert turns == [user("hi")]
+    assert [m[1] for m in saved_chat(ui, conversation)] == ["Answer in French.", "hi"]

@@ -1,6 +1,7 @@
 """The core both front ends call: a member's policy, replies to conversations, the models' status.
 
-Invariant: knows no Gradio, no HTTP and no torch (tests/test_layering.py checks it at run time);
+Invariant: knows no Gradio, no HTTP and no torch (tests/test_core_layering.py checks it at run time,
+tests/test_layout.py in every import statement);
 every request to the engine is a GenerationRequest built by `policy.Policy.request`.
 """
 

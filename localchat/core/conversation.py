@@ -5,7 +5,9 @@ Owns: every store write of the chat page's messages, and the registry of replies
 Invariants: every read and write is scoped to the member who asks; a saved conversation's history
 is read from the store (the page only shows it); the user's message is saved before the reply
 starts; a reply is saved once, when it ends, unless its conversation was rewritten meanwhile; an
-incognito chat (no conversation id) is never written.
+incognito chat (no conversation id) is never written. The page hides system messages (an imported
+chat may hold one: it stays the chat's instructions), so a page position is mapped to the stored
+position before any write (`_stored_index`): the page's indexes never address another message.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from collections.abc import Iterator, Sequence
 from localchat.core.replies import Replies, Reply
 from localchat.core.service import ChatService, ReplyUpdate, stats_line
 from localchat.store import Member, NotFound, Store, StoredMessage, StoreError
+from localchat.text import clean_text
 from localchat.types import Message, SamplingParams
 
 
 def to_messages(history: Sequence[StoredMessage]) -> list[Message]:
-    """What the model reads of a conversation: empty replies (errors, refusals) are left out."""
+    """What the model reads of a conversation: empty replies (errors, refusals) and empty system
+    messages are left out; ChatService puts a stored system message after the system prompt."""
     return [
         Message(m.role, m.content)  # type: ignore[arg-type]
         for m in history
-        if m.role in ("user", "assistant") and (m.content or m.role == "user")
+        if m.role in ("system", "user", "assistant") and (m.content.strip() or m.role == "user")
     ]
 
 
@@ -39,9 +43,11 @@ class Chats:
         """Save the member's new message after `history` -> (conversation id, whether it is new).
         A conversation deleted meanwhile (another tab) continues as a new one, written whole in one
         transaction. Raises StoreError: the message was not saved."""
+        text = clean_text(text)
         if conversation_id is not None:
             try:
-                self.store.put_message(member.id, conversation_id, len(history), "user", text)
+                index = self._stored_index(member, conversation_id, len(history))
+                self.store.put_message(member.id, conversation_id, index, "user", text)
                 return conversation_id, False
             except NotFound:
                 pass
@@ -51,12 +57,21 @@ class Chats:
     def truncate(self, member: Member, conversation_id: str | None, keep: int) -> None:
         """Keep the first `keep` messages (retry, undo, edit); raises StoreError."""
         if conversation_id is not None:
-            self.store.truncate(member.id, conversation_id, keep)
+            self.store.truncate(member.id, conversation_id, self._stored_index(member, conversation_id, keep))
 
     def edit(self, member: Member, conversation_id: str | None, index: int, text: str) -> None:
-        """The user's message at `index` becomes `text`, and what followed it goes."""
+        """The user's message at `index` becomes `text`, and what followed it goes, in one store
+        transaction (a failed write leaves the conversation as it was); raises StoreError."""
         if conversation_id is not None:
-            self.store.put_message(member.id, conversation_id, index, "user", text)
+            index = self._stored_index(member, conversation_id, index)
+            self.store.put_message(member.id, conversation_id, index, "user", clean_text(text))
+
+    def _stored_index(self, member: Member, conversation_id: str, index: int) -> int:
+        """The stored position of the page's `index`-th message (the page shows no system
+        messages); past the page's end, positions count on from the stored end. Raises NotFound."""
+        stored = self.store.conversation(member.id, conversation_id).messages
+        shown = [at for at, m in enumerate(stored) if m.role != "system"]
+        return shown[index] if index < len(shown) else len(stored) + index - len(shown)
 
     def history(
         self, member: Member, conversation_id: str | None, shown: Sequence[StoredMessage]

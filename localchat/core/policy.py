@@ -4,18 +4,20 @@ Owns: the one function (`Policy.request`) that turns what a front end asks for i
 GenerationRequest the engine runs, for the UI and the API alike. Invariants: a locked preset's
 system prompt replaces every system message the caller sent and its sampling replaces the caller's;
 a lock whose preset is missing refuses (it never falls open); `allowed_models` always travels with
-the request, so the engine checks it again when the job starts.
+the request, so the engine checks it again when the job starts; every text in the request encodes
+as UTF-8 (a lone surrogate becomes U+FFFD, `text.clean_text`), whichever front end sent it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from localchat.backend import BackendError, ModelNotAllowed
 from localchat.presets import Preset, render_system_prompt
 from localchat.store import Member
+from localchat.text import clean_text
 from localchat.types import GenerationRequest, LoadedInfo, Message, SamplingParams
 
 
@@ -59,10 +61,12 @@ class Policy:
             turns = [m for m in messages if m.role != "system"]
             messages = [Message("system", system), *turns] if system else turns
             params = self.locked.sampling
+        if params.stop:
+            params = replace(params, stop=tuple(clean_text(s) for s in params.stop))
         return GenerationRequest(
-            messages=tuple(messages),
+            messages=tuple(Message(m.role, clean_text(m.content)) for m in messages),
             params=params,
-            prompt=prompt,
+            prompt=None if prompt is None else clean_text(prompt),
             trim=trim,
             owner=self.owner,
             allowed_models=self.allowed_models,

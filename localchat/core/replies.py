@@ -48,16 +48,21 @@ class Replies:
 
     def begin(self, key: Key, signed_in: Callable[[], bool] = lambda: True) -> Reply | None:
         """A new reply for this tab, or None while the tab still shows one being written. A reply
-        the tab no longer shows (retry, edit) is given time to wind down first."""
-        running = self.get(key)
-        if running is not None:
-            if not running.discarded:
-                return None
-            running.finished.wait(10)
+        the tab no longer shows (retry, edit) is given time to wind down first (outside the lock),
+        then the check is made again: checking and registering are one step, so two requests for one
+        tab never both register (the first could then not be stopped)."""
         reply = Reply(signed_in=signed_in)
-        with self._lock:
-            self._running[key] = reply
-        return reply
+        waited: Reply | None = None
+        while True:
+            with self._lock:
+                running = self._running.get(key)
+                if running is None or running is waited:  # free, or a discarded reply that would not end
+                    self._running[key] = reply
+                    return reply
+                if not running.discarded:
+                    return None
+            running.finished.wait(10)
+            waited = running
 
     def stop(self, key: Key, discard: bool = False, rewritten: bool = False) -> None:
         reply = self.get(key)

@@ -99,7 +99,10 @@ class ChatService:
 
     # -- replies ------------------------------------------------------------------------------
     def messages_for(self, system_prompt: str, history: Sequence[Message]) -> list[Message]:
-        system = render_system_prompt(system_prompt, self._now()).strip()
+        """One system message first: the rendered system prompt, then the conversation's own (an
+        imported chat's instructions, kept as written); chat templates allow only one, at the start."""
+        own = [m.content.strip() for m in history if m.role == "system"]
+        system = "\n\n".join(p for p in [render_system_prompt(system_prompt, self._now()).strip(), *own] if p)
         return ([Message("system", system)] if system else []) + [m for m in history if m.role != "system"]
 
     def expect(self) -> None:

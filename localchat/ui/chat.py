@@ -17,6 +17,7 @@ from localchat.core import Chats
 from localchat.core.replies import Key, Reply
 from localchat.household import SESSION_COOKIE, Household
 from localchat.store import Member, StoreError
+from localchat.text import clean_text
 from localchat.types import InvalidValue
 from localchat.ui.adapters import (
     SAMPLING_FIELDS,
@@ -147,7 +148,7 @@ class ChatHandlers:
     ) -> tuple:
         """-> message box, turns, chat, current conversation id, conversation list. The message is
         saved before the reply starts; if it cannot be saved it stays in the box."""
-        text = (text or "").strip()
+        text = clean_text((text or "").strip())  # as the core saves it: the page gets back what orjson can send
         unchanged = gr.update(), turns, render(turns), conversation_id, gr.skip()
         if not text:
             return unchanged
@@ -200,16 +201,21 @@ class ChatHandlers:
     def edit(
         self, turns: list[Turn], conversation_id: str | None, data: gr.EditData, request: gr.Request = None
     ) -> tuple:
+        """The message becomes the edited text and what followed it goes, in one store write. If
+        the write fails the stored chat is unchanged, the edit stays shown, and a reply turn says so
+        (so the chained respond answers nothing)."""
         index = data.index if isinstance(data.index, int) else data.index[0]
         if index >= len(turns) or turns[index]["role"] != "user":
             return turns, render(turns)
-        turns = [*turns[:index], Turn(role="user", content=str(data.value), stats="")]
-        self._rewrite(request, conversation_id, index)
+        text = clean_text(str(data.value))
+        turns = [*turns[:index], Turn(role="user", content=text, stats="")]
         if request is not None:
+            self.stop(request, discard=True, rewritten=True)
             try:
-                self.chats.edit(member_of(self.household, request), conversation_id, index, str(data.value))
+                self.chats.edit(member_of(self.household, request), conversation_id, index, text)
             except StoreError as exc:
-                gr.Warning(str(exc))
+                gr.Warning(f"Your edit was not saved. {exc}")
+                turns = [*turns, Turn(role="assistant", content="", stats=f"⚠ Your edit was not saved. {exc}")]
         return turns, render(turns)
 
     def new_chat(self, request: gr.Request) -> tuple:

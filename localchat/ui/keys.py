@@ -11,6 +11,7 @@ import gradio as gr
 
 from localchat.household import AccessDenied, Household
 from localchat.store import ApiKeyInfo, NotFound, StoreError
+from localchat.text import clean_text
 from localchat.ui.members import member_of
 
 
@@ -37,7 +38,7 @@ class ApiKeys:
     def create(self, name: str, request: gr.Request) -> tuple:
         member = member_of(self.household, request)
         try:
-            key = self.household.create_api_key(member, name)
+            key = self.household.create_api_key(member, clean_text(name or ""))  # SQLite refuses lone surrogates
         except (AccessDenied, StoreError) as exc:
             return f"⚠ {exc}", gr.skip(), gr.skip()
         shown = (
