@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import secrets
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -24,6 +24,9 @@ from localchat.store import ApiKeyInfo, Member, Store, StoreError
 
 SESSION_COOKIE = "localchat_session"
 SESSION_LIFETIME = 30 * 24 * 3600.0
+# A browser's own random id: where a member signed in before, the sign-in limiter counts it apart.
+DEVICE_COOKIE = "localchat_device"
+DEVICE_LIFETIME = 400 * 24 * 3600.0  # the longest a browser keeps a cookie
 MIN_PASSWORD = 8
 ADMINS_READ_CHATS = "admins_can_read_chats"
 
@@ -49,6 +52,7 @@ def check_password(password: str) -> str:
 class Session:
     token: str
     member: Member
+    device: str = ""  # the device cookie to set (see remember_device)
 
 
 class Household:
@@ -112,9 +116,27 @@ class Household:
                 raise AccessDenied("The household already has an account")
             return self.add_member(name, password, "admin")
 
-    def login(self, name: str, password: str, client: str) -> Session:
+    def known_device(self, device: str | None, name: str) -> str | None:
+        """The limiter's id of this device cookie if `name` signed in from it before, else None
+        (an unknown or invented cookie earns nothing)."""
+        if not device or len(device) > 100 or not NAME_PATTERN.match(name):
+            return None
+        token_hash = hash_token(device)
+        return token_hash if self.store.known_device(token_hash, DEVICE_LIFETIME, name) else None
+
+    def remember_device(self, member: Member, device: str | None) -> str:
+        """After a right password: the device cookie to (re)set. The browser's own is kept if any member
+        signed in from it before; otherwise it gets a new one, so a cookie nobody was given stays unknown."""
+        if not device or len(device) > 100 or not self.store.known_device(hash_token(device), DEVICE_LIFETIME):
+            device = secrets.token_urlsafe(32)
+        self.store.remember_device(hash_token(device), member.id, DEVICE_LIFETIME)
+        return device
+
+    def login(self, name: str, password: str, client: str, device: str | None = None) -> Session:
+        """`device`: the browser's device cookie, if it sent one."""
         name = " ".join((name or "").split())
-        self.limiter.attempt(name, client)
+        known = self.known_device(device, name)
+        self.limiter.attempt(name, client, known)
         member = self.store.member_by_name(name) if NAME_PATTERN.match(name) else None
         stored = self.store.password_hash(member.id) if member else None
         try:
@@ -124,10 +146,10 @@ class Household:
             ok = False
         if not ok or member is None:
             raise LoginRefused("Wrong name or password")
-        self.limiter.succeeded(name, client)
+        self.limiter.succeeded(name, client, known)
         if self.hasher.check_needs_rehash(stored):  # type: ignore[arg-type]
             self.store.set_password_hash(member.id, self.hasher.hash(password))
-        return self.start_session(member)
+        return replace(self.start_session(member), device=self.remember_device(member, device))
 
     def start_session(self, member: Member) -> Session:
         token = secrets.token_urlsafe(32)
@@ -138,17 +160,20 @@ class Household:
         if token:
             self.store.delete_session(hash_token(token))
 
-    def change_password(self, member: Member, old: str, new: str, client: str, keep: str | None = None) -> None:
+    def change_password(
+        self, member: Member, old: str, new: str, client: str, keep: str | None = None, device: str | None = None
+    ) -> None:
         """The member's own change. The current password is checked like a sign-in (counted by the
         limiter, so a borrowed session cannot guess it faster); every other session of the member
         ends, the one whose token is `keep` (the browser that asked) stays signed in."""
         check_password(new)
-        self.limiter.attempt(member.name, client)
+        known = self.known_device(device, member.name)
+        self.limiter.attempt(member.name, client, known)
         try:
             self.hasher.verify(self.store.password_hash(member.id) or self._dummy_hash, old or "")
         except (VerificationError, InvalidHashError):
             raise AccessDenied("The current password is wrong") from None
-        self.limiter.succeeded(member.name, client)
+        self.limiter.succeeded(member.name, client, known)
         self.store.set_password_hash(member.id, self.hasher.hash(new), keep_session=hash_token(keep) if keep else None)
 
     def end_other_sessions(self, member: Member, keep: str | None) -> int:
@@ -258,6 +283,7 @@ class Household:
 
 __all__ = [
     "AccessDenied",
+    "DEVICE_COOKIE",
     "Household",
     "LoginLimiter",
     "LoginRefused",

@@ -40,6 +40,9 @@ class LoginLimiter:
       further failure on the name, at most `max_delay`), and a client that has not failed on it
       (the member's own device) is not slowed at all.
     Every attempt counts until it succeeds, so parallel guesses cannot slip between check and count.
+    A known device (a browser the name signed in from before, vouched for by the caller) is a client
+    of its own whatever its address, so guesses from other browsers at that address never block it,
+    and its own misses still count against it.
     """
 
     def __init__(
@@ -74,6 +77,9 @@ class LoginLimiter:
                 return str(ipaddress.ip_network(f"{ip}/64", strict=False))
         return str(ip)
 
+    def _who(self, client: str, device: str | None) -> str:
+        return f"device {device}" if device else self.client_key(client)
+
     def _recent(self, key: tuple[str, ...]) -> deque:
         entries = self._failures.get(key, deque())
         start = self.clock() - self.window
@@ -90,12 +96,12 @@ class LoginLimiter:
             for key in list(self._failures):
                 self._recent(key)
 
-    def attempt(self, name: str, client: str) -> None:
+    def attempt(self, name: str, client: str, device: str | None = None) -> None:
         """Count an attempt, or raise RateLimited (the client is checked first, so a blocked client
-        cannot grow the table with new names)."""
+        cannot grow the table with new names). `device`: the id of a device known for this name."""
         with self._lock:
             self._sweep()
-            now, client = self.clock(), self.client_key(client)
+            now, client = self.clock(), self._who(client, device)
             tried = self._recent(("client", client))
             if len(tried) >= self.per_client:
                 raise RateLimited(tried[0] + self.window - now)
@@ -115,10 +121,10 @@ class LoginLimiter:
             for key in keys:
                 self._failures.setdefault(key, deque()).append(now)
 
-    def succeeded(self, name: str, client: str) -> None:
+    def succeeded(self, name: str, client: str, device: str | None = None) -> None:
         """The attempt was right: it is not a failure, and this client's misses on the name are forgiven."""
         with self._lock:
-            client, name = self.client_key(client), name.lower()
+            client, name = self._who(client, device), name.lower()
             tried = self._failures.get(("client", client))
             if tried:
                 tried.pop()
