@@ -1,8 +1,9 @@
 """Household: accounts, login sessions, the rules an admin sets, and each member's conversations.
 
 Owns: password hashing (argon2id), session tokens (random, stored as SHA-256, with an expiry), the
-sign-in (counted by localchat.signin's limiter), who may do what (admins manage members and models; a member may be limited to
-some models and a locked preset), and the mode: single-user (loopback, no accounts, no login) or
+sign-in (counted by localchat.signin's limiter; a known device apart from its address), who may do
+what (admins manage members and models; a member may be limited to some models and a locked
+preset), and the mode: single-user (loopback, no accounts, no login) or
 household (accounts exist or the server listens on the network: login required).
 Invariant: every conversation operation takes the Member resolved from the request's session; no
 caller can name a member by id.
