@@ -1,8 +1,9 @@
 """Household: accounts, login sessions, the rules an admin sets, and each member's conversations.
 
 Owns: password hashing (argon2id), session tokens (random, stored as SHA-256, with an expiry), the
-login rate limit, who may do what (admins manage members and models; a member may be limited to
-some models and a locked preset), and the mode: single-user (loopback, no accounts, no login) or
+sign-in (counted by localchat.signin's limiter; a known device apart from its address), who may do
+what (admins manage members and models; a member may be limited to some models and a locked
+preset), and the mode: single-user (loopback, no accounts, no login) or
 household (accounts exist or the server listens on the network: login required).
 Invariant: every conversation operation takes the Member resolved from the request's session; no
 caller can name a member by id.
@@ -12,39 +13,23 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
-import re
 import secrets
 import threading
-import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from localchat.signin import NAME_PATTERN, AccessDenied, LoginLimiter, LoginRefused, RateLimited
 from localchat.store import ApiKeyInfo, Member, Store, StoreError
 
 SESSION_COOKIE = "localchat_session"
 SESSION_LIFETIME = 30 * 24 * 3600.0
+# A browser's own random id: where a member signed in before, the sign-in limiter counts it apart.
+DEVICE_COOKIE = "localchat_device"
+DEVICE_LIFETIME = 400 * 24 * 3600.0  # the longest a browser keeps a cookie
 MIN_PASSWORD = 8
-NAME_PATTERN = re.compile(r"^[\w][\w .'-]{0,31}$")
 ADMINS_READ_CHATS = "admins_can_read_chats"
-
-
-class AccessDenied(PermissionError):
-    """Not allowed for this member; the message says why."""
-
-
-class LoginRefused(AccessDenied):
-    pass
-
-
-class RateLimited(LoginRefused):
-    def __init__(self, retry_after: float):
-        self.retry_after = max(1, int(retry_after + 0.999))
-        super().__init__(f"Too many failed sign-ins. Try again in {self.retry_after} s.")
 
 
 def hash_token(token: str) -> str:
@@ -64,109 +49,11 @@ def check_password(password: str) -> str:
     return password
 
 
-class LoginLimiter:
-    """Failed sign-ins within a sliding window, counted so that a guesser slows only itself:
-    - per client (an address; IPv6 by its /64): `per_client` failures on any names, then it waits;
-    - per client and name: `per_pair` failures, then that client waits for that name;
-    - per name, across clients: past `per_name` failures the name is slowed, never locked: a client
-      that has failed on it waits `delay` seconds after its own last failure (doubling with each
-      further failure on the name, at most `max_delay`), and a client that has not failed on it
-      (the member's own device) is not slowed at all.
-    Every attempt counts until it succeeds, so parallel guesses cannot slip between check and count.
-    """
-
-    def __init__(
-        self,
-        per_client: int = 20,
-        per_pair: int = 5,
-        per_name: int = 10,
-        window: float = 900.0,
-        delay: float = 2.0,
-        max_delay: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self.per_client, self.per_pair, self.per_name = per_client, per_pair, per_name
-        self.window, self.delay, self.max_delay = window, delay, max_delay
-        self.clock = clock
-        # ("client", address) / ("pair", address, name) -> times; ("name", name) -> (time, address)
-        self._failures: dict[tuple[str, ...], deque] = {}
-        self._swept = clock()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def client_key(address: str) -> str:
-        """IPv6 hosts get a whole /64 each, so one device could otherwise take a fresh address per guess."""
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return address[:64]
-        if isinstance(ip, ipaddress.IPv6Address):
-            if ip.ipv4_mapped is not None:
-                return str(ip.ipv4_mapped)
-            if not ip.is_loopback:
-                return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-        return str(ip)
-
-    def _recent(self, key: tuple[str, ...]) -> deque:
-        entries = self._failures.get(key, deque())
-        start = self.clock() - self.window
-        while entries and (entries[0][0] if key[0] == "name" else entries[0]) <= start:
-            entries.popleft()
-        if not entries:
-            self._failures.pop(key, None)
-        return entries
-
-    def _sweep(self) -> None:
-        """Forget clients and names that stopped trying, so the table stays as small as the window's traffic."""
-        if self.clock() - self._swept >= self.window:
-            self._swept = self.clock()
-            for key in list(self._failures):
-                self._recent(key)
-
-    def attempt(self, name: str, client: str) -> None:
-        """Count an attempt, or raise RateLimited (the client is checked first, so a blocked client
-        cannot grow the table with new names)."""
-        with self._lock:
-            self._sweep()
-            now, client = self.clock(), self.client_key(client)
-            tried = self._recent(("client", client))
-            if len(tried) >= self.per_client:
-                raise RateLimited(tried[0] + self.window - now)
-            keys: list[tuple[str, ...]] = [("client", client)]
-            if NAME_PATTERN.match(name):
-                name = name.lower()
-                pair, on_name = self._recent(("pair", client, name)), self._recent(("name", name))
-                if len(pair) >= self.per_pair:
-                    raise RateLimited(pair[0] + self.window - now)
-                beyond = len(on_name) - self.per_name
-                if pair and beyond >= 0:  # a name under attack: only clients that failed on it wait
-                    wait = min(self.delay * 2 ** min(beyond, 32), self.max_delay)  # a float cannot hold 2**1024
-                    if now < pair[-1] + wait:
-                        raise RateLimited(pair[-1] + wait - now)
-                keys.append(("pair", client, name))
-                self._failures.setdefault(("name", name), deque()).append((now, client))
-            for key in keys:
-                self._failures.setdefault(key, deque()).append(now)
-
-    def succeeded(self, name: str, client: str) -> None:
-        """The attempt was right: it is not a failure, and this client's misses on the name are forgiven."""
-        with self._lock:
-            client, name = self.client_key(client), name.lower()
-            tried = self._failures.get(("client", client))
-            if tried:
-                tried.pop()
-            self._failures.pop(("pair", client, name), None)
-            on_name = self._failures.get(("name", name))
-            for entry in reversed(on_name or ()):
-                if entry[1] == client:
-                    on_name.remove(entry)  # type: ignore[union-attr]
-                    break
-
-
 @dataclass(frozen=True)
 class Session:
     token: str
     member: Member
+    device: str = ""  # the device cookie to set (see remember_device)
 
 
 class Household:
@@ -230,9 +117,27 @@ class Household:
                 raise AccessDenied("The household already has an account")
             return self.add_member(name, password, "admin")
 
-    def login(self, name: str, password: str, client: str) -> Session:
+    def known_device(self, device: str | None, name: str) -> str | None:
+        """The limiter's id of this device cookie if `name` signed in from it before, else None
+        (an unknown or invented cookie earns nothing)."""
+        if not device or len(device) > 100 or not NAME_PATTERN.match(name):
+            return None
+        token_hash = hash_token(device)
+        return token_hash if self.store.known_device(token_hash, DEVICE_LIFETIME, name) else None
+
+    def remember_device(self, member: Member, device: str | None) -> str:
+        """After a right password: the device cookie to (re)set. The browser's own is kept if any member
+        signed in from it before; otherwise it gets a new one, so a cookie nobody was given stays unknown."""
+        if not device or len(device) > 100 or not self.store.known_device(hash_token(device), DEVICE_LIFETIME):
+            device = secrets.token_urlsafe(32)
+        self.store.remember_device(hash_token(device), member.id, DEVICE_LIFETIME)
+        return device
+
+    def login(self, name: str, password: str, client: str, device: str | None = None) -> Session:
+        """`device`: the browser's device cookie, if it sent one."""
         name = " ".join((name or "").split())
-        self.limiter.attempt(name, client)
+        known = self.known_device(device, name)
+        self.limiter.attempt(name, client, known)
         member = self.store.member_by_name(name) if NAME_PATTERN.match(name) else None
         stored = self.store.password_hash(member.id) if member else None
         try:
@@ -242,10 +147,10 @@ class Household:
             ok = False
         if not ok or member is None:
             raise LoginRefused("Wrong name or password")
-        self.limiter.succeeded(name, client)
+        self.limiter.succeeded(name, client, known)
         if self.hasher.check_needs_rehash(stored):  # type: ignore[arg-type]
             self.store.set_password_hash(member.id, self.hasher.hash(password))
-        return self.start_session(member)
+        return replace(self.start_session(member), device=self.remember_device(member, device))
 
     def start_session(self, member: Member) -> Session:
         token = secrets.token_urlsafe(32)
@@ -256,17 +161,20 @@ class Household:
         if token:
             self.store.delete_session(hash_token(token))
 
-    def change_password(self, member: Member, old: str, new: str, client: str, keep: str | None = None) -> None:
+    def change_password(
+        self, member: Member, old: str, new: str, client: str, keep: str | None = None, device: str | None = None
+    ) -> None:
         """The member's own change. The current password is checked like a sign-in (counted by the
         limiter, so a borrowed session cannot guess it faster); every other session of the member
         ends, the one whose token is `keep` (the browser that asked) stays signed in."""
         check_password(new)
-        self.limiter.attempt(member.name, client)
+        known = self.known_device(device, member.name)
+        self.limiter.attempt(member.name, client, known)
         try:
             self.hasher.verify(self.store.password_hash(member.id) or self._dummy_hash, old or "")
         except (VerificationError, InvalidHashError):
             raise AccessDenied("The current password is wrong") from None
-        self.limiter.succeeded(member.name, client)
+        self.limiter.succeeded(member.name, client, known)
         self.store.set_password_hash(member.id, self.hasher.hash(new), keep_session=hash_token(keep) if keep else None)
 
     def end_other_sessions(self, member: Member, keep: str | None) -> int:
@@ -376,6 +284,7 @@ class Household:
 
 __all__ = [
     "AccessDenied",
+    "DEVICE_COOKIE",
     "Household",
     "LoginLimiter",
     "LoginRefused",

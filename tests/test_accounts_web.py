@@ -17,7 +17,7 @@ from conftest import free_port, sign_in
 from fakes import FAST_HASHER, FakeBackend
 
 from localchat.cli import server_config
-from localchat.household import SESSION_COOKIE, Household, LoginLimiter
+from localchat.household import DEVICE_COOKIE, SESSION_COOKIE, Household, LoginLimiter
 from localchat.server import build_app
 from localchat.settings import Settings
 from localchat.store import Store
@@ -164,6 +164,23 @@ def test_wrong_passwords_from_one_device_do_not_lock_the_member_out_of_another(a
     with from_address("127.0.0.1") as own:
         r = own.post(app.url + "/login", data={"name": "Dan", "password": "password-Dan"})
     assert r.status_code == 303 and r.cookies.get(SESSION_COOKIE)  # Dan, from his own device, signs in
+
+
+def test_a_guesser_on_the_same_computer_does_not_lock_out_a_browser_the_member_used_before(app: CliServed) -> None:
+    """Same address (one PC, or one NAT): the member's browser carries the device cookie it got at
+    its last sign-in, and is counted apart from the other browser that fails on the name."""
+    with httpx.Client(base_url=app.url) as own, httpx.Client(base_url=app.url) as guesser:
+        r = own.post("/login", data={"name": "Dan", "password": "password-Dan"})
+        assert r.status_code == 303 and own.cookies.get(DEVICE_COOKIE)
+        device = next(c for c in r.headers.get_list("set-cookie") if c.startswith(DEVICE_COOKIE + "="))
+        assert all(part in device.lower() for part in ("httponly", "samesite=lax", "path=/", "max-age="))
+        own.post("/logout")
+        codes = [guesser.post("/login", data={"name": "Dan", "password": f"g{i}"}).status_code for i in range(8)]
+        assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}  # the guessing browser waits
+        guesser.cookies.set(DEVICE_COOKIE, "made-up")
+        assert guesser.post("/login", data={"name": "Dan", "password": "password-Dan"}).status_code == 429
+        r = own.post("/login", data={"name": "Dan", "password": "password-Dan"})
+        assert r.status_code == 303 and r.cookies.get(SESSION_COOKIE)  # Dan's own browser signs in
 
 
 def test_forwarded_for_from_a_loopback_client_does_not_pick_its_address(app: CliServed) -> None:

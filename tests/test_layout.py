@@ -28,6 +28,7 @@ RULES: dict[str, set[str]] = {
     "localchat.web": ENGINE_LIBRARIES | {ENGINE, "gradio"},
     "localchat.server": ENGINE_LIBRARIES | {ENGINE},
     "localchat.household": ENGINE_LIBRARIES | WEB | {ENGINE},
+    "localchat.signin": ENGINE_LIBRARIES | WEB | {ENGINE},
     "localchat.backend": ENGINE_LIBRARIES | WEB | {ENGINE},
     "localchat.types": ENGINE_LIBRARIES | WEB | {ENGINE},
     "localchat.presets": ENGINE_LIBRARIES | WEB | {ENGINE},

@@ -63,4 +63,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX api_keys_member ON api_keys(member_id)
     """,
+    # 4: known devices: the browsers a member signed in from (a hash of the device cookie), so the
+    # sign-in limiter counts them apart from other browsers at the same address
+    """
+    CREATE TABLE known_devices (
+        token_hash TEXT NOT NULL,
+        member_id INTEGER NOT NULL REFERENCES members(id) ON DELETE CASCADE,
+        last_used_at REAL NOT NULL,
+        PRIMARY KEY (token_hash, member_id)
+    );
+    CREATE INDEX known_devices_member ON known_devices(member_id, last_used_at)
+    """,
 ]

@@ -181,6 +181,27 @@ class Store:
             "SELECT count(*) FROM sessions WHERE member_id = ? AND expires_at > ?", (member_id, self.clock())
         )[0]
 
+    # -- known devices (browsers a member signed in from) ---------------------------------------
+    def remember_device(self, token_hash: str, member_id: int, lifetime: float, most: int = 32) -> None:
+        """Note a sign-in from this device; forget devices unused for `lifetime` and all but the
+        member's `most` most recent ones (a browser that drops its cookies adds one per sign-in)."""
+        now = self.clock()
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM known_devices WHERE last_used_at <= ?", (now - lifetime,))
+            conn.execute("INSERT OR REPLACE INTO known_devices VALUES (?, ?, ?)", (token_hash, member_id, now))
+            conn.execute(
+                "DELETE FROM known_devices WHERE member_id = ? AND token_hash NOT IN (SELECT token_hash "
+                "FROM known_devices WHERE member_id = ? ORDER BY last_used_at DESC LIMIT ?)",
+                (member_id, member_id, most),
+            )
+
+    def known_device(self, token_hash: str, lifetime: float, name: str | None = None) -> bool:
+        """Whether a member (the one called `name`, or any) signed in from this device within `lifetime`."""
+        sql = "SELECT 1 FROM known_devices d JOIN members m ON m.id = d.member_id WHERE d.token_hash = ? "
+        sql += "AND d.last_used_at > ?" + (" AND m.name = ?" if name is not None else "")
+        args = (token_hash, self.clock() - lifetime) + ((name,) if name is not None else ())
+        return self.db.query_one(sql, args) is not None
+
     # -- household settings -------------------------------------------------------------------
     def setting(self, name: str, default: str = "") -> str:
         row = self.db.query_one("SELECT value FROM household_settings WHERE name = ?", (name,))

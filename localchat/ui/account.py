@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from localchat.household import MIN_PASSWORD, SESSION_COOKIE, AccessDenied, Household
+from localchat.household import DEVICE_COOKIE, MIN_PASSWORD, SESSION_COOKIE, AccessDenied, Household
 from localchat.store import StoreError
 from localchat.ui.members import member_of
 
@@ -21,9 +21,9 @@ def _client(request: Any) -> str:
     return getattr(client, "host", None) or "unknown"
 
 
-def _token(request: Any) -> str | None:
+def _token(request: Any, cookie: str = SESSION_COOKIE) -> str | None:
     cookies = getattr(request, "cookies", None) or {}
-    return cookies.get(SESSION_COOKIE)
+    return cookies.get(cookie)
 
 
 class AccountPanel:
@@ -48,7 +48,8 @@ class AccountPanel:
         if new != again:
             return "⚠ The two new passwords differ.", *keep
         try:
-            self.household.change_password(member, old, new, _client(request), keep=_token(request))
+            device = _token(request, DEVICE_COOKIE)
+            self.household.change_password(member, old, new, _client(request), keep=_token(request), device=device)
         except (ValueError, AccessDenied, StoreError) as exc:
             return f"⚠ {exc}", *keep
         told = "✓ Password changed. Your other devices are signed out; this one stays signed in."

@@ -8,13 +8,23 @@ this site.
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from localchat.household import SESSION_COOKIE, AccessDenied, Household, LoginRefused, RateLimited
+from localchat.household import (
+    DEVICE_COOKIE,
+    DEVICE_LIFETIME,
+    SESSION_COOKIE,
+    AccessDenied,
+    Household,
+    LoginRefused,
+    RateLimited,
+    Session,
+)
 from localchat.store import StoreError
 from localchat.web.guard import client_address, host_name, is_loopback
 
@@ -62,16 +72,15 @@ def _safe_next(target: str | None) -> str:
     return target if ok else "/"
 
 
-def _set_session(response: Response, request: Request, token: str, lifetime: float) -> Response:
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=int(lifetime),
-        httponly=True,
-        samesite="lax",
-        secure=request.url.scheme == "https",
-        path="/",
-    )
+def _set_session(response: Response, request: Request, session: Session, lifetime: float) -> Response:
+    """The session cookie, and the long-lived device cookie that outlives signing out (see household)."""
+    for name, value, age in (
+        (SESSION_COOKIE, session.token, lifetime),
+        (DEVICE_COOKIE, session.device, DEVICE_LIFETIME),
+    ):
+        if value:
+            secure = request.url.scheme == "https"
+            response.set_cookie(name, value, max_age=int(age), httponly=True, samesite="lax", secure=secure, path="/")
     return response
 
 
@@ -112,16 +121,20 @@ def page_routes(household: Household) -> APIRouter:
         form = await _form(request)
         name, next_ = form.get("name", ""), _safe_next(form.get("next"))
         try:
-            session = await run_in_threadpool(household.login, name, form.get("password", ""), client_address(request))
+            session = await run_in_threadpool(
+                household.login,
+                name,
+                form.get("password", ""),
+                client_address(request),
+                request.cookies.get(DEVICE_COOKIE),
+            )
         except RateLimited as exc:
             page = login_page(name, next_, str(exc), 429)
             page.headers["Retry-After"] = str(exc.retry_after)
             return page
         except LoginRefused as exc:
             return login_page(name, next_, str(exc), 401)
-        return _set_session(
-            RedirectResponse(next_, status_code=303), request, session.token, household.session_lifetime
-        )
+        return _set_session(RedirectResponse(next_, status_code=303), request, session, household.session_lifetime)
 
     @router.post("/logout")
     def logout(request: Request) -> Response:
@@ -155,6 +168,9 @@ def page_routes(household: Household) -> APIRouter:
         except (ValueError, StoreError, AccessDenied) as exc:
             return _page("Set up your household", "", SETUP_FIELDS, "Create admin account", str(exc), 400)
         session = household.start_session(member)
-        return _set_session(RedirectResponse("/", status_code=303), request, session.token, household.session_lifetime)
+        device = household.remember_device(member, request.cookies.get(DEVICE_COOKIE))
+        return _set_session(
+            RedirectResponse("/", status_code=303), request, replace(session, device=device), household.session_lifetime
+        )
 
     return router
