@@ -67,8 +67,8 @@ class AdminPanel:
             gr.Dropdown(choices=names, value=None),
             self.household.admins_read_chats,
             gr.Column(visible=self.household.admins_read_chats),
-            self.keys.listing(request),
             gr.CheckboxGroup(choices=self._models()),  # their paths reach an admin's page only
+            self.keys.listing(request),
         )
 
     def pick(self, name: str | None, request: gr.Request) -> tuple:
@@ -198,7 +198,7 @@ class AdminPanel:
         )
         reading.input(self.set_reading, [reading], [result, reader], **q)
         whose.input(self.read, [whose], [shown], **q)
-        return {"fn": self.refresh, "inputs": None, "outputs": [members, who, whose, reading, reader, keys, models], **q}
+        return {"fn": self.refresh, "inputs": None, "outputs": [members, who, whose, reading, reader, models, keys], **q}
 
 
 def transcript(chats: Sequence[Conversation]) -> str:
