@@ -11,6 +11,7 @@ import pytest
 from localchat.backend import ModelLoadFailed
 from localchat.core import ChatService
 from localchat.engine.backend import TransformersBackend
+from localchat.store import Member
 from localchat.types import GenerationRequest, LoadOptions, Message, SamplingParams
 from localchat.weights.models import GEMMA3, SMOLLM2
 
@@ -117,7 +118,8 @@ def test_a_conversation_longer_than_the_window_is_trimmed_and_answered(session_d
                 Message("assistant", f"Fact {i}: the ocean is deep, wide and full of life. " * 2),
             ]
         service = ChatService(backend)
-        updates = list(service.reply([*history, *FRANCE], "You are a helpful assistant.", GREEDY))
+        me = Member(id=1, name="Me", role="admin")
+        updates = list(service.reply(me, [*history, *FRANCE], "You are a helpful assistant.", GREEDY))
         final = updates[-1]
         assert final.error is None and "Paris" in final.text
         assert "oldest messages were left out" in final.notice
