@@ -65,7 +65,7 @@ def test_a_reply_from_the_engine_process_equals_the_in_process_one(engine, smol_
 
 def test_two_streams_at_once_each_equal_their_solo_reply_and_stop_ends_only_its_own(engine) -> None:
     long = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=400)
-    bob_params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=200)
+    bob_params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=48)
     alone = outcome(list(engine.stream(GenerationRequest(STORY, bob_params))))
     stop = threading.Event()
     story = engine.stream(GenerationRequest(STORY, long, owner="ann"), stop)
