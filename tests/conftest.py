@@ -250,3 +250,27 @@ def sign_in(url: str, name: str, password: str | None = None) -> str:
     r = httpx.post(url + "/login", data={"name": name, "password": password or f"password-{name}"})
     assert r.status_code == 303, r.text
     return r.cookies["localchat_session"]
+
+
+class Clock:
+    """A clock the test moves by hand (sign-in limits, session lifetimes, known devices)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def household(tmp_path: Path):
+    """A household on a real SQLite file: Ann (admin) and Bob (member), with fast password hashing."""
+    from fakes import FAST_HASHER
+
+    from localchat.household import Household
+    from localchat.store import Store
+
+    h = Household(Store(tmp_path / "localchat.db"), listen=True, hasher=FAST_HASHER)
+    h.add_member("Ann", "ann-password", "admin")
+    h.add_member("Bob", "bob-password", "member")
+    return h

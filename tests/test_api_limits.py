@@ -48,7 +48,9 @@ def test_a_body_past_the_cap_is_a_413_whether_declared_or_streamed(echo) -> None
             yield big[start : start + 2**20]
 
     assert_openai_error(post(echo, chunks()), 413)
-    assert post(echo, raw_chat(content=json.dumps("x" * 30_000))).status_code == 200  # a long message that may fit is read
+    assert (
+        post(echo, raw_chat(content=json.dumps("x" * 30_000))).status_code == 200
+    )  # a long message that may fit is read
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 import pytest
-from conftest import ROOT
+from conftest import ROOT, Clock
 from fakes import FAST_HASHER, FakeBackend
 
 from localchat.core import ChatService
@@ -24,22 +24,6 @@ from localchat.ui.app import ChatUI
 
 PRESETS = ROOT / "presets"
 SAMPLING = [0.5, 0.9, 40, 0.0, 1.1, 64, -1, ""]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture()
-def household(tmp_path: Path) -> Household:
-    h = Household(Store(tmp_path / "localchat.db"), listen=True, hasher=FAST_HASHER)
-    h.add_member("Ann", "ann-password", "admin")
-    h.add_member("Bob", "bob-password", "member")
-    return h
 
 
 def as_member(household: Household, name: str, tab: str = "tab") -> SimpleNamespace:

@@ -8,28 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import Clock
 from fakes import FAST_HASHER
 
 from localchat.household import DEVICE_LIFETIME, Household, LoginLimiter, LoginRefused, RateLimited, hash_token
 from localchat.store import Store
 
 PC = "127.0.0.1"  # one computer (or one NAT / proxy) shared by the member and a guesser
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture()
-def household(tmp_path: Path) -> Household:
-    h = Household(Store(tmp_path / "localchat.db"), listen=True, hasher=FAST_HASHER)
-    h.add_member("Ann", "ann-password", "admin")
-    h.add_member("Bob", "bob-password", "member")
-    return h
 
 
 def fail(household: Household, name: str, times: int, device: str | None = None) -> list[str]:
