@@ -1,4 +1,4 @@
-"""Command-line entry: `localchat [flags]` (and `python app.py`) serve; `localchat users ...` manages
+"""Command-line entry: `localchat [flags]` (also `python -m localchat` and `python app.py`) serve; `localchat users ...` manages
 household members. Passwords are asked for at a prompt or read from stdin, never taken as flags."""
 
 from __future__ import annotations
@@ -186,14 +186,17 @@ def _password(prompt: str) -> str:
 def users(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="localchat users", description="Manage the household's accounts.")
     p.add_argument("--data-dir", help="data folder (default: as for the server)")
+    # --data-dir also after the subcommand; SUPPRESS keeps a subcommand from resetting one given before it.
+    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir.add_argument("--data-dir", default=argparse.SUPPRESS, help="data folder (default: as for the server)")
     sub = p.add_subparsers(dest="command", required=True)
-    add = sub.add_parser("add", help="add a member (password asked for, or one line on stdin)")
+    add = sub.add_parser("add", parents=[data_dir], help="add a member (password asked for, or one line on stdin)")
     add.add_argument("name")
     add.add_argument("--admin", action="store_true", help="make them an admin (manages members and models)")
-    sub.add_parser("list", help="list members")
+    sub.add_parser("list", parents=[data_dir], help="list members")
     for name, text in (("remove", "remove a member and their chats"), ("passwd", "set a new password")):
-        sub.add_parser(name, help=text).add_argument("name")
-    role = sub.add_parser("role", help="make a member admin or member")
+        sub.add_parser(name, parents=[data_dir], help=text).add_argument("name")
+    role = sub.add_parser("role", parents=[data_dir], help="make a member admin or member")
     role.add_argument("name")
     role.add_argument("role", choices=["admin", "member"])
     args = p.parse_args(argv)

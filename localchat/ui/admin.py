@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import gradio as gr
 
@@ -205,7 +205,7 @@ def transcript(chats: Sequence[Conversation]) -> str:
     """A member's chats for the admin's reader: titles, messages and stats never render as HTML."""
     parts = []
     for c in chats:
-        when = datetime.fromtimestamp(c.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        when = datetime.fromtimestamp(c.created_at, UTC).strftime("%Y-%m-%d %H:%M")
         lines = [f"### {safe_markdown(' '.join(c.title.split()))}", "", f"*{when} UTC*", ""]
         for m in c.messages:
             lines += [f"**{SPEAKERS.get(m.role, m.role)}:**", "", close_open_fence(safe_markdown(m.content)), ""]
