@@ -198,7 +198,12 @@ class AdminPanel:
         )
         reading.input(self.set_reading, [reading], [result, reader], **q)
         whose.input(self.read, [whose], [shown], **q)
-        return {"fn": self.refresh, "inputs": None, "outputs": [members, who, whose, reading, reader, models, keys], **q}
+        return {
+            "fn": self.refresh,
+            "inputs": None,
+            "outputs": [members, who, whose, reading, reader, models, keys],
+            **q,
+        }
 
 
 def transcript(chats: Sequence[Conversation]) -> str:
