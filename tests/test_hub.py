@@ -1,6 +1,8 @@
 """`localchat pull` and `localchat models` against a stand-in Hub on loopback (HF_ENDPOINT): the
-files arrive and load, a cut-off download continues with a Range request, gated repos need
-HF_TOKEN, pickle-only repos need consent, updates are found, and a model can be deleted."""
+files arrive and load, a cut-off download continues with a Range request (within the run, and in
+the next run), a part of an older revision is never continued, a file whose bytes do not match the
+Hub's hash is deleted, gated repos need HF_TOKEN, pickle-only repos need consent, updates are
+found, and a model can be deleted."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from hub_server import HubServer, Repo, tiny_repo_files
 
 from localchat.engine.loading import load_model
 from localchat.types import LoadOptions
+from localchat.weights.hub import SOURCE_FILE
 from localchat.weights.models import folder_models
 
 
@@ -42,6 +45,11 @@ def localchat(hub: HubServer, data: Path, *args: str, token: str | None = None) 
     )  # fmt: skip
 
 
+def gets(hub: HubServer, name: str) -> list[str | None]:
+    """The Range header of each GET of a file, in order."""
+    return [r for method, path, r in hub.requests if method == "GET" and path.endswith(f"/{name}")]
+
+
 def test_a_pulled_model_is_listed_and_loads(hub: HubServer, tmp_path: Path, tiny_model: Path) -> None:
     out = localchat(hub, tmp_path, "pull", "org/tiny")
     assert out.returncode == 0, out.stderr
@@ -56,16 +64,71 @@ def test_a_pulled_model_is_listed_and_loads(hub: HubServer, tmp_path: Path, tiny
 
 
 def test_a_cut_off_download_continues_where_it_stopped(hub: HubServer, tmp_path: Path, tiny_model: Path) -> None:
-    hub.cuts["org/tiny/model.safetensors"] = 1
+    hub.faults["org/tiny/model.safetensors"] = ["cut", "404"]  # cut halfway, then the run ends
     first = localchat(hub, tmp_path, "pull", "org/tiny")
-    assert first.returncode == 1 and "run the same pull again" in first.stderr
+    assert first.returncode == 1
+    hub.faults.clear()
+    folder = tmp_path / "models" / "org--tiny"
+    have = sum(part.stat().st_size for part in folder.glob("model.safetensors*.part"))
     second = localchat(hub, tmp_path, "pull", "org/tiny")
     assert second.returncode == 0, second.stderr
-    ranges = [r for method, path, r in hub.requests if method == "GET" and path.endswith("model.safetensors")]
-    assert ranges[0] is None and ranges[1] and int(ranges[1].split("=")[1].rstrip("-")) > 0
-    folder = tmp_path / "models" / "org--tiny"
+    assert gets(hub, "model.safetensors")[-1] == f"bytes={have}-" != "bytes=0-"
     assert (folder / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
     assert not list(folder.glob("*.part"))
+
+
+def test_a_part_of_an_older_revision_is_not_continued(hub: HubServer, tmp_path: Path, tiny_model: Path) -> None:
+    old = tiny_repo_files(tiny_model)
+    hub.faults["org/tiny/model.safetensors"] = ["cut", "404"]
+    assert localchat(hub, tmp_path, "pull", "org/tiny").returncode == 1  # half of the old weights on disk
+    hub.faults.clear()
+    folder = tmp_path / "models" / "org--tiny"
+    (folder / "tokenizer.json.part").write_bytes(b"{ junk left by an older localchat")
+    header = 8 + int.from_bytes(old["model.safetensors"][:8], "little")
+    weights = old["model.safetensors"][:header] + bytes(b ^ 1 for b in old["model.safetensors"][header:])
+    new = {**old, "model.safetensors": weights, "tokenizer.json": old["tokenizer.json"].replace(b"<pad>", b"<PAD>")}
+    hub.repos["org/tiny"].new_revision(new, "b" * 40)  # same sizes, other bytes
+    second = localchat(hub, tmp_path, "pull", "org/tiny")
+    assert second.returncode == 0, second.stderr
+    assert gets(hub, "model.safetensors")[-1] is None  # from its first byte, not from the old part's end
+    assert {name: (folder / name).read_bytes() for name in new} == new
+    assert not list(folder.glob("*.part"))
+
+
+def test_a_flaky_connection_is_ridden_out_within_one_pull(hub: HubServer, tmp_path: Path, tiny_model: Path) -> None:
+    hub.faults["org/tiny/model.safetensors"] = ["cut", "drop", "503", "cut"]
+    hub.faults["org/tiny/config.json"] = ["503"]
+    out = localchat(hub, tmp_path, "pull", "org/tiny")
+    assert out.returncode == 0, out.stderr
+    assert "█" * 20 + " 100%" in out.stdout
+    ranges = gets(hub, "model.safetensors")
+    starts = [int(r.removeprefix("bytes=").rstrip("-")) for r in ranges[1:]]
+    assert ranges[0] is None and len(starts) == 4 and 0 < starts[0] == starts[1] == starts[2] < starts[3]
+    folder = tmp_path / "models" / "org--tiny"
+    assert tiny_repo_files(folder) == {**tiny_repo_files(tiny_model), SOURCE_FILE: (folder / SOURCE_FILE).read_bytes()}
+
+
+def test_retries_are_bounded(hub: HubServer, tmp_path: Path, monkeypatch) -> None:
+    from localchat.weights.hub import PullError, Retry, pull
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    hub.faults["org/tiny/model.safetensors"] = ["drop"] * 4
+    with pytest.raises(PullError, match="after 3 tries; run the same pull again"):
+        pull("org/tiny", tmp_path / "models", retry=Retry(tries=3, first_wait_s=0.0))
+    assert len(gets(hub, "model.safetensors")) == 3
+
+
+@pytest.mark.parametrize(("name", "hash_kind"), [("model.safetensors", "sha256"), ("config.json", "git blob id")])
+def test_a_corrupted_download_fails_its_hash_and_is_deleted(
+    hub: HubServer, tmp_path: Path, name: str, hash_kind: str
+) -> None:
+    hub.corrupt.add(f"org/tiny/{name}")
+    out = localchat(hub, tmp_path, "pull", "org/tiny")
+    assert out.returncode == 1
+    assert f"{name} of org/tiny arrived twice with bytes that do not match the size and {hash_kind}" in out.stderr
+    assert "deleted" in out.stderr
+    assert len(gets(hub, name)) == 2  # downloaded once more before giving up
+    assert not list((tmp_path / "models" / "org--tiny").glob(f"{name}*"))
 
 
 def test_a_gated_repo_needs_a_token(hub: HubServer, tmp_path: Path) -> None:
