@@ -16,4 +16,8 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then  # els
   $SUDO apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium >/dev/null
 fi
+if [ ! -f .cache/npm/node_modules/axe-core/axe.min.js ]; then
+  echo "[test] installing axe-core from npm for the accessibility tests"
+  npm install --prefix .cache/npm --no-audit --no-fund --silent axe-core@4 >/dev/null
+fi
 exec python -m pytest "$@"

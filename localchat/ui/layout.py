@@ -31,14 +31,23 @@ footer { display: none !important; }
 #lc-conversations .wrap { flex-direction: column; gap: 2px; }
 #lc-conversations label { width: 100%; box-sizing: border-box; border: 0; background: transparent; }
 #lc-conversations label span { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
-#lc-conversations input[type=radio] { display: none; }
+/* the radios stay focusable (a keyboard picks a chat with Tab and Space) but out of sight */
+#lc-conversations input[type=radio] { position: absolute; opacity: 0; width: 1px; height: 1px; margin: 0; }
 #lc-conversations label.selected { background: var(--background-fill-secondary); color: var(--body-text-color);
   font-weight: 600; }
 #lc-conversations label:hover { background: var(--background-fill-secondary); }
 .lc-member { font-size: 0.9em; display: flex; gap: 8px; align-items: center; flex-wrap: wrap; }
 .lc-member button, .lc-import { cursor: pointer; text-decoration: underline; background: none; border: 0;
   color: var(--link-text-color); padding: 0; font-size: 0.95em; }
-.lc-import input { display: none; }
+.lc-import input { position: absolute; opacity: 0; width: 1px; height: 1px; }  /* reachable by Tab */
+/* Keyboard users see where they are: one clear ring on every focused control (Gradio drops some). */
+:is(button, a, input, textarea, select, [tabindex]):focus-visible { outline: 2px solid var(--color-accent) !important;
+  outline-offset: 2px; }
+textarea:focus-visible, input:not([type=checkbox], [type=radio]):focus-visible { outline-offset: -2px; }
+#lc-conversations label:has(input:focus-visible), .lc-import:focus-within {
+  outline: 2px solid var(--color-accent); outline-offset: -2px; }
+/* A closed sidebar's controls leave the Tab order (they sit off screen); hidden after its slide-out. */
+.sidebar:not(.open) > .sidebar-content { visibility: hidden; transition: visibility 0s linear 0.3s; }
 @media (max-width: 640px) {  /* phones: bubbles use the width instead of leaving margins */
   #lc-header button { padding: 4px 8px; min-width: 0 !important; flex: 0 0 auto !important; width: auto !important; }
   #lc-header .lc-status { font-size: 0.75em; }
@@ -49,6 +58,20 @@ footer { display: none !important; }
 THEME = gr.themes.Soft(  # system fonts only: no request to Google Fonts
     font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
     font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
+).set(  # WCAG AA contrast (4.5:1 for text), measured by axe-core: Soft's indigo 500 and grey 400 fall short
+    button_primary_background_fill="*primary_600",
+    button_primary_background_fill_hover="*primary_700",
+    button_primary_background_fill_hover_dark="*primary_700",
+    button_secondary_background_fill_hover_dark="*primary_600",
+    checkbox_label_background_fill_selected="*primary_600",
+    block_label_text_color="*primary_700",
+    block_title_text_color="*primary_700",
+    body_text_color_subdued="*neutral_600",
+    link_text_color_visited="*secondary_600",
+    link_text_color_dark="*secondary_300",
+    link_text_color_visited_dark="*secondary_300",
+    link_text_color_active_dark="*secondary_300",
+    link_text_color_hover_dark="*secondary_200",
 )
 
 _hidden: dict = {"api_visibility": "private"}
@@ -64,8 +87,10 @@ def build(ui: ChatUI) -> gr.Blocks:
         current = gr.State(None)  # the open conversation's id; None: not saved yet (or incognito)
         with gr.Sidebar(label="Chats", open=False, width=280, elem_id="lc-chats") as chats_bar:
             new_chat_side = gr.Button("+ New chat", size="sm", elem_id="lc-new-side")
-            search = gr.Textbox(placeholder="Search chats", show_label=False, max_lines=1, elem_id="lc-search")
-            listing = gr.Radio([], show_label=False, container=False, elem_id="lc-conversations")
+            search = gr.Textbox(
+                label="Search chats", placeholder="Search chats", show_label=False, max_lines=1, elem_id="lc-search"
+            )
+            listing = gr.Radio([], label="Chats", show_label=False, container=False, elem_id="lc-conversations")
             incognito = gr.Checkbox(
                 False,
                 label="Incognito: new chats are not saved",
@@ -176,6 +201,7 @@ def build(ui: ChatUI) -> gr.Blocks:
             )
             with gr.Row(equal_height=True):
                 box = gr.Textbox(
+                    label="Message",  # read out by screen readers; not shown
                     placeholder="Message localchat…",
                     show_label=False,
                     lines=1,

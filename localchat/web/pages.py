@@ -43,7 +43,9 @@ label {{ display: block; margin: 12px 0 4px; font-weight: 600; }}
 input {{ width: 100%; box-sizing: border-box; font-size: 16px; padding: 10px; border-radius: 8px; border: 1px solid #8888; }}
 button {{ margin-top: 20px; width: 100%; font-size: 16px; padding: 12px; border: 0; border-radius: 8px;
   background: #4f46e5; color: white; font-weight: 600; }}
-.error {{ color: #d32f2f; opacity: 1; font-weight: 600; }}
+.error {{ color: #c62828; opacity: 1; font-weight: 600; }}  /* 4.5:1 or more on either scheme */
+:focus-visible {{ outline: 3px solid #4f46e5; outline-offset: 2px; }}
+@media (prefers-color-scheme: dark) {{ .error {{ color: #ff8a80; }} :focus-visible {{ outline-color: #a5b4fc; }} }}
 </style></head><body><main><h1>{title}</h1><p>{intro}</p>{error}
 <form method="{method}" action="{action}">{fields}<button type="submit">{button}</button></form></main></body></html>"""
 
