@@ -28,5 +28,10 @@ if (-not $env:LOCALCHAT_CHROMIUM) {
         Write-Output "[test] no Chromium, Edge or Chrome found: the browser tests are skipped"
     }
 }
+if (-not (Test-Path ".cache\npm\node_modules\axe-core\axe.min.js")) {
+    Write-Output "[test] installing axe-core from npm for the accessibility tests"
+    npm install --prefix .cache/npm --no-audit --no-fund --silent axe-core@4
+    if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }
+}
 & $python -m pytest @args
 exit $LASTEXITCODE
