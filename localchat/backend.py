@@ -11,12 +11,12 @@ carries its own GenerationRequest and cancel event.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Protocol
 
 from localchat.hardware import Hardware
-from localchat.types import Chunk, GenerationRequest, LoadedInfo, LoadOptions, Message, ModelSpec
+from localchat.types import Chunk, GenerationRequest, LoadedInfo, LoadOptions, ModelSpec
 
 
 class BackendError(RuntimeError):
@@ -66,11 +66,6 @@ class Engine(Protocol):
         """A request for a reply has just arrived and will call stream() soon: the engine may read
         its prompt together with others arriving at the same moment. A hint: never blocks, never
         raises; engines that cannot use it do nothing."""
-        ...
-
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        """Tokens of these messages as the loaded model's prompt (an estimate where the engine
-        cannot tell). Raises NoModelLoaded when no model is loaded, BackendError if the engine is down."""
         ...
 
 

@@ -91,7 +91,7 @@ class FakeBackend:
         messages = [Message("user", request.prompt)] if request.prompt is not None else list(request.messages)
         r = request
         self.calls.append(Call(messages, r.params, cancel, r.trim, r.prompt, r.owner, r.allowed_models))
-        if not r.trim and self.context_length and self.count_tokens(messages) >= self.context_length:
+        if not r.trim and self.context_length and self._count(messages) >= self.context_length:
             raise PromptTooLong(f"The prompt does not fit the {self.context_length}-token context window")
         return self._stream(messages, r.params, cancel or threading.Event(), r.allowed_models)
 
@@ -140,7 +140,7 @@ class FakeBackend:
         speed = (sent - 1) / (end - first_at) if first_at and sent > 1 and end > first_at else None
         yield Chunk(
             usage=Usage(
-                prompt_tokens=self.count_tokens(messages),
+                prompt_tokens=self._count(messages),
                 completion_tokens=sent,
                 time_to_first_token=None if first_at is None else first_at - submitted,
                 tokens_per_second=speed,
@@ -149,7 +149,7 @@ class FakeBackend:
             )
         )
 
-    def count_tokens(self, messages: Sequence[Message]) -> int:
+    def _count(self, messages: Sequence[Message]) -> int:
         return sum(3 + len(m.content.split()) for m in messages)
 
     # -- models -------------------------------------------------------------------------------

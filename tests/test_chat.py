@@ -73,7 +73,7 @@ def test_updates_accumulate_and_only_the_last_is_done() -> None:
     final = updates[-1].usage
     assert final is not None
     assert final.completion_tokens == 3
-    assert final.prompt_tokens == backend.count_tokens(backend.calls[0].messages)
+    assert final.prompt_tokens == backend._count(backend.calls[0].messages)
     assert final.finish_reason == "stop"
     assert all(u.notice == "" and u.error is None for u in updates)
 

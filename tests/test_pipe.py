@@ -42,7 +42,7 @@ def wire() -> Iterator[Wire]:
     [
         pipe.Start({"data_dir": Path("/tmp/x"), "max_batch": 4}, offline=True, log_level=logging.INFO),
         pipe.StreamCall(1, REQUEST),
-        pipe.Call(2, "count_tokens", ([Message("user", "hi")],)),
+        pipe.Call(2, "fit", (LoadOptions(model="m", device="cpu"),)),
         pipe.LoadCall(3, LoadOptions(model="m", device="cpu")),
         pipe.Cancel(4),
         pipe.Expect(),
@@ -86,7 +86,7 @@ def _declared(protocol: type) -> set[str]:
 
 
 def test_the_backend_protocol_declares_replies_and_model_admin() -> None:
-    assert _declared(Engine) == {"stream", "expect", "count_tokens"}
+    assert _declared(Engine) == {"stream", "expect"}
     assert _declared(ModelAdmin) == {
         "load", "load_in_background", "unload", "loaded", "loading", "asleep", "last_load_error",
         "available_models", "fit", "hardware", "activity", "close",

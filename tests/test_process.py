@@ -57,7 +57,6 @@ def test_a_reply_from_the_engine_process_equals_the_in_process_one(engine, smol_
     info = engine.loaded()
     assert info is not None and info.name == smol_backend.loaded().name and info.context_length == 8192
     assert engine.loading is None and engine.asleep is None and engine.last_load_error is None
-    assert engine.count_tokens(QUESTION) == smol_backend.count_tokens(QUESTION)
     assert "fp32" in engine.fit(LoadOptions(model=SMOLLM2, device="cpu"))
     assert any(spec.id == SMOLLM2 for spec in engine.available_models())
     assert engine.hardware().cores == os.cpu_count()  # as the engine process sees the machine

@@ -13,6 +13,7 @@ import pytest
 from fakes import FAST_HASHER, FakeBackend
 
 from localchat.core import ChatService, ReplyUpdate
+from localchat.core.conversation import to_messages as history_messages
 from localchat.household import Household
 from localchat.settings import Settings
 from localchat.store import Store
@@ -27,7 +28,7 @@ from localchat.ui.adapters import (
     render,
     sampling_from_ui,
     sampling_to_ui,
-    to_messages,
+    to_history,
 )
 from localchat.ui.app import ChatUI
 
@@ -176,9 +177,9 @@ def test_last_user_index() -> None:
     assert last_user_index([], 0) is None
 
 
-def test_to_messages_skips_empty_replies() -> None:
+def test_the_history_a_page_shows_becomes_messages_without_empty_replies() -> None:
     turns = [user("a"), bot("", "⚠ failed"), user("b")]
-    assert to_messages(turns) == [Message("user", "a"), Message("user", "b")]
+    assert history_messages(to_history(turns)) == [Message("user", "a"), Message("user", "b")]
 
 
 # -- ChatUI handlers ----------------------------------------------------------------------------

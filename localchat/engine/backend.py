@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +27,7 @@ from localchat.engine.loading import Loaded, LoadError, choose_quantization, fit
 from localchat.engine.prefix import PrefixCache
 from localchat.engine.scheduler import Busy, InferenceWorker
 from localchat.hardware import Hardware, detect
-from localchat.types import Chunk, ContextFit, GenerationRequest, LoadedInfo, LoadOptions, Message, ModelSpec, Usage
+from localchat.types import Chunk, ContextFit, GenerationRequest, LoadedInfo, LoadOptions, ModelSpec, Usage
 from localchat.weights import models
 
 log = logging.getLogger(__name__)
@@ -225,9 +225,6 @@ class TransformersBackend:
     def expect(self) -> None:
         """A request for a reply has arrived and will call stream() soon (see InferenceWorker.expect)."""
         self.worker.expect()
-
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        return self.worker.call(lambda: len(prompt_ids(self._require().tokenizer, messages)), quick=True)
 
     def stream(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Iterator[Chunk]:
         """See Engine.stream: the job checks the model (and the member's allowed models) when it

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +38,7 @@ from localchat.backend import BackendError, ServerBusy
 from localchat.engines import pipe
 from localchat.engines.pipe import End, State, Wire
 from localchat.hardware import Hardware
-from localchat.types import Chunk, GenerationRequest, LoadedInfo, LoadOptions, Message, ModelSpec
+from localchat.types import Chunk, GenerationRequest, LoadedInfo, LoadOptions, ModelSpec
 
 log = logging.getLogger(__name__)
 CANCEL_SECONDS = 0.05  # how often the writer looks for Stop pressed on a reply in flight
@@ -338,9 +338,6 @@ class EngineProcess:
 
     def hardware(self) -> Hardware:
         return self._ask("hardware")
-
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        return self._ask("count_tokens", list(messages))
 
     def unload(self) -> None:
         self._call(lambda rid: pipe.Call(rid, "unload")).result()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -21,7 +21,7 @@ import httpx
 
 from localchat.backend import BackendError, ModelLoadFailed, ModelNotAllowed, NoModelLoaded, PromptTooLong, ServerBusy
 from localchat.hardware import Hardware, detect
-from localchat.types import Chunk, GenerationRequest, LoadedInfo, LoadOptions, Message, ModelSpec, Usage
+from localchat.types import Chunk, GenerationRequest, LoadedInfo, LoadOptions, ModelSpec, Usage
 
 
 class OpenAIBackend:
@@ -141,9 +141,6 @@ class OpenAIBackend:
     # -- replies ------------------------------------------------------------------------------
     def expect(self) -> None:
         """Nothing to do: the engine batches as it sees fit."""
-
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        return sum(4 + len(m.content) // 4 for m in messages)  # an estimate: the engine does not say
 
     def stream(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Iterator[Chunk]:
         """See Engine.stream. The reply starts when called: the chosen model is checked against the

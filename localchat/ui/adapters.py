@@ -10,9 +10,8 @@ import html
 from typing import TypedDict
 
 from localchat.core import ReplyUpdate, stats_line
-from localchat.core.conversation import to_messages as history_messages
 from localchat.store import StoredMessage
-from localchat.types import InvalidValue, Message, SamplingParams
+from localchat.types import InvalidValue, SamplingParams
 from localchat.ui.markdown import close_open_fence, safe_markdown
 
 SAMPLING_FIELDS = (
@@ -35,10 +34,6 @@ class Turn(TypedDict):
 
 def to_history(turns: list[Turn]) -> list[StoredMessage]:
     return [StoredMessage(t["role"], t["content"], t["stats"]) for t in turns]
-
-
-def to_messages(turns: list[Turn]) -> list[Message]:
-    return history_messages(to_history(turns))
 
 
 def render(turns: list[Turn]) -> list[dict[str, str]]:
