@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -83,16 +84,12 @@ def api_stream(url: str, tokens: int) -> float:
     return usage["completion_tokens"] / (time.perf_counter() - start)
 
 
-def plain_generate(data: Path, dtype: str, quant: str, runs: int, tokens: int) -> dict[str, float]:
-    """What a plain transformers script gets: from_pretrained on the same weights, then generate()
-    on the main thread (no localchat code in the model's forward pass)."""
+def plain_load(folder: Path | str, dtype: str, quant: str, device: str = "cpu") -> tuple[Any, Any, float]:
+    """What a plain transformers script does: from_pretrained, no localchat code in the model's
+    forward pass. Returns (model, tokenizer, load seconds)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from localchat.engine.loading import dequantized_gguf_folder, resolve_model
-    from localchat.weights.models import SMOLLM2, materialize
-
-    folder = dequantized_gguf_folder(resolve_model(materialize(SMOLLM2, data)), data / "cache" / "gguf-dequantized")
     kwargs: dict = {"dtype": torch.float32 if dtype in ("auto", "float32") else getattr(torch, dtype)}
     if quant != "none":
         kwargs["dtype"] = torch.bfloat16 if quant == "4bit" else torch.float32
@@ -101,9 +98,18 @@ def plain_generate(data: Path, dtype: str, quant: str, runs: int, tokens: int) -
             else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
         )  # fmt: skip
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(folder, device_map="cpu", **kwargs).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, device_map=device, **kwargs).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    load_s = time.perf_counter() - start
+    return model, tokenizer, time.perf_counter() - start
+
+
+def plain_generate(data: Path, dtype: str, quant: str, runs: int, tokens: int) -> dict[str, float]:
+    """plain_load on the bundled model's weights, then generate() on the main thread."""
+    from localchat.engine.loading import dequantized_gguf_folder, resolve_model
+    from localchat.weights.models import SMOLLM2, materialize
+
+    folder = dequantized_gguf_folder(resolve_model(materialize(SMOLLM2, data)), data / "cache" / "gguf-dequantized")
+    model, tokenizer, load_s = plain_load(folder, dtype, quant)
     raw_generate(model, tokenizer, 8)  # warm-up
     return {"load_s": load_s, "tok_s": median([raw_generate(model, tokenizer, tokens) for _ in range(runs)])}
 

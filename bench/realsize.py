@@ -1,0 +1,235 @@
+"""Benchmark: decode speed, first-token time, load time and memory at the sizes households run.
+
+On one model (a folder, or a shape name from bench/shapes.py: real configs, random weights, built
+once into a cache), in one run, each measurement in a fresh process (no OpenMP team or allocator
+state carried over): plain transformers `generate` in fp32, bf16, bitsandbytes 8-bit and 4-bit
+(where they load), localchat's engine with everything `auto`, and the decode ceiling of each:
+bytes of weights read per token / memory bandwidth, measured in the same run by a large copy.
+Greedy, fixed length; time to first token for a 50- and a 1,000-token prompt; decode tok/s after
+the first token; median of --runs after a warm-up. Ratios are against plain fp32 of the same run.
+Run: python bench/realsize.py --model smollm2-360m [--device cpu|cuda] [--tokens 64] [--runs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import localchat  # noqa: E402,F401 - offline/privacy switches first
+
+# isort: split
+from shapes import DEFAULT_CACHE, resolve  # noqa: E402
+from streaming import CONFIGS, median, plain_load  # noqa: E402
+
+TEXT = (
+    "The lighthouse keeper kept a log of every ship, every storm and every visit of the grey cat "
+    "that lived among the rocks below the tower. In winter the lamp burned from four in the "
+    "afternoon until eight in the morning, and the keeper climbed the spiral stairs nine times a "
+    "night to trim the wick, wind the clockwork and wipe the salt from the great glass lens. "
+)
+PROMPTS = (50, 1000)  # tokens: a short question, and a long paste or conversation
+COPY_BYTES = 1 << 30
+
+
+def prompt_text(tokenizer: Any, tokens: int) -> str:
+    ids = tokenizer(TEXT * (tokens // 40 + 2), add_special_tokens=False)["input_ids"][:tokens]
+    return tokenizer.decode(ids)
+
+
+def weight_bytes(model: Any) -> int:
+    """Bytes of weights one decoded token reads: every parameter once (parameters() counts a tied
+    matrix once), less an untied input embedding (a lookup reads one row). The KV cache is left out."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    embed, out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    return total - (0 if embed is out else embed.numel() * embed.element_size())
+
+
+def memory(device: str) -> dict[str, float]:
+    import psutil
+    import torch
+
+    found = {"rss": psutil.Process().memory_info().rss}
+    if device == "cuda":
+        found["gpu"] = torch.cuda.max_memory_allocated()
+    return found
+
+
+def synced(device: str):
+    import torch
+
+    def clock() -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    return clock
+
+
+def bandwidth(device: str, runs: int = 5) -> dict[str, float]:
+    """Bytes per second of a large copy (read + write), the best of `runs`: what decode can reach."""
+    import torch
+
+    clock = synced(device)
+    src = torch.ones(COPY_BYTES // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(runs):
+        start = clock()
+        dst.copy_(src)
+        best = min(best, clock() - start)
+    return {"bytes_per_s": 2 * COPY_BYTES / best}
+
+
+def plain(folder: Path, label: str, device: str, tokens: int, runs: int) -> dict[str, Any]:
+    import torch
+
+    model, tokenizer, load_s = plain_load(folder, *CONFIGS[label], device)
+    clock = synced(device)
+
+    def seconds(text: str, new: int) -> float:
+        ids = tokenizer(text, return_tensors="pt").to(model.device)
+        start = clock()
+        with torch.inference_mode():
+            model.generate(**ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        return clock() - start
+
+    short, long = (prompt_text(tokenizer, n) for n in PROMPTS)
+    seconds(short, 4)  # warm-up
+    first = median([seconds(short, 1) for _ in range(runs)])
+    first_long = median([seconds(long, 1) for _ in range(runs)])
+    total = median([seconds(short, tokens) for _ in range(runs)])
+    return {"load_s": load_s, "ttft": [first, first_long], "tok_s": (tokens - 1) / (total - first),
+            "weight_bytes": weight_bytes(model), **memory(device)}  # fmt: skip
+
+
+def engine(folder: Path, device: str, tokens: int, runs: int) -> dict[str, Any]:
+    """localchat's engine in-process (its worker, batch and streamer), every load option `auto`."""
+    from localchat.engine.backend import TransformersBackend
+    from localchat.types import GenerationRequest, LoadOptions, SamplingParams
+
+    backend = TransformersBackend(Path(tempfile.mkdtemp(prefix="localchat-bench-")))
+    asked = iter(range(1 << 30))
+    try:
+        info = backend.load(LoadOptions(model=str(folder), device=device, dtype="auto", quantization="auto"))
+        tokenizer = backend._current.tokenizer
+
+        def ask(text: str, new: int):
+            params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=new)
+            # a new owner each time: the prefix cache never serves one member's prompt to another
+            request = GenerationRequest(prompt=text, params=params, owner=f"bench-{next(asked)}")
+            return list(backend.stream(request))[-1].usage
+
+        short, long = (prompt_text(tokenizer, n) for n in PROMPTS)
+        ask(short, 4)
+        first = median([ask(short, 1).time_to_first_token for _ in range(runs)])
+        first_long = median([ask(long, 1).time_to_first_token for _ in range(runs)])
+        replies = [ask(short, tokens) for _ in range(runs)]
+        quant = "" if info.quantization == "none" else f" {info.quantization}"
+        return {"load_s": info.load_seconds, "ttft": [first, first_long],
+                "tok_s": median([u.tokens_per_second for u in replies]), "made": replies[0].completion_tokens,
+                "what": f"{info.dtype}{quant}", "weight_bytes": weight_bytes(backend._current.model),
+                **memory(device)}  # fmt: skip
+    finally:
+        backend.close()
+
+
+def measure(kind: str, folder: Path, device: str, tokens: int, runs: int) -> dict[str, Any]:
+    if kind == "bandwidth":
+        return bandwidth(device)
+    if kind == "engine":
+        return engine(folder, device, tokens, runs)
+    return plain(folder, kind, device, tokens, runs)
+
+
+def in_fresh_process(kind: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--measure", kind, "--model", str(folder), "--device", args.device,
+           "--tokens", str(args.tokens), "--runs", str(args.runs)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        return {"error": lines[-1][:100] if lines else f"exit status {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def describe(folder: Path) -> str:
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(folder)
+    shape = json.loads((folder / "shape.json").read_text()) if (folder / "shape.json").exists() else None
+    what = f"shape {shape['name']} (random weights, seed {shape['seed']})" if shape else folder.name
+    return (f"{what}: {c.model_type}, {c.num_hidden_layers} layers, hidden {c.hidden_size}, "
+            f"{c.num_attention_heads}/{c.num_key_value_heads} heads, vocab {c.vocab_size}")  # fmt: skip
+
+
+def report(rows: dict[str, dict[str, Any]], speed: float, args: argparse.Namespace, folder: Path) -> None:
+    gb = 1e9
+    print(f"\n{describe(folder)}")
+    print(f"{args.device}, {args.tokens} new tokens, greedy, median of {args.runs}; memory bandwidth "
+          f"{speed / gb:.1f} GB/s (1 GiB copy, read + write)\n")  # fmt: skip
+    mem = "GPU GB" if args.device == "cuda" else "RSS GB"
+    head = ("path", "load s", mem, "ttft 50", "ttft 1000", "tok/s", "vs fp32", "ttft1k vs", "GB/token", "ceiling",
+            "of ceil")  # fmt: skip
+    print(f"{head[0]:<26}" + "".join(f"{h:>10}" for h in head[1:]))
+    base = rows.get("generate fp32", {})
+    for label, row in rows.items():
+        if "error" in row:
+            print(f"{label:<26}  did not run: {row['error']}")
+            continue
+        ceiling = speed / row["weight_bytes"]
+        held = row["gpu"] if args.device == "cuda" else row["rss"]
+        cells = [f"{row['load_s']:.1f}", f"{held / gb:.2f}", f"{row['ttft'][0]:.2f}", f"{row['ttft'][1]:.2f}",
+                 f"{row['tok_s']:.2f}"]  # fmt: skip
+        if "tok_s" in base:
+            cells += [f"{row['tok_s'] / base['tok_s']:.2f}", f"{row['ttft'][1] / base['ttft'][1]:.2f}"]
+        else:
+            cells += ["-", "-"]
+        cells += [f"{row['weight_bytes'] / gb:.2f}", f"{ceiling:.1f}", f"{row['tok_s'] / ceiling:.2f}"]
+        print(f"{label:<26}" + "".join(f"{c:>10}" for c in cells))
+    print("(ttft: seconds to the first token of a 50- / 1,000-token prompt; tok/s: decode after the first token;")
+    print(" ceiling: bandwidth / bytes of weights read per token, KV cache not counted; RSS after the runs)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="a model folder, or a shape name: smollm2-360m, smollm2-1.7b, ...")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where shapes are built (once)")
+    ap.add_argument("--only", nargs="+", choices=[*CONFIGS, "engine"], help="measure only these paths")
+    ap.add_argument("--measure", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, Path(args.model), args.device, args.tokens, args.runs)))
+        return
+    folder = resolve(args.model, args.cache)
+    for f in folder.glob("*.safetensors"):  # every load reads from the page cache, the first one too
+        with f.open("rb") as fh:
+            while fh.read(1 << 26):
+                pass
+    measured = in_fresh_process("bandwidth", args, folder)
+    if "error" in measured:
+        raise SystemExit(f"Measuring the memory bandwidth failed: {measured['error']}")
+    speed = measured["bytes_per_s"]
+    rows: dict[str, dict[str, Any]] = {}
+    for kind in args.only or [*CONFIGS, "engine"]:
+        started = time.perf_counter()
+        row = in_fresh_process(kind, args, folder)
+        label = f"engine auto ({row['what']})" if kind == "engine" and "what" in row else kind
+        rows[label if kind == "engine" else f"generate {kind}"] = row
+        print(f"  {label}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    report(rows, speed, args, folder)
+
+
+if __name__ == "__main__":
+    main()
