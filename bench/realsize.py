@@ -38,6 +38,7 @@ TEXT = (
 )
 PROMPTS = (50, 1000)  # tokens: a short question, and a long paste or conversation
 COPY_BYTES = 1 << 30
+ALIASES = {"4-bit": "4-bit nf4", "4bit": "4-bit nf4", "8bit": "8-bit"}
 
 
 def prompt_text(tokenizer: Any, tokens: int) -> str:
@@ -87,7 +88,8 @@ def bandwidth(device: str, runs: int = 5) -> dict[str, float]:
         start = clock()
         dst.copy_(src)
         best = min(best, clock() - start)
-    return {"bytes_per_s": 2 * COPY_BYTES / best}
+    # AVX2 alone: no native bf16 products (slow bf16 prefill) and no fast bitsandbytes 4-bit kernel
+    return {"bytes_per_s": 2 * COPY_BYTES / best, "cpu": torch.backends.cpu.get_cpu_capability()}
 
 
 def plain(folder: Path, label: str, device: str, tokens: int, runs: int) -> dict[str, Any]:
@@ -171,10 +173,11 @@ def describe(folder: Path) -> str:
             f"{c.num_attention_heads}/{c.num_key_value_heads} heads, vocab {c.vocab_size}")  # fmt: skip
 
 
-def report(rows: dict[str, dict[str, Any]], speed: float, args: argparse.Namespace, folder: Path) -> None:
+def report(rows: dict[str, dict[str, Any]], speed: float, cpu: str, args: argparse.Namespace, folder: Path) -> None:
     gb = 1e9
     print(f"\n{describe(folder)}")
-    print(f"{args.device}, {args.tokens} new tokens, greedy, median of {args.runs}; memory bandwidth "
+    where = f"cpu ({cpu})" if args.device == "cpu" else args.device
+    print(f"{where}, {args.tokens} new tokens, greedy, median of {args.runs}; memory bandwidth "
           f"{speed / gb:.1f} GB/s (1 GiB copy, read + write)\n")  # fmt: skip
     mem = "GPU GB" if args.device == "cuda" else "RSS GB"
     head = ("path", "load s", mem, "ttft 50", "ttft 1000", "tok/s", "vs fp32", "ttft1k vs", "GB/token", "ceiling",
@@ -206,7 +209,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where shapes are built (once)")
-    ap.add_argument("--only", nargs="+", choices=[*CONFIGS, "engine"], help="measure only these paths")
+    ap.add_argument("--only", nargs="+", choices=[*CONFIGS, "engine"], type=lambda s: ALIASES.get(s, s),
+                    help="measure only these paths (4-bit: 4-bit nf4)")  # fmt: skip
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
@@ -228,7 +232,7 @@ def main() -> None:
         label = f"engine auto ({row['what']})" if kind == "engine" and "what" in row else kind
         rows[label if kind == "engine" else f"generate {kind}"] = row
         print(f"  {label}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    report(rows, speed, args, folder)
+    report(rows, speed, measured["cpu"], args, folder)
 
 
 if __name__ == "__main__":
