@@ -23,6 +23,7 @@ RULES: dict[str, set[str]] = {
     "localchat.engines": ENGINE_LIBRARIES | WEB | {ENGINE},
     "localchat.weights": ENGINE_LIBRARIES | WEB | {ENGINE},
     "localchat.store": ENGINE_LIBRARIES | WEB | {ENGINE},
+    "localchat.library": ENGINE_LIBRARIES | WEB | {ENGINE, "localchat.ui", "localchat.api", "localchat.core"},
     "localchat.ui": ENGINE_LIBRARIES | {ENGINE, "fastapi", "uvicorn"},
     "localchat.api": ENGINE_LIBRARIES | {ENGINE, "gradio"},
     "localchat.web": ENGINE_LIBRARIES | {ENGINE, "gradio"},

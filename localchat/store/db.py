@@ -131,5 +131,15 @@ class Database:
 
 
 def _statements(script: str) -> list[str]:
-    """Split a migration into statements (migrations hold no semicolons inside literals)."""
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """Split a migration into whole statements: a trigger's body holds semicolons of its own, so a
+    piece is joined to the next until SQLite calls it complete."""
+    statements, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip().rstrip(";").strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending.strip().rstrip(";").strip())
+    return statements

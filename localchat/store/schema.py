@@ -74,4 +74,66 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX known_devices_member ON known_devices(member_id, last_used_at)
     """,
+    # 5: document libraries: private (owner_id) or household (owner_id NULL, shared with the members
+    # in library_access, or everyone); files, their chunks with embedding vectors, and an FTS5 index
+    """
+    CREATE TABLE libraries (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        owner_id INTEGER REFERENCES members(id) ON DELETE CASCADE,
+        folder TEXT NOT NULL DEFAULT '',
+        everyone INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX libraries_owner ON libraries(owner_id);
+    CREATE TABLE library_access (
+        library_id INTEGER NOT NULL REFERENCES libraries(id) ON DELETE CASCADE,
+        member_id INTEGER NOT NULL REFERENCES members(id) ON DELETE CASCADE,
+        PRIMARY KEY (library_id, member_id)
+    );
+    CREATE TABLE library_quotas (
+        member_id INTEGER PRIMARY KEY REFERENCES members(id) ON DELETE CASCADE,
+        limit_bytes INTEGER
+    );
+    CREATE TABLE documents (
+        id INTEGER PRIMARY KEY,
+        library_id INTEGER NOT NULL REFERENCES libraries(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        mtime REAL NOT NULL DEFAULT 0,
+        status TEXT NOT NULL CHECK (status IN ('queued', 'indexing', 'ready', 'failed')),
+        error TEXT NOT NULL DEFAULT '',
+        added_at REAL NOT NULL
+    );
+    CREATE INDEX documents_library ON documents(library_id);
+    CREATE TABLE chunks (
+        id INTEGER PRIMARY KEY,
+        document_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        library_id INTEGER NOT NULL,
+        ordinal INTEGER NOT NULL,
+        heading TEXT NOT NULL DEFAULT '',
+        page INTEGER,
+        text TEXT NOT NULL,
+        vector BLOB
+    );
+    CREATE INDEX chunks_document ON chunks(document_id);
+    CREATE INDEX chunks_library ON chunks(library_id);
+    CREATE VIRTUAL TABLE chunks_fts USING fts5(
+        text, heading, content='chunks', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER chunks_ai AFTER INSERT ON chunks BEGIN
+        INSERT INTO chunks_fts(rowid, text, heading) VALUES (new.id, new.text, new.heading);
+    END;
+    CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN
+        INSERT INTO chunks_fts(chunks_fts, rowid, text, heading) VALUES ('delete', old.id, old.text, old.heading);
+    END
+    """,
+    # 6: which libraries a chat answers from (JSON list of ids, or "all"), and each reply's sources
+    # (JSON list of {chunk_id, document, where})
+    """
+    ALTER TABLE conversations ADD COLUMN libraries TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN sources TEXT NOT NULL DEFAULT ''
+    """,
 ]
