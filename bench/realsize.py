@@ -39,6 +39,8 @@ TEXT = (
 PROMPTS = (50, 1000)  # tokens: a short question, and a long paste or conversation
 COPY_BYTES = 1 << 30
 ALIASES = {"4-bit": "4-bit nf4", "4bit": "4-bit nf4", "8bit": "8-bit"}
+# localchat's CPU weight formats (engine/formats.py) on a plain fp32 load: generate is unchanged
+WEIGHT_FORMATS = {"w-bf16": "bf16", "w-int8": "int8", "w-int4": "int4"}
 
 
 def prompt_text(tokenizer: Any, tokens: int) -> str:
@@ -48,9 +50,11 @@ def prompt_text(tokenizer: Any, tokens: int) -> str:
 
 def weight_bytes(model: Any) -> int:
     """Bytes of weights one decoded token reads: every parameter once (parameters() counts a tied
-    matrix once), less an untied input embedding (a lookup reads one row). The KV cache is left out."""
+    matrix once) and the buffers of localchat's weight formats, less an untied input embedding (a
+    lookup reads one row). The KV cache is left out."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
-    embed, out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    total += sum(b.nbytes for m in model.modules() if type(m).__name__.endswith("Linear") for b in m.buffers(False))
+    embed, out = model.get_input_embeddings().weight, getattr(model.get_output_embeddings(), "weight", None)
     return total - (0 if embed is out else embed.numel() * embed.element_size())
 
 
@@ -95,7 +99,15 @@ def bandwidth(device: str, runs: int = 5) -> dict[str, float]:
 def plain(folder: Path, label: str, device: str, tokens: int, runs: int) -> dict[str, Any]:
     import torch
 
-    model, tokenizer, load_s = plain_load(folder, *CONFIGS[label], device)
+    if label in WEIGHT_FORMATS:
+        from localchat.engine.formats import convert
+
+        model, tokenizer, load_s = plain_load(folder, *CONFIGS["fp32"], device)
+        started = time.perf_counter()
+        convert(model, WEIGHT_FORMATS[label])
+        load_s += time.perf_counter() - started
+    else:
+        model, tokenizer, load_s = plain_load(folder, *CONFIGS[label], device)
     clock = synced(device)
 
     def seconds(text: str, new: int) -> float:
@@ -137,6 +149,8 @@ def engine(folder: Path, device: str, tokens: int, runs: int) -> dict[str, Any]:
         first_long = median([ask(long, 1).time_to_first_token for _ in range(runs)])
         replies = [ask(short, tokens) for _ in range(runs)]
         quant = "" if info.quantization == "none" else f" {info.quantization}"
+        fmt = info.extra.get("format", "")
+        quant += f" {fmt.split(':')[0].rsplit(' ', 1)[-1]} weights" if fmt else ""
         return {"load_s": info.load_seconds, "ttft": [first, first_long],
                 "tok_s": median([u.tokens_per_second for u in replies]), "made": replies[0].completion_tokens,
                 "what": f"{info.dtype}{quant}", "weight_bytes": weight_bytes(backend._current.model),
@@ -209,7 +223,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where shapes are built (once)")
-    ap.add_argument("--only", nargs="+", choices=[*CONFIGS, "engine"], type=lambda s: ALIASES.get(s, s),
+    ap.add_argument("--only", nargs="+", choices=[*CONFIGS, *WEIGHT_FORMATS, "engine"], type=lambda s: ALIASES.get(s, s),
                     help="measure only these paths (4-bit: 4-bit nf4)")  # fmt: skip
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -226,7 +240,7 @@ def main() -> None:
         raise SystemExit(f"Measuring the memory bandwidth failed: {measured['error']}")
     speed = measured["bytes_per_s"]
     rows: dict[str, dict[str, Any]] = {}
-    for kind in args.only or [*CONFIGS, "engine"]:
+    for kind in args.only or [*CONFIGS, *WEIGHT_FORMATS, "engine"]:
         started = time.perf_counter()
         row = in_fresh_process(kind, args, folder)
         label = f"engine auto ({row['what']})" if kind == "engine" and "what" in row else kind

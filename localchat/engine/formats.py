@@ -1,0 +1,234 @@
+"""Weight formats for CPU decoding, chosen by measuring them on the loaded model's own weights.
+
+Owns: the weight-only formats a float32 model's linear layers can take on the CPU, and the choice
+among them for `quantization auto`. Decoding a 0.5-8B model reads every weight once per token, so
+its speed is set by the bytes read and by how fast this CPU's kernels turn them into products:
+  - fp32: 4 bytes a weight (nn.Linear, or the narrow product of engine.kernels);
+  - bf16: 2 bytes; rows are rounded to bf16 and multiplied by oneDNN/MKL's bf16 kernels;
+  - int8: 1 byte plus a scale per output row (symmetric, per channel; torch's _weight_int8pack_mm);
+  - int4: half a byte plus a scale and zero per 32 weights (torch's _weight_int4pack_mm_for_cpu).
+A prompt (more than DECODE_ROWS rows) multiplies in float32 on weights widened for that call:
+CPUs without native bf16 (AVX2, most AVX-512) compute bf16 and int products several times slower
+than float32 per row, which made a 1,000-token prompt 5x slower to read in bf16 (measured at 1.7B).
+Invariants: activations, norms, embeddings and the KV cache stay float32; only nn.Linear layers on
+the CPU change; `auto` takes only formats of equal quality (fp32, bf16 weights) unless the caller
+allows more, and only when a measurement at load says the format decodes clearly faster here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from localchat.engine.kernels import NarrowLinear, narrow_product, sample
+
+log = logging.getLogger(__name__)
+
+DECODE_ROWS = 16  # up to this many rows (replies in a batch) use the format's own kernel
+INT4_GROUP = 32  # weights sharing a scale and zero (llama.cpp's Q4 blocks are 32 too)
+MIN_GAIN = 1.15  # leave float32 only when another format decodes clearly faster
+EQUAL_QUALITY = ("fp32", "bf16")  # weight rounding to bf16 moves greedy text by far less than int8
+
+
+class WeightOnlyLinear(nn.Module):
+    """A linear layer whose weights are stored in a narrower format; products widen activations
+    only as far as the format's kernel needs. Subclasses store weights and define `_decode` (a few
+    rows, float32 in, float32 out) and `_wide_weight` (the weights as float32, for prompts)."""
+
+    format = ""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        if flat.shape[0] <= DECODE_ROWS:
+            out = self._decode(flat.float())
+        else:
+            out = self._prompt(flat.float())
+        if self.bias is not None:
+            out = out + self.bias
+        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def _prompt(self, flat: torch.Tensor) -> torch.Tensor:
+        return F.linear(flat, self._wide_weight())
+
+    def _decode(self, flat: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _wide_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}"
+
+
+class BF16Linear(WeightOnlyLinear):
+    format = "bf16"
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear)
+        self.register_buffer("weight", linear.weight.detach().to(torch.bfloat16))
+
+    def _decode(self, flat: torch.Tensor) -> torch.Tensor:
+        return F.linear(flat.to(torch.bfloat16), self.weight).float()
+
+    def _wide_weight(self) -> torch.Tensor:
+        return self.weight.float()
+
+
+class Int8Linear(WeightOnlyLinear):
+    format = "int8"
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear)
+        w = linear.weight.detach().float()
+        scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
+        self.register_buffer("qweight", torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scales", scales.to(torch.bfloat16))
+
+    def _decode(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int8pack_mm(flat.to(torch.bfloat16), self.qweight, self.scales).float()
+
+    def _wide_weight(self) -> torch.Tensor:
+        return self.qweight.float() * self.scales.float()[:, None]
+
+
+class Int4Linear(WeightOnlyLinear):
+    """Asymmetric 4-bit in groups of INT4_GROUP along each row: w = (q - 8) * scale + zero."""
+
+    format = "int4"
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear)
+        w = linear.weight.detach().float()
+        n, k = w.shape
+        groups = w.reshape(n, k // INT4_GROUP, INT4_GROUP)
+        low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+        scale = ((high - low) / 15).clamp(min=1e-12)
+        q = torch.clamp(torch.round((groups - low) / scale), 0, 15).to(torch.int32).reshape(n, k)
+        zero = low + 8 * scale
+        pairs = torch.cat([scale, zero], -1).transpose(0, 1).contiguous()  # [k / group, n, 2]
+        self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(q, 2))
+        self.register_buffer("scales_zeros", pairs.to(torch.bfloat16))
+
+    def _decode(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int4pack_mm_for_cpu(
+            flat.to(torch.bfloat16), self.packed, INT4_GROUP, self.scales_zeros
+        ).float()
+
+    def _prompt(self, flat: torch.Tensor) -> torch.Tensor:
+        # torch keeps no float copy and its packing is private: prompts use the same kernel
+        return self._decode(flat)
+
+    @staticmethod
+    def fits(linear: nn.Linear) -> bool:
+        return linear.in_features % INT4_GROUP == 0 and linear.out_features % 64 == 0
+
+
+KINDS: dict[str, type[WeightOnlyLinear]] = {"bf16": BF16Linear, "int8": Int8Linear, "int4": Int4Linear}
+FORMATS = ("fp32", *KINDS)
+
+
+def eligible(module: nn.Module) -> bool:
+    return (
+        type(module) in (nn.Linear, NarrowLinear)
+        and "forward" not in module.__dict__  # no hook wrapped its forward (accelerate offload)
+        and module.weight.dtype == torch.float32
+        and module.weight.device.type == "cpu"
+    )
+
+
+def convert(model: nn.Module, fmt: str) -> int:
+    """Swap every eligible linear layer of `model` to `fmt` in place (layer by layer, so the float32
+    copy of one layer at a time is the extra memory); returns how many layers changed. A layer that
+    shares its weight with another module (a tied output layer) gets its own copy in `fmt`."""
+    if fmt == "fp32":
+        return 0
+    kind = KINDS[fmt]
+    changed = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not eligible(child) or (kind is Int4Linear and not Int4Linear.fits(child)):
+                continue
+            setattr(parent, name, kind(child))
+            changed += 1
+    return changed
+
+
+@dataclass(frozen=True)
+class Choice:
+    format: str  # one of FORMATS
+    seconds: dict[str, float]  # per format: one decode step's products over the sample, one row
+
+    def note(self) -> str:
+        base = self.seconds["fp32"]
+        ratios = ", ".join(f"{fmt} {base / s:.2f}x" for fmt, s in self.seconds.items() if fmt != "fp32")
+        return f"CPU weight format {self.format}: measured at load against fp32 ({ratios})"
+
+
+def _time(fns: Sequence[Callable[[], object]], tries: int) -> list[float]:
+    """Best seconds of each function, taken in turns so a burst of other work slows them all."""
+    best = [float("inf")] * len(fns)
+    with torch.inference_mode():
+        for fn in fns:
+            fn()  # warm-up
+        for _ in range(tries):
+            for i, fn in enumerate(fns):
+                start = time.perf_counter()
+                fn()
+                best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
+def measure(weights: list[torch.Tensor], formats: Sequence[str], tries: int = 5) -> dict[str, float]:
+    """Seconds for one row times each sampled weight, per format (fp32: the better of nn.Linear
+    and the narrow product, as engine.kernels would choose)."""
+    layers = {fmt: [] for fmt in formats if fmt != "fp32"}
+    for w in weights:
+        linear = nn.Linear(w.shape[1], w.shape[0], bias=False)
+        linear.weight = nn.Parameter(w, requires_grad=False)
+        for fmt in layers:
+            if KINDS[fmt] is not Int4Linear or Int4Linear.fits(linear):
+                layers[fmt].append(KINDS[fmt](linear))
+    inputs = {w.shape[1]: torch.randn(1, w.shape[1]) for w in weights}
+    fns: dict[str, Callable[[], object]] = {
+        "fp32 stock": lambda: [F.linear(inputs[w.shape[1]], w) for w in weights],
+        "fp32 narrow": lambda: [narrow_product(inputs[w.shape[1]], w) for w in weights],
+    }
+    for fmt, mods in layers.items():
+        fns[fmt] = lambda mods=mods: [m(inputs[m.in_features]) for m in mods]
+    timed = dict(zip(fns, _time(list(fns.values()), tries), strict=True))
+    out = {"fp32": min(timed.pop("fp32 stock"), timed.pop("fp32 narrow"))}
+    out.update(timed)
+    return out
+
+
+def choose(model: nn.Module, allowed: Sequence[str] = EQUAL_QUALITY) -> Choice | None:
+    """Measure `allowed` formats on a sample of the model's float32 CPU weights and pick the one
+    that decodes fastest (float32 unless another is MIN_GAIN faster); None when nothing is eligible."""
+    layers = [m for m in model.modules() if eligible(m)]
+    if not layers:
+        return None
+    seconds = measure(sample(layers), [f for f in FORMATS if f in allowed])
+    best = min(seconds, key=seconds.__getitem__)
+    fmt = best if seconds["fp32"] >= MIN_GAIN * seconds[best] else "fp32"
+    return Choice(fmt, seconds)
+
+
+def use_fastest_format(model: nn.Module, allowed: Sequence[str] = EQUAL_QUALITY) -> str | None:
+    """Convert the model to the fastest allowed format measured here; a line for its details."""
+    choice = choose(model, allowed)
+    if choice is None:
+        return None
+    changed = convert(model, choice.format)
+    log.info("%s (%d layers)", choice.note(), changed)
+    return choice.note()
