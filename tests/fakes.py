@@ -4,10 +4,15 @@ No torch, no threads of its own: `stream` yields the reply word by word on the c
 records every call, honours the cancel event, and can be told to fail. Like the real engines, the
 job "starts" when the stream is first read: only then is the loaded model checked against the
 request's allowed models and named in the reply's usage (`hold` keeps a job waiting to start).
+`embed` gives hashed bag-of-words unit vectors (fake_embedding, 384 dimensions): texts sharing
+words are closer, with no model, so library and UI tests run without torch.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,7 +20,14 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 
-from localchat.backend import BackendError, ModelLoadFailed, ModelNotAllowed, NoModelLoaded, PromptTooLong
+from localchat.backend import (
+    EMBEDDING_DIMENSIONS,
+    BackendError,
+    ModelLoadFailed,
+    ModelNotAllowed,
+    NoModelLoaded,
+    PromptTooLong,
+)
 from localchat.hardware import Hardware
 from localchat.types import (
     Chunk,
@@ -46,6 +58,19 @@ class Call:
     prompt: str | None = None
     owner: str = ""
     allowed_models: tuple[str, ...] | None = None
+
+
+def fake_embedding(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """A deterministic unit vector: each lower-cased word adds +-1 at a hashed position (the same
+    across processes and runs), so texts that share words are closer than texts that do not."""
+    vector = [0.0] * dimensions
+    for word in re.findall(r"\w+", text.lower()) or [""]:
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        vector[int.from_bytes(digest[:4], "little") % dimensions] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(x * x for x in vector))
+    if norm == 0:  # words whose signs cancelled out
+        vector[0], norm = 1.0, 1.0
+    return [x / norm for x in vector]
 
 
 def words(text: str) -> list[str]:
@@ -82,6 +107,8 @@ class FakeBackend:
         self.asleep: LoadedInfo | None = None
         self.last_load_error: str | None = None
         self.hold: threading.Event | None = None  # set: jobs wait for it before they start
+        self.embedded: list[str] = []  # every text embed() was given, in order
+        self.embed_error: BackendError | None = None  # raised by embed() when set
         self.expected = 0
         self.closed = False
         self._info: LoadedInfo | None = self._info_for(LoadOptions(model=model)) if model else None
@@ -148,6 +175,12 @@ class FakeBackend:
                 model=info.options.model,
             )
         )
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.embed_error is not None:
+            raise self.embed_error
+        self.embedded.extend(texts)
+        return [fake_embedding(t) for t in texts]
 
     def _count(self, messages: Sequence[Message]) -> int:
         return sum(3 + len(m.content.split()) for m in messages)

@@ -86,7 +86,7 @@ def _declared(protocol: type) -> set[str]:
 
 
 def test_the_backend_protocol_declares_replies_and_model_admin() -> None:
-    assert _declared(Engine) == {"stream", "expect"}
+    assert _declared(Engine) == {"stream", "expect", "embed"}
     assert _declared(ModelAdmin) == {
         "load", "load_in_background", "unload", "loaded", "loading", "asleep", "last_load_error",
         "available_models", "fit", "hardware", "activity", "close",

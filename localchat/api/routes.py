@@ -22,6 +22,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from localchat.api import embeddings
 from localchat.api.body import json_body
 from localchat.api.schema import (
     ApiError,
@@ -359,6 +360,7 @@ def install(api: FastAPI, service: ChatService, household: Household) -> None:
 
     router.add_api_route("/chat/completions", chat, methods=["POST"])
     router.add_api_route("/completions", completions, methods=["POST"])
+    embeddings.install(router, routes)  # /v1/embeddings
     api.include_router(router)
 
     async def api_error(_: Request, exc: Exception) -> JSONResponse:

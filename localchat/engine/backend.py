@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +21,7 @@ import torch
 
 from localchat.backend import ModelLoadFailed, ModelNotAllowed, NoModelLoaded, PromptTooLong, ServerBusy
 from localchat.engine.batch import Batch, Reply
+from localchat.engine.embedding import SentenceEmbedder
 from localchat.engine.fit import FitReport
 from localchat.engine.generate import ContextOverflow, Decoded, fit_to_window, prompt_ids, text_ids
 from localchat.engine.loading import Loaded, LoadError, choose_quantization, fit_report, load_model, pick_device
@@ -64,6 +65,7 @@ class TransformersBackend:
         self._materialize_lock = threading.Lock()
         self.prefix = PrefixCache()  # on the worker thread only
         self.cache_root = data_dir / "cache" / "gguf-dequantized"
+        self.embedder = SentenceEmbedder()  # loaded on the first embed; runs beside the worker
         if idle_unload > 0:
             threading.Thread(target=self._watch_idle, name="localchat-idle", daemon=True).start()
 
@@ -221,6 +223,12 @@ class TransformersBackend:
 
         self.worker.call(job)
 
+    # -- sentence vectors -----------------------------------------------------------------------
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """See Engine.embed: on the caller's thread, not the inference worker's, so a reply being
+        written and an embed both go on."""
+        return self.embedder.embed(texts)
+
     # -- replies ------------------------------------------------------------------------------
     def expect(self) -> None:
         """A request for a reply has arrived and will call stream() soon (see InferenceWorker.expect)."""
@@ -350,6 +358,7 @@ class TransformersBackend:
     def close(self) -> None:
         self._closing.set()
         self.worker.close()
+        self.embedder.close()
 
 
 def usage(decoded: Decoded, prompt_tokens: int, submitted: float, started: float, model: str = "") -> Usage:

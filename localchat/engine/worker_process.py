@@ -74,7 +74,7 @@ class Engine:
                     self.load(message)
                 case Expect():
                     self.backend.expect()
-                case Call():  # may wait for the worker (counting tokens, unloading, estimating)
+                case Call():  # may wait (unloading, estimating, embedding): on a thread of its own
                     threading.Thread(target=self.answer, args=(message,), daemon=True).start()
                 case _:
                     logging.getLogger(__name__).error("unknown message from the server: %r", type(message).__name__)

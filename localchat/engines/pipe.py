@@ -20,8 +20,8 @@ from typing import Any, Literal
 from localchat.types import Chunk, GenerationRequest, LoadedInfo, LoadOptions
 
 # The backend methods the server may ask of the engine with a Call (anything else is refused).
-CallName = Literal["fit", "unload", "hardware", "activity"]
-CALLS: tuple[str, ...] = ("fit", "unload", "hardware", "activity")
+CallName = Literal["fit", "unload", "hardware", "activity", "embed"]
+CALLS: tuple[str, ...] = ("fit", "unload", "hardware", "activity", "embed")
 
 
 # -- server -> engine ---------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 CANCEL_SECONDS = 0.05  # how often the writer looks for Stop pressed on a reply in flight
 DEATHS, DEATH_WINDOW_SECONDS = 3, 60.0  # this many deaths within the window: not started again
 CALL_SECONDS = 60.0  # an engine that does not answer a short call in this time is reported
+EMBED_SECONDS_PER_TEXT = 1.0  # on top of CALL_SECONDS (which covers loading the embedding model)
 NO_STATE = State()  # before the engine said anything, and after it died
 ENGINE_COMMAND = [sys.executable, "-m", "localchat.engine.worker_process"]
 
@@ -343,6 +344,13 @@ class EngineProcess:
         self._call(lambda rid: pipe.Call(rid, "unload")).result()
         with self._lock:
             self._model = None
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """See Engine.embed: the engine process answers it on a thread of its own, beside replies."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            return []
+        return self._ask("embed", texts, seconds=CALL_SECONDS + EMBED_SECONDS_PER_TEXT * len(texts))
 
     def expect(self) -> None:
         if not self._closed:  # a hint: never blocks (the writer sends it) and never fails

@@ -11,21 +11,35 @@ one line for the user.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
 import httpx
 
-from localchat.backend import BackendError, ModelLoadFailed, ModelNotAllowed, NoModelLoaded, PromptTooLong, ServerBusy
+from localchat.backend import (
+    EMBEDDING_MODEL,
+    BackendError,
+    ModelLoadFailed,
+    ModelNotAllowed,
+    NoModelLoaded,
+    PromptTooLong,
+    ServerBusy,
+)
 from localchat.hardware import Hardware, detect
 from localchat.types import Chunk, GenerationRequest, LoadedInfo, LoadOptions, ModelSpec, Usage
 
 
 class OpenAIBackend:
-    def __init__(self, url: str, key: str | None = None, timeout: float = 600.0):
+    def __init__(
+        self, url: str, key: str | None = None, timeout: float = 600.0, embedding_model: str = EMBEDDING_MODEL
+    ):
+        """`embedding_model`: the model the engine's /v1/embeddings is asked for (another localchat
+        answers with all-MiniLM-L6-v2; vLLM or Ollama need the name of one they serve)."""
+        self.embedding_model = embedding_model
         self.url = url.rstrip("/")
         if not self.url.endswith("/v1"):
             self.url += "/v1"
@@ -137,6 +151,28 @@ class OpenAIBackend:
         """Replies this server is receiving from the engine now (the engine's own queue is not known)."""
         with self._lock:
             return {"generating": self._streaming, "waiting": 0}
+
+    # -- sentence vectors -----------------------------------------------------------------------
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """See Engine.embed: the engine's /v1/embeddings, its vectors made unit length."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            return []
+        body = {"model": self.embedding_model, "input": texts, "encoding_format": "float"}
+        try:
+            r = self.http.post(self.url + "/embeddings", json=body)
+        except httpx.HTTPError as exc:
+            raise BackendError(f"The engine at {self.url} cannot be reached for embeddings: {exc}") from exc
+        if r.status_code != 200:
+            raise _error(r, "embeddings")
+        try:
+            data = sorted(r.json()["data"], key=lambda d: d["index"])
+            vectors = [[float(x) for x in d["embedding"]] for d in data]
+        except (ValueError, KeyError, TypeError):
+            raise BackendError(f"The engine at {self.url} sent embeddings that are not OpenAI's shape") from None
+        if len(vectors) != len(texts) or any(len(v) != len(vectors[0]) or not v for v in vectors):
+            raise BackendError(f"The engine at {self.url} sent {len(vectors)} embeddings for {len(texts)} texts")
+        return [_unit(v) for v in vectors]
 
     # -- replies ------------------------------------------------------------------------------
     def expect(self) -> None:
@@ -266,7 +302,14 @@ def _close_on(cancel: threading.Event, response: httpx.Response) -> None:
     response.close()
 
 
-def _error(response: httpx.Response) -> BackendError:
+def _unit(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector))
+    if not math.isfinite(norm) or norm == 0:
+        raise BackendError("The engine sent an embedding of length zero")
+    return [x / norm for x in vector]
+
+
+def _error(response: httpx.Response, what: str = "") -> BackendError:
     response.read()
     try:
         message = str(response.json()["error"]["message"])
@@ -276,4 +319,5 @@ def _error(response: httpx.Response) -> BackendError:
         return PromptTooLong(message)
     if response.status_code in (429, 503):
         return ServerBusy(f"The engine is busy: {message}")
-    return BackendError(f"The engine answered {response.status_code}: {message}")
+    about = f" for {what}" if what else ""
+    return BackendError(f"The engine answered {response.status_code}{about}: {message}".splitlines()[0])
