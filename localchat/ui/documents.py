@@ -42,6 +42,9 @@ DROP_CSS = """
 .lc-drop-zone input { position: absolute; opacity: 0; width: 1px; height: 1px; }
 .lc-drop-status { white-space: pre-line; font-size: 0.9em; margin-top: 4px; }
 """
+PROGRESS_CSS = """
+progress { width: 100%; height: 10px; accent-color: var(--color-accent); display: block; margin-bottom: 4px; }
+"""
 # Each file is posted on its own (one failure loses nothing else); then `submit` refreshes the lists.
 DROP_JS = """
 const send = async (files) => {
@@ -157,22 +160,24 @@ class Documents:
         return mine, [lib for lib in libraries if lib.household]
 
     def refresh(self, chosen, request: gr.Request) -> tuple:
-        """-> quota line, my files, progress, household libraries, timer (runs only while indexing)."""
+        """-> quota line, my files, progress, household libraries, timer (runs only while indexing), delete."""
         member = member_of(self.household, request)
         service = self.libraries()
         if service is None:  # the panel is hidden
-            return (gr.skip(),) * 5
+            return (gr.skip(),) * 6
         mine, shared = self._mine(service, member)
         docs = service.documents(member, mine.id)
         progress = service.progress(member, mine.id)
         choices = file_choices(docs)
         busy = any(d.status in ("queued", "indexing") for d in docs) or (progress is not None and not progress.finished)
+        empty = "" if docs else " No files yet: add some and ask about them in any chat."
         return (
-            f"**My documents**: only you can use them. {quota_text(*service.quota(member))}.",
-            gr.Radio(choices=choices, value=selected(choices, chosen)),
+            f"**My documents**: only you can use them. {quota_text(*service.quota(member))}.{empty}",
+            gr.Radio(choices=choices, value=selected(choices, chosen), visible=bool(docs)),
             progress_html(progress),
             self._shared_html(service, member, shared),
             gr.Timer(active=busy),
+            gr.Button(visible=bool(docs)),
         )
 
     def _shared_html(self, service: LibraryService, member: Member, shared: Sequence[LibraryInfo]) -> str:
@@ -212,14 +217,14 @@ class Documents:
         arguments that fill it (and refresh it after every upload)."""
         quota = gr.Markdown("", elem_id="lc-docs-quota")
         drop = drop_zone("mine", "lc-docs-drop")
-        progress = gr.HTML("", elem_id="lc-docs-progress", padding=False)
-        files = gr.Radio([], label="My files", elem_id="lc-docs-files")
-        delete = gr.Button("Delete this file", size="sm", variant="stop", elem_id="lc-docs-delete")
+        progress = gr.HTML("", css_template=PROGRESS_CSS, elem_id="lc-docs-progress", padding=False)
+        files = gr.Radio([], label="My files", visible=False, elem_id="lc-docs-files")
+        delete = gr.Button("Delete this file", size="sm", variant="stop", visible=False, elem_id="lc-docs-delete")
         result = gr.Markdown("", elem_id="lc-docs-result")
         shared = gr.HTML("", elem_id="lc-docs-shared", padding=False)
         timer = gr.Timer(POLL_SECONDS, active=False)
         q = {"queue": False, "api_visibility": "private"}
-        outputs = [quota, files, progress, shared, timer]
+        outputs = [quota, files, progress, shared, timer, delete]
         refresh = {"fn": self.refresh, "inputs": [files], "outputs": outputs, **q}
         drop.submit(**refresh)
         timer.tick(**refresh)

@@ -15,7 +15,15 @@ import gradio as gr
 from localchat.household import AccessDenied, Household
 from localchat.library.types import LibraryError, LibraryInfo, LibraryService
 from localchat.store import Member, NotFound
-from localchat.ui.documents import POLL_SECONDS, drop_zone, file_choices, progress_html, quota_text, selected
+from localchat.ui.documents import (
+    POLL_SECONDS,
+    PROGRESS_CSS,
+    drop_zone,
+    file_choices,
+    progress_html,
+    quota_text,
+    selected,
+)
 from localchat.ui.markdown import safe_markdown
 from localchat.ui.members import member_of
 
@@ -186,7 +194,7 @@ class LibraryAdmin:
         result = gr.Markdown("", elem_id="lc-lib-result")
         with gr.Column(visible=False) as existing:
             drop = drop_zone(NO_TARGET, "lc-lib-drop")
-            progress = gr.HTML("", elem_id="lc-lib-progress", padding=False)
+            progress = gr.HTML("", css_template=PROGRESS_CSS, elem_id="lc-lib-progress", padding=False)
             files = gr.Radio([], label="Its files", elem_id="lc-lib-files")
             with gr.Row():
                 delete_file = gr.Button("Delete this file", size="sm", variant="stop", elem_id="lc-lib-delete-file")

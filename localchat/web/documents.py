@@ -86,7 +86,16 @@ def document_routes(household: Household, libraries: Callable[[], LibraryService
 
 
 def _quota_line(used: int, limit: int) -> str:
-    return f"adding it would go past your limit for documents ({used / 2**20:.1f} MB of {limit / 2**20:.1f} MB used)"
+    return f"adding it would go past your limit for documents ({_size(used)} of {_size(limit)} used)"
+
+
+def _size(n: float) -> str:
+    """As the library service and the panel word sizes (1 MB = 1024 KB)."""
+    for unit in ("bytes", "KB", "MB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "bytes" or n >= 10 else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
 
 
 async def _save(request: Request, path: Path) -> bool:
