@@ -27,6 +27,7 @@ from localchat.settings import Settings
 from localchat.store import Store
 from localchat.store.db import make_private
 from localchat.ui.app import CSS, THEME, ChatUI
+from localchat.web.documents import document_routes
 
 log = logging.getLogger(__name__)
 ICON = Path(__file__).resolve().parent / "ui" / "static" / "icon.svg"
@@ -82,6 +83,7 @@ def build_app(settings: Settings, backend: Backend | None = None, household: Hou
     web.install(api, household, settings.extra_hosts)  # before the UI's mount at "/" so its routes win
     openai_api.install(api, service, household)
     ui = ChatUI(service, settings, household)
+    api.include_router(document_routes(household, lambda: ui.libraries, settings.data / "tmp" / "uploads"))
     demo = ui.build()
     demo.queue(default_concurrency_limit=None)
     api = gr.mount_gradio_app(

@@ -122,6 +122,10 @@ def build(ui: ChatUI) -> gr.Blocks:
                 info="{date}, {time} and {weekday} become today's date, the time and the day",
                 elem_id="lc-system",
             )
+            with gr.Accordion("Documents", open=False, visible=False, elem_id="lc-documents") as docs_box:
+                docs_refresh = ui.documents.build()
+                with gr.Accordion("Household libraries", open=False, visible=False, elem_id="lc-libraries") as libs:
+                    libs_refresh = ui.library_admin.build()
             with gr.Accordion("Sampling", open=False, elem_id="lc-sampling"):
                 sliders = _sampling_controls(params)
             with gr.Accordion("Model", open=False, elem_id="lc-model"):
@@ -306,6 +310,9 @@ def build(ui: ChatUI) -> gr.Blocks:
         demo.load(**keys_refresh)
         demo.load(**account_refresh)
         demo.load(**downloads_refresh)
+        demo.load(ui.documents.visibility, None, [docs_box, libs], queue=False, **_hidden).then(**docs_refresh).then(
+            **libs_refresh
+        )
         # The chat list opens by itself on a wide screen; on a phone it would cover the chat.
         demo.load(
             lambda is_wide: gr.Sidebar(open=True) if is_wide else gr.skip(),  # it starts closed
