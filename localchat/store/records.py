@@ -23,10 +23,23 @@ class Member:
 
 
 @dataclass(frozen=True)
+class Source:
+    """A passage a reply was given, as saved with the reply: enough to show and reopen the citation."""
+
+    chunk_id: int
+    document: str
+    where: str = ""
+
+    def citation(self) -> str:
+        return f"{self.document}, {self.where}" if self.where else self.document
+
+
+@dataclass(frozen=True)
 class StoredMessage:
     role: str
     content: str
     stats: str = ""
+    sources: tuple[Source, ...] = ()  # a reply's numbered sources, [1] first
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,7 @@ class Conversation:
     created_at: float
     updated_at: float
     messages: tuple[StoredMessage, ...] = field(default_factory=tuple)
+    libraries: str = ""  # the documents its replies use: "" none, "all", or a JSON list of library ids
 
 
 @dataclass(frozen=True)
