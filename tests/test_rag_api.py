@@ -1,9 +1,11 @@
 """Documents through the real app on loopback (FakeBackend, FakeLibraries, a real SQLite household):
-the API's `libraries` extension with the official openai client, and the passage route a cited source
-opens, with isolation between two members on both."""
+the API's `libraries` extension with the official openai client, the passage route a cited source
+opens, and the chat page's Documents choice and numbered sources (gradio_client), with isolation
+between two members on each."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -36,6 +38,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]:
     settings = Settings(data_dir=data, load_on_start=False, listen="0.0.0.0")
     served = ServedApp(build_app(settings, backend=backend, household=household, libraries=libs), free_port())
     served.members, served.libs, served.backend, served.ann_library = members, libs, backend, ann_library
+    served.libs_store = household.store
     served.keys = {name: household.create_api_key(m, "test") for name, m in members.items()}
     yield served
     served.stop()
@@ -115,3 +118,36 @@ def test_another_members_passage_is_a_404_like_a_missing_one(app) -> None:
     assert httpx.get(f"{app.url}/library/passage/abc", cookies={"localchat_session": bob}).status_code == 404
     nobody = httpx.get(f"{app.url}/library/passage/{chunk}", follow_redirects=False)
     assert nobody.status_code in (303, 401) and "marigold" not in nobody.text
+
+
+# -- the chat page: the Documents choice, the numbered sources under a reply --------------------
+SLIDERS = (0.0, 0.9, 40, 0.0, 1.0, 64, -1, "")
+
+
+def page(app: ServedApp, name: str):
+    from gradio_client import Client
+
+    return Client(app.url, verbose=False, headers={"Cookie": f"localchat_session={sign_in(app.url, name)}"})
+
+
+def test_a_reply_from_documents_shows_numbered_sources_that_open_the_passage(app) -> None:
+    ann = page(app, "Ann")
+    ann.predict("What is the guest Wi-Fi password?", api_name="/add_user")
+    final = json.dumps(ann.predict("", *SLIDERS, "all", api_name="/respond"))
+    chunk = app.libs.search(app.members["Ann"], None, "Wi-Fi password")[0].chunk_id
+    link = f'<a href="/library/passage/{chunk}" target="_blank" rel="noopener" class="lc-source">'
+    assert json.dumps(link)[1:-1] in final and "[1] home-network.md, Guest Wi-Fi</a>" in final
+    store = app.libs_store
+    (conversation,) = [store.conversation(app.members["Ann"].id, c.id) for c in store.conversations(app.members["Ann"].id)
+                       if store.conversation(app.members["Ann"].id, c.id).libraries == "all"]  # fmt: skip
+    assert conversation.messages[-1].sources[0].chunk_id == chunk
+    ann.predict(api_name="/clear")  # a new chat, then back to this one: read from the store
+    reopened = json.dumps(ann.predict(conversation.id, api_name="/open_conversation"))
+    assert json.dumps(link)[1:-1] in reopened
+
+
+def test_another_members_library_chosen_on_the_page_gives_nothing(app) -> None:
+    bob = page(app, "Bob")
+    bob.predict("What is the guest Wi-Fi password?", api_name="/add_user")
+    final = json.dumps(bob.predict("", *SLIDERS, str(app.ann_library), api_name="/respond"))
+    assert "I do not know." in final and "library/passage" not in final and "marigold" not in final
