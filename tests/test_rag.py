@@ -184,3 +184,16 @@ def test_import_keeps_sources_and_the_choice(chats) -> None:
     cid = chats.store.import_conversation(ANN.id, "t", messages, libraries="[4]")
     conversation = chats.store.conversation(ANN.id, cid)
     assert conversation.messages == tuple(messages) and conversation.libraries == "[4]"
+
+
+def test_exports_carry_sources_as_text_and_import_still_reads_them(chats) -> None:
+    from localchat.transfer import parse_import, to_json, to_markdown
+
+    chats, _ = chats
+    messages = [StoredMessage("user", "q"), StoredMessage("assistant", "a [1]", "", (Source(9, "x.pdf", "page 2"),))]
+    conversation = chats.store.conversation(ANN.id, chats.store.import_conversation(ANN.id, "t", messages))
+    assert "Sources: [1] x.pdf, page 2" in to_markdown([conversation])
+    exported = to_json([conversation])
+    assert '"[1] x.pdf, page 2"' in exported and "chunk_id" not in exported
+    (back,) = parse_import(exported.encode())
+    assert [(m.role, m.content, m.sources) for m in back.messages] == [("user", "q", ()), ("assistant", "a [1]", ())]

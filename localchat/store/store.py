@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from localchat.store.db import Database, NotFound, StoreError
-from localchat.store.records import ApiKeyInfo, Conversation, ConversationInfo, Member, Source, StoredMessage
+from localchat.store.records import (
+    ApiKeyInfo,
+    Conversation,
+    ConversationInfo,
+    Member,
+    Source,
+    StoredMessage,
+    sources_from,
+    sources_json,
+)
 from localchat.text import clean_text
 
 BUILTIN_NAME = "(this computer)"
@@ -24,22 +33,6 @@ TITLE_LENGTH = 60
 ROLES = ("admin", "member")
 MESSAGE_ROLES = ("user", "assistant", "system")
 KEY_GONE = "That key does not exist (it may have been revoked already)"
-
-
-def sources_json(sources: Sequence[Source]) -> str:
-    """messages.sources: a JSON list of {chunk_id, document, where}, "" for a reply without sources."""
-    if not sources:
-        return ""
-    return json.dumps([{"chunk_id": s.chunk_id, "document": s.document, "where": s.where} for s in sources])
-
-
-def sources_from(text: str) -> tuple[Source, ...]:
-    """The saved sources; a damaged value reads as none (the reply itself is intact)."""
-    try:
-        items = json.loads(text) if text else []
-        return tuple(Source(int(i["chunk_id"]), str(i["document"]), str(i.get("where", ""))) for i in items)
-    except (ValueError, TypeError, KeyError):
-        return ()
 
 
 def title_from(text: str) -> str:
