@@ -1,6 +1,6 @@
 """The chat page in Chromium on a phone viewport (FakeBackend, FakeLibraries, single-user): the
 Documents choice is in sight above the message box, and a reply from documents shows numbered
-sources whose link opens the passage in a new tab."""
+sources whose link opens the passage in a new tab; axe-core finds nothing serious on either page."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from conftest import ServedApp, free_port
 from fake_library import FakeLibraries
 from fakes import FakeBackend
+from test_accessibility import assert_axe_clean, axe_source  # noqa: F401 - fixture
 from test_browser import CHROMIUM, CHROMIUM_ARGS, LOCAL_HOSTS, UI_TIMEOUT, expect, playwright_api
 
 from localchat.household import Household
@@ -37,7 +38,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]:
     served.stop()
 
 
-def test_on_a_phone_documents_are_chosen_and_a_source_opens_its_passage(app) -> None:
+def test_on_a_phone_documents_are_chosen_and_a_source_opens_its_passage(app, axe_source) -> None:  # noqa: F811
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}")
     with playwright_api.sync_playwright() as p:
@@ -58,6 +59,7 @@ def test_on_a_phone_documents_are_chosen_and_a_source_opens_its_passage(app) -> 
             page.locator("#lc-send").click()
             source = page.locator("#lc-chat a.lc-source").first
             expect(source).to_have_text("[1] home-network.md, Guest Wi-Fi")
+            assert_axe_clean(page, axe_source, "a reply with sources and the Documents choice")
             with context.expect_page() as opened:
                 source.click()
             passage = opened.value
@@ -65,6 +67,7 @@ def test_on_a_phone_documents_are_chosen_and_a_source_opens_its_passage(app) -> 
             assert "/library/passage/" in passage.url
             expect(passage.locator("#lc-passage-text")).to_have_text("The guest Wi-Fi password is marigold-7731.")
             expect(passage.locator("#lc-passage-where")).to_have_text("Guest Wi-Fi")
+            assert_axe_clean(passage, axe_source, "a cited passage")
         finally:
             context.close()
             browser.close()
