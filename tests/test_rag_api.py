@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -151,3 +152,26 @@ def test_another_members_library_chosen_on_the_page_gives_nothing(app) -> None:
     bob.predict("What is the guest Wi-Fi password?", api_name="/add_user")
     final = json.dumps(bob.predict("", *SLIDERS, str(app.ann_library), api_name="/respond"))
     assert "I do not know." in final and "library/passage" not in final and "marigold" not in final
+
+
+def test_the_libraries_run_while_the_server_does(tmp_path: Path) -> None:
+    class Recording(FakeLibraries):
+        def __init__(self) -> None:
+            super().__init__()
+            self.events: list[str] = []
+
+        def start(self) -> None:
+            self.events.append("start")
+
+        def close(self) -> None:
+            self.events.append("close")
+
+    libs = Recording()
+    household = Household(Store(tmp_path / "localchat.db"), listen=False)
+    settings = Settings(data_dir=tmp_path, load_on_start=False)
+    built = build_app(settings, backend=FakeBackend(), household=household, libraries=libs)
+    assert built.libraries is libs and built.service.libraries is libs and libs.events == []
+    served = ServedApp(built, free_port())
+    assert libs.events == ["start"]
+    served.stop()
+    assert libs.events == ["start", "close"]
