@@ -197,3 +197,31 @@ def test_exports_carry_sources_as_text_and_import_still_reads_them(chats) -> Non
     assert '"[1] x.pdf, page 2"' in exported and "chunk_id" not in exported
     (back,) = parse_import(exported.encode())
     assert [(m.role, m.content, m.sources) for m in back.messages] == [("user", "q", ()), ("assistant", "a [1]", ())]
+
+
+# -- the chat page's Documents choice (handlers, single-user) -----------------------------------
+def test_the_documents_menu_lists_the_members_libraries_and_remembers_the_chats_choice(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from fakes import FAST_HASHER
+
+    from localchat.household import Household
+    from localchat.settings import Settings
+    from localchat.ui.app import ChatUI
+
+    house = Household(Store(tmp_path / "localchat.db"), hasher=FAST_HASHER)
+    me = house.store.builtin_member()
+    libs = FakeLibraries()
+    shared = libs.create_household(Member(99, "admin", "admin"), "Manuals")
+    ui = ChatUI(ChatService(FakeBackend("ok"), PRESETS, libraries=libs), Settings(), house, update_interval=0)
+    tab = SimpleNamespace(session_hash="a", username=None)
+    menu = ui.chat.documents_menu(None, tab)
+    assert menu.value == "none"
+    assert [label for label, _ in menu.choices] == ["No documents", "All my documents", "📄 My documents", "📄 Manuals"]
+    cid, _ = ui.chats.add_user(me, None, [], "hello")
+    ui.chat.choose_documents(str(shared.id), cid, tab)
+    assert ui.chat.documents_menu(cid, tab).value == str(shared.id)
+    libs.update_household(Member(99, "admin", "admin"), shared.id, members=[12345])  # no longer usable by me
+    assert ui.chat.documents_menu(cid, tab).value == "none"
+    ui.chat.choose_documents("all", "deleted-meanwhile", tab)  # quietly nothing
+    assert ui.chats.libraries(me, cid) == (shared.id,)
