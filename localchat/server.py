@@ -1,7 +1,7 @@
 """build_app(settings) -> a FastAPI app with the Gradio UI mounted at / and /health beside it.
 
-Owns: building every object of a running server (backend, chat service, UI) and passing them in;
-there is no module-level state. Invariants: Gradio's share links and monitoring are never offered;
+Owns: building every object of a running server (backend, document libraries, chat service, UI) and
+passing them in; there is no module-level state; the libraries' indexer starts and stops with the app. Invariants: Gradio's share links and monitoring are never offered;
 /health tells someone not signed in only that the server is up; the data dir is private to the OS
 account running the server.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from localchat.api import routes as openai_api
 from localchat.backend import Backend
 from localchat.core import ChatService
 from localchat.household import SESSION_COOKIE, Household
+from localchat.library.types import LibraryService
 from localchat.privacy import is_offline
 from localchat.settings import Settings
 from localchat.store import Store
@@ -40,9 +43,46 @@ class App:
     backend: Backend
     household: Household
     ui: ChatUI
+    libraries: LibraryService | None = None
 
 
-def build_app(settings: Settings, backend: Backend | None = None, household: Household | None = None) -> App:
+def real_libraries(settings: Settings, household: Household, backend: Backend) -> LibraryService | None:
+    """The household's document libraries in the data dir, embedded by the engine, indexing only while
+    no reply is being written. MERGE: the ImportError fallback is for branches without
+    localchat.library.service (libdata's); remove it once that is merged."""
+    try:
+        from localchat.library.service import Libraries
+    except ImportError:
+        log.warning("document libraries are not available in this build")
+        return None
+    busy = lambda: backend.activity().get("generating", 0) > 0  # noqa: E731 - one expression
+    return Libraries(household.store.db, settings.data, backend, busy)  # type: ignore[arg-type] - embed: libengine
+
+
+def _running(libraries: LibraryService | None) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the libraries' indexer thread runs while the server does."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        start, close = getattr(libraries, "start", None), getattr(libraries, "close", None)
+        if start is not None:
+            start()
+        try:
+            yield
+        finally:
+            if close is not None:
+                close()
+
+    return lifespan
+
+
+def build_app(
+    settings: Settings,
+    backend: Backend | None = None,
+    household: Household | None = None,
+    libraries: LibraryService | None = None,
+) -> App:
+    """`libraries`: tests pass an in-memory one; otherwise the real one is made here and started."""
     os.umask(0o077)  # whatever the server and its engine process write is theirs alone
     make_private(settings.data)
     if household is None:
@@ -61,11 +101,13 @@ def build_app(settings: Settings, backend: Backend | None = None, household: Hou
             idle_unload=settings.idle_unload * 60,
             max_batch=settings.max_batch,
         )
-    service = ChatService(backend, settings.presets)
+    if libraries is None:
+        libraries = real_libraries(settings, household, backend)
+    service = ChatService(backend, settings.presets, libraries=libraries)
     if settings.load_on_start and backend.loaded() is None:
         backend.load_in_background(settings.load_options())  # the page comes up at once and shows the loading
 
-    api = FastAPI(title="localchat", docs_url=None, redoc_url=None, openapi_url=None)
+    api = FastAPI(title="localchat", docs_url=None, redoc_url=None, openapi_url=None, lifespan=_running(libraries))
 
     @api.get("/health")
     def health(request: Request) -> dict[str, Any]:
@@ -80,7 +122,7 @@ def build_app(settings: Settings, backend: Backend | None = None, household: Hou
             **backend.activity(),
         }
 
-    web.install(api, household, settings.extra_hosts)  # before the UI's mount at "/" so its routes win
+    web.install(api, household, settings.extra_hosts, libraries)  # before the UI's mount at "/" so its routes win
     openai_api.install(api, service, household)
     ui = ChatUI(service, settings, household)
     api.include_router(document_routes(household, lambda: ui.libraries, settings.data / "tmp" / "uploads"))
@@ -101,4 +143,4 @@ def build_app(settings: Settings, backend: Backend | None = None, household: Hou
         run_history=False,  # else Gradio keeps every chat in the browser's storage (and offers to upload it)
         auth_dependency=web.auth_dependency(household),
     )
-    return App(api=api, service=service, backend=backend, household=household, ui=ui)
+    return App(api=api, service=service, backend=backend, household=household, ui=ui, libraries=libraries)

@@ -37,6 +37,15 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
+def _message(m: StoredMessage) -> dict[str, Any]:
+    """A message in the JSON export; a reply's sources as citation text (chunk ids mean nothing
+    outside this install, and an import does not bring them back)."""
+    out: dict[str, Any] = {"role": m.role, "content": m.content, "stats": m.stats}
+    if m.sources:
+        out["sources"] = [f"[{n}] {s.citation()}" for n, s in enumerate(m.sources, 1)]
+    return out
+
+
 def to_json(conversations: Sequence[Conversation]) -> str:
     return json.dumps(
         {
@@ -48,7 +57,7 @@ def to_json(conversations: Sequence[Conversation]) -> str:
                     "title": c.title,
                     "created_at": _iso(c.created_at),
                     "updated_at": _iso(c.updated_at),
-                    "messages": [{"role": m.role, "content": m.content, "stats": m.stats} for m in c.messages],
+                    "messages": [_message(m) for m in c.messages],
                 }
                 for c in conversations
             ],
@@ -64,6 +73,8 @@ def to_markdown(conversations: Sequence[Conversation]) -> str:
         lines = [f"# {c.title}", "", f"*{_iso(c.created_at).replace('T', ' ')} UTC*", ""]
         for m in c.messages:
             lines += [f"**{SPEAKERS.get(m.role, m.role)}:**", "", m.content, ""]
+            if m.sources:
+                lines += ["Sources: " + " · ".join(f"[{n}] {s.citation()}" for n, s in enumerate(m.sources, 1)), ""]
             if m.stats:
                 lines += [f"<sub>{m.stats}</sub>", ""]
         parts.append("\n".join(lines))

@@ -32,11 +32,13 @@ from localchat.api.schema import (
     finish_reason,
     new_id,
     parse,
+    sources_body,
     text_completion,
 )
 from localchat.backend import BackendError, ModelNotAllowed, NoModelLoaded, PromptTooLong, ServerBusy
 from localchat.core import ChatService, PolicyRefused
 from localchat.household import Household
+from localchat.library.types import Passage
 from localchat.store import Member
 from localchat.types import Chunk, InvalidValue, LoadedInfo, LoadOptions, Usage
 
@@ -126,7 +128,20 @@ class OpenAIRoutes:
         return info  # whether the member may use it is the core's policy (ChatService.complete)
 
     # -- running a request --------------------------------------------------------------------
-    def start(self, req: ApiRequest, info: LoadedInfo, cancel: threading.Event, member: Member) -> Iterator[Chunk]:
+    def documents(self, member: Member, req: ApiRequest) -> tuple[str, tuple[Passage, ...]]:
+        """The passage block and sources for the `libraries` extension; a failed search answers
+        without documents (an empty `sources`), as the chat page does."""
+        if req.libraries is None:
+            return "", ()
+        try:
+            return self.service.search_documents(member, req.messages, req.params, req.libraries)
+        except Exception:  # noqa: BLE001 - the log has it; the reply goes on
+            log.exception("document search failed")
+            return "", ()
+
+    def start(  # noqa: PLR0913
+        self, req: ApiRequest, info: LoadedInfo, cancel: threading.Event, member: Member, documents: str = ""
+    ) -> Iterator[Chunk]:
         window = info.context_length  # 0: unknown (a remote engine that does not say)
         if req.max_tokens_given and window and req.params.max_new_tokens >= window:
             raise ApiError(
@@ -144,7 +159,9 @@ class OpenAIRoutes:
                 param="messages" if req.messages else "prompt",
                 code="context_length_exceeded",
             )
-        return self.service.complete(member, req.messages, req.params, cancel, trim=False, prompt=req.prompt)
+        return self.service.complete(
+            member, req.messages, req.params, cancel, trim=False, prompt=req.prompt, documents=documents
+        )
 
     @staticmethod
     async def pull(stream: Iterator[Chunk]) -> Any:
@@ -176,9 +193,11 @@ class OpenAIRoutes:
         body = await _json_body(request)
         req = parse(body, chat)
         info = self.model_for(member, req.model)
+        block, sources = await run_in_threadpool(self.documents, member, req)  # embeds the query: not on the loop
+        extra = {} if req.libraries is None else {"sources": sources_body(sources)}
         cancel = threading.Event()
         try:  # a backend may refuse when called, not only while streaming
-            stream = self.start(req, info, cancel, member)
+            stream = self.start(req, info, cancel, member, block)
         except BackendError as exc:
             raise _error_status(exc) from None
         # Until a streamed response takes over (it watches for the client itself), a client that
@@ -207,11 +226,11 @@ class OpenAIRoutes:
                 raise ApiError(499, "The client closed the request", code="client_closed")
             model = usage.model if usage is not None and usage.model else model
             if chat:
-                return chat_completion(rid, model, text, usage)
+                return {**chat_completion(rid, model, text, usage), **extra}
             return text_completion(rid, model, text, usage)
         watcher.cancel()
         return StreamingResponse(
-            self._events(stream, first, cancel, rid, model, chat, req.include_usage, (key_watch, revoked)),
+            self._events(stream, first, cancel, rid, model, chat, req.include_usage, (key_watch, revoked), extra),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -237,13 +256,14 @@ class OpenAIRoutes:
         chat: bool,
         include_usage: bool,
         key: tuple[asyncio.Task, threading.Event],
+        extra: dict[str, Any],
     ) -> AsyncIterator[str]:
         key_watch, revoked = key
         usage: Usage | None = None
         failed = False
         try:
             if chat:
-                yield _sse(chat_chunk(rid, model, {"role": "assistant", "content": ""}))
+                yield _sse({**chat_chunk(rid, model, {"role": "assistant", "content": ""}), **extra})
             while chunk is not _END:
                 if chunk.error is not None:
                     yield _sse(ApiError(500, chunk.error, kind="server_error").body())

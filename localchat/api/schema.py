@@ -1,7 +1,9 @@
 """OpenAI request bodies -> core values, and core values -> OpenAI response bodies.
 
 Invariant: a field we cannot honour is refused with a 4xx error in OpenAI's shape, never silently
-ignored; every range is checked by SamplingParams.validate, the same check the UI uses.
+ignored; every range is checked by SamplingParams.validate, the same check the UI uses. One extension:
+`libraries` ("all" or a list of library ids) answers from the member's documents and adds `sources` to
+the response; ids the member may not use are ignored like ids that do not exist.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from localchat.core.documents import LibraryChoice, parse_choice
+from localchat.library.types import Passage
 from localchat.types import InvalidValue, Message, SamplingParams, Usage
 
 DEFAULT_MAX_TOKENS = 512
@@ -21,9 +25,9 @@ CHAT_FIELDS = {
     "messages", "model", "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed",
     "presence_penalty", "frequency_penalty", "stream", "stream_options", "n", "logprobs", "top_logprobs",
     "top_k", "min_p", "repetition_penalty", "response_format", "tools", "tool_choice", "functions",
-    "function_call", "logit_bias",
+    "function_call", "logit_bias", "libraries",
 }  # fmt: skip
-COMPLETION_FIELDS = (CHAT_FIELDS - {"messages", "max_completion_tokens", "response_format", "tools",
+COMPLETION_FIELDS = (CHAT_FIELDS - {"messages", "max_completion_tokens", "response_format", "tools", "libraries",
                                     "tool_choice", "functions", "function_call", "top_logprobs"}) | {
     "prompt", "echo", "suffix", "best_of"}  # fmt: skip
 
@@ -49,6 +53,7 @@ class ApiRequest:
     max_tokens_given: bool
     messages: tuple[Message, ...] = ()
     prompt: str | None = None
+    libraries: LibraryChoice = None  # the extension field: documents to answer from
 
 
 def _refuse(field: str, why: str) -> ApiError:
@@ -157,7 +162,12 @@ def parse(body: Any, chat: bool) -> ApiRequest:
         raise ApiError(400, str(exc)) from None
     if chat:
         messages, prompt = _messages(body.get("messages")), None
+        try:
+            libraries = parse_choice(body.get("libraries"))
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="libraries") from None
     else:
+        libraries = None
         raw = body.get("prompt")
         if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], str):
             raw = raw[0]
@@ -172,6 +182,7 @@ def parse(body: Any, chat: bool) -> ApiRequest:
         max_tokens_given=given is not None,
         messages=messages,
         prompt=prompt,
+        libraries=libraries,
     )
 
 
@@ -206,6 +217,14 @@ def chat_completion(rid: str, model: str, text: str, usage: Usage | None) -> dic
         ],
         "usage": usage_body(usage),
     }
+
+
+def sources_body(passages: tuple[Passage, ...]) -> list[dict[str, Any]]:
+    """The extension's `sources`: the passages the model was given, numbered as it was told to cite them."""
+    return [
+        {"index": n, "document": p.document, "where": p.where, "chunk_id": p.chunk_id, "text": p.text}
+        for n, p in enumerate(passages, 1)
+    ]
 
 
 def chat_chunk(rid: str, model: str, delta: dict, reason: str | None = None, usage: Usage | None = None,

@@ -4,7 +4,8 @@ streamed to it, and rewrites (retry, edit, undo).
 Owns: every store write of the chat page's messages, and the registry of replies being written.
 Invariants: every read and write is scoped to the member who asks; a saved conversation's history
 is read from the store (the page only shows it); the user's message is saved before the reply
-starts; a reply is saved once, when it ends, unless its conversation was rewritten meanwhile; an
+starts; a reply is saved once, when it ends, with the sources it was given, unless its conversation
+was rewritten meanwhile; the documents a reply used are remembered as the conversation's choice; an
 incognito chat (no conversation id) is never written. The page hides system messages (an imported
 chat may hold one: it stays the chat's instructions), so a page position is mapped to the stored
 position before any write (`_stored_index`): the page's indexes never address another message.
@@ -14,11 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from localchat.core.documents import LibraryChoice, parse_choice, store_choice
 from localchat.core.replies import Replies, Reply
 from localchat.core.service import ChatService, ReplyUpdate, stats_line
-from localchat.store import Member, NotFound, Store, StoredMessage, StoreError
+from localchat.library.types import Passage
+from localchat.store import Member, NotFound, Source, Store, StoredMessage, StoreError
 from localchat.text import clean_text
 from localchat.types import Message, SamplingParams
+
+
+def to_sources(passages: Sequence[Passage]) -> tuple[Source, ...]:
+    return tuple(Source(p.chunk_id, p.document, p.where) for p in passages)
 
 
 def to_messages(history: Sequence[StoredMessage]) -> list[Message]:
@@ -85,6 +92,20 @@ class Chats:
         except NotFound:
             return list(shown), False
 
+    def libraries(self, member: Member, conversation_id: str | None) -> LibraryChoice:
+        """The documents a saved conversation answers from (None for a new or incognito chat)."""
+        if conversation_id is None:
+            return None
+        try:
+            return parse_choice(self.store.conversation(member.id, conversation_id).libraries)
+        except (NotFound, ValueError):
+            return None
+
+    def set_libraries(self, member: Member, conversation_id: str | None, choice: LibraryChoice) -> None:
+        """Remember the conversation's documents choice; raises StoreError (NotFound when deleted)."""
+        if conversation_id is not None:
+            self.store.set_libraries(member.id, conversation_id, store_choice(choice))
+
     def reply(  # noqa: PLR0913 - who, where, what was asked, and the handle Stop reaches
         self,
         member: Member,
@@ -93,12 +114,20 @@ class Chats:
         system_prompt: str,
         params: SamplingParams,
         reply: Reply,
+        libraries: LibraryChoice = None,
     ) -> Iterator[ReplyUpdate]:
-        """Stream the answer to the conversation's last (user) message, then save it. The member's
-        policy applies (ChatService). Ends early, unsaved, when the tab shows something else."""
+        """Stream the answer to the conversation's last (user) message, then save it with its
+        sources. The member's policy applies (ChatService); `libraries` is the documents choice the
+        page shows, remembered with the conversation. Ends early, unsaved, when the tab shows
+        something else."""
         history, save = self.history(member, conversation_id, shown)
+        if save:
+            try:
+                self.set_libraries(member, conversation_id, libraries)
+            except StoreError:
+                pass  # the choice is remembered next time; the reply itself does not depend on it
         last = ReplyUpdate("")
-        updates = self.service.reply(member, to_messages(history), system_prompt, params, reply.cancel)
+        updates = self.service.reply(member, to_messages(history), system_prompt, params, reply.cancel, libraries)
         try:
             for update in updates:
                 if reply.discarded:
@@ -111,11 +140,15 @@ class Chats:
             updates.close()  # ends the generation if we left early
             if save and not reply.rewritten:
                 stats = stats_line(last) if last.done else "stopped"
-                self._save(member, conversation_id, len(history), last.text, stats, reply)
+                self._save(member, conversation_id, len(history), last, stats, reply)
 
-    def _save(self, member: Member, conversation_id: str, index: int, text: str, stats: str, reply: Reply) -> None:
+    def _save(  # noqa: PLR0913
+        self, member: Member, conversation_id: str, index: int, last: ReplyUpdate, stats: str, reply: Reply
+    ) -> None:
         try:
-            self.store.put_message(member.id, conversation_id, index, "assistant", text, stats)
+            self.store.put_message(
+                member.id, conversation_id, index, "assistant", last.text, stats, to_sources(last.sources)
+            )
         except NotFound:
             pass  # the conversation was deleted meanwhile
         except StoreError as exc:

@@ -2,7 +2,8 @@
 
 Owns: the one function (`Policy.request`) that turns what a front end asks for into the
 GenerationRequest the engine runs, for the UI and the API alike. Invariants: a locked preset's
-system prompt replaces every system message the caller sent and its sampling replaces the caller's;
+system prompt replaces every system message the caller sent and its sampling replaces the caller's
+(passages from the member's documents are added after it, never instead of it);
 a lock whose preset is missing refuses (it never falls open); `allowed_models` always travels with
 the request, so the engine checks it again when the job starts; every text in the request encodes
 as UTF-8 (a lone surrogate becomes U+FFFD, `text.clean_text`), whichever front end sent it.
@@ -15,6 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from localchat.backend import BackendError, ModelNotAllowed
+from localchat.core.documents import with_documents
 from localchat.presets import Preset, render_system_prompt
 from localchat.store import Member
 from localchat.text import clean_text
@@ -45,8 +47,10 @@ class Policy:
         prompt: str | None = None,
         trim: bool = True,
         now: datetime | None = None,
+        documents: str = "",
     ) -> GenerationRequest:
-        """What the engine runs for this member: the caller's messages and sampling, under the lock."""
+        """What the engine runs for this member: the caller's messages and sampling, under the lock;
+        `documents` (passages from the member's libraries) ends the system message, the lock's too."""
         if self.locked_name is not None:
             if self.locked is None:
                 raise PolicyRefused(
@@ -61,6 +65,7 @@ class Policy:
             turns = [m for m in messages if m.role != "system"]
             messages = [Message("system", system), *turns] if system else turns
             params = self.locked.sampling
+        messages = with_documents(messages, documents)
         if params.stop:
             params = replace(params, stop=tuple(clean_text(s) for s in params.stop))
         return GenerationRequest(

@@ -1,9 +1,10 @@
 """ChatService: what both front ends ask of the engine, under the asking member's policy.
 
 Owns: presets; turning a member's request into a GenerationRequest (through `Policy.request`) and
-streaming it; progress (queue position, context trimming, stats) as ReplyUpdates; the models'
-status lines. Invariants: no Gradio, no HTTP, no torch; every request carries its own cancel event;
-the backend is called only through the methods its protocol declares.
+streaming it; passages from the member's document libraries put into the prompt (core.documents);
+progress (queue position, context trimming, stats) as ReplyUpdates; the models' status lines.
+Invariants: no Gradio, no HTTP, no torch; every request carries its own cancel event; the backend is
+called only through the methods its protocol declares; a search failure never stops a reply.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from localchat.backend import Backend, BackendError
+from localchat.core import documents
+from localchat.core.documents import LibraryChoice
 from localchat.core.policy import Policy, policy_for
 from localchat.hardware import Hardware
+from localchat.library.types import LibraryService, Passage
 from localchat.presets import Preset, PresetProblem, load_presets, render_system_prompt
 from localchat.store import Member
 from localchat.types import Chunk, LoadedInfo, LoadOptions, Message, SamplingParams, Usage
@@ -30,6 +34,7 @@ class ReplyUpdate:
     notice: str = ""  # waiting in the queue, context trimmed
     usage: Usage | None = None  # set on the final update
     error: str | None = None
+    sources: tuple[Passage, ...] = ()  # the passages the model was given, in citation order [1]..[n]
 
     @property
     def done(self) -> bool:
@@ -74,9 +79,13 @@ def waiting_notice(position: int) -> str:
     return f"Waiting for the model: {position} repl{'y' if position == 1 else 'ies'} ahead of yours"
 
 
+DEFAULT_CONTEXT = 2048  # the window assumed for the passage budget while no model is loaded
+
+
 class ChatService:
-    def __init__(self, backend: Backend, presets_dir=None, now=datetime.now):
+    def __init__(self, backend: Backend, presets_dir=None, now=datetime.now, libraries: LibraryService | None = None):
         self.backend = backend
+        self.libraries = libraries
         self.presets_dir = presets_dir
         self._now = now
         self.presets: list[Preset] = []
@@ -119,49 +128,74 @@ class ChatService:
         *,
         trim: bool = True,
         prompt: str | None = None,
+        documents: str = "",
     ) -> Iterator[Chunk]:
         """Stream a completion of fully built messages under the member's policy. The API passes
         trim=False (a prompt past the window is an error, never shortened) and `prompt` for raw
-        completions. Raises ModelNotAllowed or PolicyRefused before anything is queued."""
+        completions; `documents` is a passage block (search_documents) for the system message.
+        Raises ModelNotAllowed or PolicyRefused before anything is queued."""
         policy = self.policy(member)
         policy.check_loaded(self.backend.loaded())
-        request = policy.request(messages, params, prompt=prompt, trim=trim, now=self._now())
+        request = policy.request(messages, params, prompt=prompt, trim=trim, now=self._now(), documents=documents)
         return self.backend.stream(request, cancel)
 
-    def reply(
+    def search_documents(
+        self, member: Member, messages: Sequence[Message], params: SamplingParams, choice: LibraryChoice
+    ) -> tuple[str, tuple[Passage, ...]]:
+        """-> (the passage block for the system message, the passages [1]..[n]) from the chosen
+        libraries. The budget is the loaded model's window less the reply's room (the locked preset's
+        when there is one); the conversation's share is taken in `documents.fit`. Raises LibraryError."""
+        if choice is None or self.libraries is None:
+            return "", ()
+        locked = self.policy(member).locked
+        room = (locked.sampling if locked is not None else params).max_new_tokens
+        info = self.backend.loaded()
+        window = info.context_length if info is not None else DEFAULT_CONTEXT
+        passages = documents.retrieve(self.libraries, member, choice, messages, window - room)
+        return (documents.passage_block(passages) if passages else ""), tuple(passages)
+
+    def reply(  # noqa: PLR0913 - who, what, how, the cancel handle and the documents
         self,
         member: Member,
         history: Sequence[Message],
         system_prompt: str,
         params: SamplingParams,
         cancel: threading.Event | None = None,
+        libraries: LibraryChoice = None,
     ) -> Iterator[ReplyUpdate]:
         """Stream the assistant's answer to `history` (which ends with the user's message); the
-        system prompt and sampling asked for give way to the member's locked preset."""
-        text, notice = "", ""
+        system prompt and sampling asked for give way to the member's locked preset. `libraries`:
+        the documents to answer from (None: none; "all": every library the member may use; ids)."""
+        text, notice, block, sources = "", "", "", ()
         stream = None
         try:  # a backend may raise when called, not only while iterating
-            stream = self.complete(member, self.messages_for(system_prompt, history), params, cancel)
+            messages = self.messages_for(system_prompt, history)
+            try:
+                block, sources = self.search_documents(member, messages, params, libraries)
+            except Exception as exc:  # noqa: BLE001 - the reply goes on without documents, and says so
+                log.exception("document search failed")
+                notice = f"Your documents could not be searched ({exc}); answered without them"
+            stream = self.complete(member, messages, params, cancel, documents=block)
             for chunk in stream:
                 if chunk.queue_position is not None:
-                    yield ReplyUpdate(text, waiting_notice(chunk.queue_position))
+                    yield ReplyUpdate(text, waiting_notice(chunk.queue_position), sources=sources)
                     continue
                 if chunk.fit is not None and chunk.fit.trimmed:
                     notice = chunk.fit.describe()
                 text += chunk.text
                 if chunk.error is not None:
-                    yield ReplyUpdate(text, notice, error=chunk.error)
+                    yield ReplyUpdate(text, notice, error=chunk.error, sources=sources)
                     return
                 if chunk.usage is not None:
-                    yield ReplyUpdate(text, notice, usage=chunk.usage)
+                    yield ReplyUpdate(text, notice, usage=chunk.usage, sources=sources)
                     return
-                yield ReplyUpdate(text, notice)
-            yield ReplyUpdate(text, notice, error="The model stopped without finishing the reply")
+                yield ReplyUpdate(text, notice, sources=sources)
+            yield ReplyUpdate(text, notice, error="The model stopped without finishing the reply", sources=sources)
         except BackendError as exc:
-            yield ReplyUpdate(text, notice, error=str(exc))
+            yield ReplyUpdate(text, notice, error=str(exc), sources=sources)
         except Exception as exc:  # noqa: BLE001 - the user sees one line, the log has the rest
             log.exception("reply failed")
-            yield ReplyUpdate(text, notice, error=f"Something went wrong while answering: {exc}")
+            yield ReplyUpdate(text, notice, error=f"Something went wrong while answering: {exc}", sources=sources)
         finally:
             close = getattr(stream, "close", None)  # closing the stream cancels its generation
             if close is not None:

@@ -1,7 +1,9 @@
-"""Frozen values read from the store."""
+"""Frozen values read from the store, and the JSON form of a reply's sources."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -23,10 +25,39 @@ class Member:
 
 
 @dataclass(frozen=True)
+class Source:
+    """A passage a reply was given, as saved with the reply: enough to show and reopen the citation."""
+
+    chunk_id: int
+    document: str
+    where: str = ""
+
+    def citation(self) -> str:
+        return f"{self.document}, {self.where}" if self.where else self.document
+
+
+def sources_json(sources: Sequence[Source]) -> str:
+    """messages.sources: a JSON list of {chunk_id, document, where}, "" for a reply without sources."""
+    if not sources:
+        return ""
+    return json.dumps([{"chunk_id": s.chunk_id, "document": s.document, "where": s.where} for s in sources])
+
+
+def sources_from(text: str) -> tuple[Source, ...]:
+    """The saved sources; a damaged value reads as none (the reply itself is intact)."""
+    try:
+        items = json.loads(text) if text else []
+        return tuple(Source(int(i["chunk_id"]), str(i["document"]), str(i.get("where", ""))) for i in items)
+    except (ValueError, TypeError, KeyError):
+        return ()
+
+
+@dataclass(frozen=True)
 class StoredMessage:
     role: str
     content: str
     stats: str = ""
+    sources: tuple[Source, ...] = ()  # a reply's numbered sources, [1] first
 
 
 @dataclass(frozen=True)
@@ -43,6 +74,7 @@ class Conversation:
     created_at: float
     updated_at: float
     messages: tuple[StoredMessage, ...] = field(default_factory=tuple)
+    libraries: str = ""  # the documents its replies use: "" none, "all", or a JSON list of library ids
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from localchat.store.db import Database, NotFound, StoreError
-from localchat.store.records import ApiKeyInfo, Conversation, ConversationInfo, Member, StoredMessage
+from localchat.store.records import (
+    ApiKeyInfo,
+    Conversation,
+    ConversationInfo,
+    Member,
+    Source,
+    StoredMessage,
+    sources_from,
+    sources_json,
+)
 from localchat.text import clean_text
 
 BUILTIN_NAME = "(this computer)"
@@ -246,7 +255,7 @@ class Store:
         if row is None:
             raise NotFound("That conversation does not exist (it may have been deleted)")
         messages = self.db.query(
-            "SELECT role, content, stats FROM messages WHERE conversation_id = ? ORDER BY position",
+            "SELECT role, content, stats, sources FROM messages WHERE conversation_id = ? ORDER BY position",
             (conversation_id,),
         )
         return Conversation(
@@ -254,8 +263,21 @@ class Store:
             title=row["title"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
-            messages=tuple(StoredMessage(m["role"], m["content"], m["stats"]) for m in messages),
+            messages=tuple(
+                StoredMessage(m["role"], m["content"], m["stats"], sources_from(m["sources"])) for m in messages
+            ),
+            libraries=row["libraries"],
         )
+
+    def set_libraries(self, member_id: int, conversation_id: str, libraries: str) -> None:
+        """Which documents the conversation's replies use ("", "all" or a JSON list of ids)."""
+        with self.db.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE conversations SET libraries = ? WHERE id = ? AND member_id = ?",
+                (libraries, conversation_id, member_id),
+            )
+            if cur.rowcount != 1:
+                raise NotFound("That conversation does not exist (it may have been deleted)")
 
     def _touch(self, conn, member_id: int, conversation_id: str, **columns: Any) -> None:
         """Update the conversation's own row; raises NotFound unless it is this member's."""
@@ -290,8 +312,15 @@ class Store:
             (conversation_id, conversation_id, index),
         )
 
-    def put_message(
-        self, member_id: int, conversation_id: str, index: int, role: str, content: str, stats: str = ""
+    def put_message(  # noqa: PLR0913 - the message's place and its parts
+        self,
+        member_id: int,
+        conversation_id: str,
+        index: int,
+        role: str,
+        content: str,
+        stats: str = "",
+        sources: Sequence[Source] = (),
     ) -> None:
         """Make the message the conversation's `index`-th, dropping any at or after it (a retry or an
         edit), in one transaction: once this returns, the message survives a crash."""
@@ -301,9 +330,17 @@ class Store:
             self._touch(conn, member_id, conversation_id)
             self._drop_from(conn, conversation_id, index)
             conn.execute(
-                "INSERT INTO messages (conversation_id, position, role, content, stats, created_at) VALUES "
-                "(?, (SELECT coalesce(max(position), -1) + 1 FROM messages WHERE conversation_id = ?), ?, ?, ?, ?)",
-                (conversation_id, conversation_id, role, clean_text(content), clean_text(stats), self.clock()),
+                "INSERT INTO messages (conversation_id, position, role, content, stats, created_at, sources) VALUES "
+                "(?, (SELECT coalesce(max(position), -1) + 1 FROM messages WHERE conversation_id = ?), ?, ?, ?, ?, ?)",
+                (
+                    conversation_id,
+                    conversation_id,
+                    role,
+                    clean_text(content),
+                    clean_text(stats),
+                    self.clock(),
+                    clean_text(sources_json(sources)),
+                ),
             )
 
     def truncate(self, member_id: int, conversation_id: str, keep: int) -> None:
@@ -312,22 +349,36 @@ class Store:
             self._touch(conn, member_id, conversation_id)
             self._drop_from(conn, conversation_id, keep)
 
-    def import_conversation(
-        self, member_id: int, title: str, messages: Iterable[StoredMessage], created_at: float | None = None
+    def import_conversation(  # noqa: PLR0913
+        self,
+        member_id: int,
+        title: str,
+        messages: Iterable[StoredMessage],
+        created_at: float | None = None,
+        libraries: str = "",
     ) -> str:
         """One imported conversation, written in a single transaction (all of it or nothing)."""
         conversation_id = secrets.token_urlsafe(12)
         now = self.clock()
         with self.db.transaction() as conn:
             conn.execute(
-                "INSERT INTO conversations (id, member_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (conversation_id, member_id, title_from(clean_text(title)), created_at or now, now),
+                "INSERT INTO conversations (id, member_id, title, created_at, updated_at, libraries) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (conversation_id, member_id, title_from(clean_text(title)), created_at or now, now, libraries),
             )
             for position, m in enumerate(messages):
                 conn.execute(
-                    "INSERT INTO messages (conversation_id, position, role, content, stats, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (conversation_id, position, m.role, clean_text(m.content), clean_text(m.stats), now),
+                    "INSERT INTO messages (conversation_id, position, role, content, stats, created_at, sources) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        conversation_id,
+                        position,
+                        m.role,
+                        clean_text(m.content),
+                        clean_text(m.stats),
+                        now,
+                        clean_text(sources_json(m.sources)),
+                    ),
                 )
         return conversation_id
 

@@ -7,10 +7,10 @@ Chatbot shows `render(turns)`, one chat bubble per turn, so Chatbot event indexe
 from __future__ import annotations
 
 import html
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from localchat.core import ReplyUpdate, stats_line
-from localchat.store import StoredMessage
+from localchat.store import Source, StoredMessage
 from localchat.types import InvalidValue, SamplingParams
 from localchat.ui.markdown import close_open_fence, safe_markdown
 
@@ -30,10 +30,40 @@ class Turn(TypedDict):
     role: str  # "user" | "assistant"
     content: str
     stats: str  # the small line under a reply; "" for user turns
+    sources: NotRequired[list[dict]]  # a reply's numbered sources: {chunk_id, document, where}
+
+
+def to_turn(m: StoredMessage) -> Turn:
+    turn = Turn(role=m.role, content=m.content, stats=m.stats)
+    if m.sources:
+        turn["sources"] = [{"chunk_id": s.chunk_id, "document": s.document, "where": s.where} for s in m.sources]
+    return turn
 
 
 def to_history(turns: list[Turn]) -> list[StoredMessage]:
-    return [StoredMessage(t["role"], t["content"], t["stats"]) for t in turns]
+    return [
+        StoredMessage(
+            t["role"],
+            t["content"],
+            t["stats"],
+            tuple(
+                Source(int(s["chunk_id"]), str(s["document"]), str(s.get("where", ""))) for s in t.get("sources", [])
+            ),
+        )
+        for t in turns
+    ]
+
+
+def sources_line(sources: list[dict]) -> str:
+    """The numbered sources under a reply, each a link that opens the passage in a new tab."""
+    links = []
+    for n, s in enumerate(sources, 1):
+        where = f", {s['where']}" if s.get("where") else ""
+        label = html.escape(f"[{n}] {s['document']}{where}")
+        links.append(
+            f'<a href="/library/passage/{int(s["chunk_id"])}" target="_blank" rel="noopener" class="lc-source">{label}</a>'
+        )
+    return "<sub>Sources: " + " · ".join(links) + "</sub>" if links else ""
 
 
 def render(turns: list[Turn]) -> list[dict[str, str]]:
@@ -42,6 +72,9 @@ def render(turns: list[Turn]) -> list[dict[str, str]]:
     shown = []
     for t in turns:
         content = safe_markdown(t["content"])
+        if t["role"] == "assistant" and t.get("sources"):
+            cited = sources_line(t["sources"])
+            content = f"{close_open_fence(content)}\n\n{cited}" if content else cited
         if t["role"] == "assistant" and t["stats"]:
             stats = html.escape(t["stats"])
             content = f"{close_open_fence(content)}\n\n<sub>{stats}</sub>" if content else f"<sub>{stats}</sub>"
@@ -52,6 +85,8 @@ def render(turns: list[Turn]) -> list[dict[str, str]]:
 def apply_update(turns: list[Turn], update: ReplyUpdate) -> list[Turn]:
     """Put a streamed update into the last (assistant) turn."""
     last: Turn = {"role": "assistant", "content": update.text, "stats": stats_line(update)}
+    if update.sources:
+        last["sources"] = [{"chunk_id": p.chunk_id, "document": p.document, "where": p.where} for p in update.sources]
     return [*turns[:-1], last]
 
 

@@ -1,4 +1,4 @@
-"""The chat's handlers: send, respond, stop, retry, undo, edit, new chat.
+"""The chat's handlers: send, respond, stop, retry, undo, edit, new chat, and the chat's documents choice.
 
 Owns: mapping Gradio values (turns, sliders, the request) to calls of the core (`Chats`) and its
 updates back to Gradio values; nothing here writes the store or decides policy. Invariants: the
@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import gradio as gr
 
 from localchat.core import Chats
+from localchat.core.documents import LibraryChoice
 from localchat.core.replies import Key, Reply
 from localchat.household import SESSION_COOKIE, Household
 from localchat.store import Member, StoreError
@@ -40,6 +41,24 @@ SESSION_RECHECK = 2.0  # seconds between checks that a streaming reply's session
 def tab_key(member: Member, request: gr.Request) -> Key:
     """Which reply is this tab's: Gradio gives each page load its own session hash."""
     return member.id, request.session_hash or f"request-{id(request)}"
+
+
+NO_DOCUMENTS, ALL_DOCUMENTS = "none", "all"
+
+
+def choice_value(choice: LibraryChoice) -> str:
+    """The Documents dropdown's value for a stored choice: "none", "all" or one library's id."""
+    if choice is None:
+        return NO_DOCUMENTS
+    return ALL_DOCUMENTS if choice == "all" else str(choice[0])
+
+
+def choice_from(value: str | None) -> LibraryChoice:
+    if not value or value == NO_DOCUMENTS:
+        return None
+    if value == ALL_DOCUMENTS:
+        return "all"
+    return (int(value),) if value.isdigit() else None
 
 
 def buttons(generating: bool) -> tuple:
@@ -71,8 +90,10 @@ class ChatHandlers:
         seed: int,
         stop: str,
         request: gr.Request,
+        documents: str = NO_DOCUMENTS,
     ) -> Iterator[tuple]:
-        """Stream a reply to the conversation, which must end with the user's message."""
+        """Stream a reply to the conversation, which must end with the user's message; `documents`
+        is the chat's Documents choice (the core searches only libraries the member may use)."""
         self.chats.service.expect()  # before the checks: messages sent together are read together
         member = member_of(self.household, request)
         key = tab_key(member, request)
@@ -96,7 +117,10 @@ class ChatHandlers:
         try:
             turns = [*turns, Turn(role="assistant", content="", stats="")]
             yield render(turns), turns, *buttons(True)
-            updates = self.chats.reply(member, conversation_id, to_history(turns[:-1]), system_prompt, params, reply)
+            history = to_history(turns[:-1])
+            updates = self.chats.reply(
+                member, conversation_id, history, system_prompt, params, reply, choice_from(documents)
+            )
             yield from self._show(key, reply, turns, updates)
         finally:
             self.chats.replies.end(key, reply)
@@ -217,6 +241,31 @@ class ChatHandlers:
                 gr.Warning(f"Your edit was not saved. {exc}")
                 turns = [*turns, Turn(role="assistant", content="", stats=f"⚠ Your edit was not saved. {exc}")]
         return turns, render(turns)
+
+    # -- the chat's documents ------------------------------------------------------------------
+    def documents_choices(self, member: Member) -> list[tuple[str, str]]:
+        libraries = self.chats.service.libraries
+        if libraries is None:
+            return []
+        shown = [("No documents", NO_DOCUMENTS), ("All my documents", ALL_DOCUMENTS)]
+        return shown + [(f"📄 {lib.name}", str(lib.id)) for lib in libraries.visible(member)]
+
+    def documents_menu(self, conversation_id: str | None, request: gr.Request) -> gr.Dropdown:
+        """The Documents dropdown for this member and chat: the libraries they may use now, and the
+        chat's remembered choice (a library no longer theirs reads as none)."""
+        member = member_of(self.household, request)
+        choices = self.documents_choices(member)
+        value = choice_value(self.chats.libraries(member, conversation_id))
+        if value not in {v for _, v in choices}:
+            value = NO_DOCUMENTS
+        return gr.Dropdown(choices=choices, value=value, visible=bool(choices))
+
+    def choose_documents(self, value: str, conversation_id: str | None, request: gr.Request) -> None:
+        """Remember the choice with a saved chat (a new chat saves it with its first reply)."""
+        try:
+            self.chats.set_libraries(member_of(self.household, request), conversation_id, choice_from(value))
+        except StoreError:
+            pass  # deleted meanwhile: the next reply starts a new chat with the page's choice
 
     def new_chat(self, request: gr.Request) -> tuple:
         """-> turns, chat, current id, list selection, title, export links. A reply still being

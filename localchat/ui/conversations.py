@@ -13,7 +13,7 @@ import gradio as gr
 
 from localchat.household import Household
 from localchat.store import Member, NotFound, StoreError
-from localchat.ui.adapters import Turn, render
+from localchat.ui.adapters import render, to_turn
 from localchat.ui.members import member_of
 
 
@@ -62,7 +62,7 @@ class Conversations:
             gr.Warning(str(exc))
             return (gr.skip(),) * 5
         self.stop_reply(request, False)
-        turns = [Turn(role=m.role, content=m.content, stats=m.stats) for m in chat.messages if m.role != "system"]
+        turns = [to_turn(m) for m in chat.messages if m.role != "system"]
         return turns, render(turns), conversation_id, chat.title, export_links(conversation_id)
 
     def rename(self, conversation_id: str | None, title: str, search: str, request: gr.Request) -> gr.Radio:

@@ -27,6 +27,8 @@ CSS = """
 .lc-status { font-size: 0.85em; opacity: 0.85; }
 .lc-status p { margin: 0; }
 #lc-input textarea { font-size: 16px; }  /* 16px stops iOS zooming into the field */
+#lc-documents-row { gap: 8px; }
+#lc-documents input { font-size: 16px; }
 footer { display: none !important; }
 #lc-conversations .wrap { flex-direction: column; gap: 2px; }
 #lc-conversations label { width: 100%; box-sizing: border-box; border: 0; background: transparent; }
@@ -203,6 +205,21 @@ def build(ui: ChatUI) -> gr.Blocks:
                 latex_delimiters=latex_config(),  # exactly the ones safe_markdown leaves to the renderer
                 elem_id="lc-chat",
             )
+            with gr.Row(elem_id="lc-documents-row"):  # which documents this chat answers from; above the box
+                documents = gr.Dropdown(
+                    # this member's libraries are added when the page loads (chat.documents_menu); an id is
+                    # checked by the core, not by the dropdown (another member's id finds nothing)
+                    [("No documents", "none"), ("All my documents", "all")],
+                    value="none",
+                    allow_custom_value=True,
+                    label="Answer from documents",
+                    show_label=False,
+                    container=False,
+                    scale=0,
+                    min_width=220,
+                    visible=ui.service.libraries is not None,
+                    elem_id="lc-documents",
+                )
             with gr.Row(equal_height=True):
                 box = gr.Textbox(
                     label="Message",  # read out by screen readers; not shown
@@ -228,7 +245,7 @@ def build(ui: ChatUI) -> gr.Blocks:
             **_hidden,
         }
 
-        reply_in = [turns, current, system, *sliders]
+        reply_in = [turns, current, system, *sliders, documents]
         reply_out = [chatbot, turns, send, stop]
         add_in, add_out = [box, turns, current, incognito], [box, turns, chatbot, current, listing]
         # Send and Enter run the same two steps; only Send's are named for gradio_client users.
@@ -240,10 +257,16 @@ def build(ui: ChatUI) -> gr.Blocks:
         chatbot.undo(ui.chat.undo, [turns, current], [turns, chatbot, box], queue=False, **_hidden)
         chatbot.edit(ui.chat.edit, [turns, current], [turns, chatbot], queue=False, **_hidden).then(**go, **_hidden)
         fresh = [turns, chatbot, current, listing, title, links]
-        chatbot.clear(ui.chat.new_chat, None, fresh, queue=False, api_name="clear")
-        new_chat.click(ui.chat.new_chat, None, fresh, queue=False, **_hidden)
-        incognito.change(ui.chat.new_chat, None, fresh, queue=False, **_hidden)
-        new_chat_side.click(ui.chat.new_chat, None, fresh, queue=False, **_hidden).then(**close_if_narrow)
+        # The Documents choice belongs to the chat: a new chat starts with none, an opened one shows its own.
+        documents_menu = {"fn": ui.chat.documents_menu, "inputs": [current], "outputs": [documents], "queue": False}
+        chatbot.clear(ui.chat.new_chat, None, fresh, queue=False, api_name="clear").then(**documents_menu, **_hidden)
+        new_chat.click(ui.chat.new_chat, None, fresh, queue=False, **_hidden).then(**documents_menu, **_hidden)
+        incognito.change(ui.chat.new_chat, None, fresh, queue=False, **_hidden).then(**documents_menu, **_hidden)
+        new_chat_side.click(ui.chat.new_chat, None, fresh, queue=False, **_hidden).then(**close_if_narrow).then(
+            **documents_menu, **_hidden
+        )
+        documents.input(ui.chat.choose_documents, [documents, current], None, queue=False, **_hidden)
+        demo.load(**documents_menu, **_hidden)
 
         c = ui.conversations
         listing.input(
@@ -252,7 +275,7 @@ def build(ui: ChatUI) -> gr.Blocks:
             [turns, chatbot, current, title, links],
             queue=False,
             api_name="open_conversation",
-        ).then(**close_if_narrow)
+        ).then(**close_if_narrow).then(**documents_menu, **_hidden)
         search.change(c.search, [search, current], [listing], queue=False, **_hidden)
         rename.click(c.rename, [current, title, search], [listing], queue=False, api_name="rename_conversation")
         delete.click(
