@@ -52,13 +52,10 @@ def test_formats_store_fewer_bytes_than_float32() -> None:
     assert size(Int4Linear(layer)) < fp32 // 6
 
 
-def test_convert_swaps_a_models_linear_layers_and_it_still_generates(tmp_path) -> None:
+def test_convert_swaps_a_models_linear_layers_and_it_still_generates(tiny_model) -> None:
     from transformers import AutoModelForCausalLM
 
-    from tests.conftest import build_tiny_model
-
-    folder = build_tiny_model(tmp_path / "tiny")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.inference_mode():
         want = model(ids).logits
@@ -83,12 +80,11 @@ def test_choose_measures_only_the_allowed_formats_and_keeps_float32_unless_clear
     assert "measured at load" in choice.note()
 
 
-def test_auto_on_cpu_loads_through_the_format_choice(tmp_path, monkeypatch) -> None:
+def test_auto_on_cpu_loads_through_the_format_choice(tiny_model, tmp_path, monkeypatch) -> None:
     from localchat.engine.loading import load_model
     from localchat.types import LoadOptions
-    from tests.conftest import build_tiny_model
 
-    folder = build_tiny_model(tmp_path / "tiny")
+    folder = tiny_model
     picked = []
 
     def fake_choose(model, allowed=formats.EQUAL_QUALITY):
