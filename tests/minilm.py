@@ -40,8 +40,13 @@ class MiniLM:
         batch = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
-        with torch.inference_mode():
-            hidden = self.model(**batch).last_hidden_state
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # small batches: one thread is ~10x faster on a busy 2-core machine
+        try:
+            with torch.inference_mode():
+                hidden = self.model(**batch).last_hidden_state
+        finally:
+            torch.set_num_threads(threads)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1).tolist()
