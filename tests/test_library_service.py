@@ -255,3 +255,16 @@ def test_indexing_waits_while_a_reply_is_being_written(tmp_path: Path) -> None:
     finally:
         libs.close()
         store.close()
+
+
+def test_removing_a_member_removes_their_library_passages_and_files(home, tmp_path: Path) -> None:
+    store, libs, p = home
+    lib = libs.visible(p["b"])[0]
+    libs.add_file(p["b"], lib.id, "b.txt", _file(tmp_path, "b.txt", "Bob keeps the spare key in the blue folder."))
+    assert libs.wait_idle(30) and (libs.root / str(lib.id)).is_dir()
+    store.remove_member(p["b"].id)
+    assert store.db.query_one("SELECT count(*) FROM chunks")[0] == 0
+    assert store.db.query_one("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH 'spare'")[0] == 0
+    libs.close()
+    libs.start()  # the next start clears the files
+    assert not (libs.root / str(lib.id)).exists()

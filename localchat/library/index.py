@@ -59,6 +59,7 @@ class Index:
         self.db = db
         self._lock = threading.Lock()
         self._matrices: dict[int, _Matrix] = {}
+        self._changes = 0  # bumped by every invalidate: a matrix read across a change is not kept
 
     # -- writing ----------------------------------------------------------------------------------
     def replace(self, conn: sqlite3.Connection, library_id: int, document_id: int, chunks, vectors) -> None:
@@ -77,6 +78,7 @@ class Index:
     def invalidate(self, library_id: int) -> None:
         with self._lock:
             self._matrices.pop(library_id, None)
+            self._changes += 1
 
     # -- searching --------------------------------------------------------------------------------
     def bm25(self, library_ids: Sequence[int], query: str, n: int = CANDIDATES) -> list[int]:
@@ -95,6 +97,7 @@ class Index:
         with self._lock:
             if (found := self._matrices.get(library_id)) is not None:
                 return found
+            changes = self._changes
         rows = self.db.query(
             "SELECT id, vector FROM chunks WHERE library_id = ? AND vector IS NOT NULL ORDER BY id", (library_id,)
         )
@@ -102,7 +105,8 @@ class Index:
         vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
         matrix = _Matrix(ids, vectors.reshape(len(rows), -1) if len(rows) else np.zeros((0, 1), np.float32))
         with self._lock:
-            self._matrices[library_id] = matrix
+            if self._changes == changes:
+                self._matrices[library_id] = matrix
         return matrix
 
     def nearest(self, library_ids: Sequence[int], vector: Sequence[float], n: int = CANDIDATES) -> list[int]:

@@ -89,6 +89,7 @@ class Indexer:
     def start(self) -> None:
         if self._thread is not None:
             return
+        self._stop.clear()
         self.db.execute("UPDATE documents SET status = 'queued' WHERE status = 'indexing'")  # a crash's leftovers
         for row in self.db.query("SELECT library_id, count(*) FROM documents WHERE status = 'queued' GROUP BY 1"):
             self.rounds.queued(row[0], row[1])

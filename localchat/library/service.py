@@ -76,6 +76,12 @@ class Libraries:
         self._adding = threading.Lock()  # the quota check, the copy and the insert as one step
 
     def start(self) -> None:
+        """Start the indexer (and folder scans); first drop the files of libraries that are gone (a removed member's)."""
+        if self.root.is_dir():
+            known = {str(r[0]) for r in self.db.query("SELECT id FROM libraries")}
+            for folder in self.root.iterdir():
+                if folder.is_dir() and folder.name.isdigit() and folder.name not in known:
+                    shutil.rmtree(folder, ignore_errors=True)
         self.indexer.start()
 
     def close(self) -> None:
