@@ -247,11 +247,12 @@ def test_indexing_waits_while_a_reply_is_being_written(tmp_path: Path) -> None:
         libs.add_file(ann, lib.id, "n.txt", _file(tmp_path, "n.txt", "Swimming is on Mondays."))
         assert not libs.wait_idle(0.5)  # held back while busy
         assert embedder.calls == 0
-        assert libs.progress(ann, lib.id).current == "n.txt"
+        held = libs.progress(ann, lib.id)
+        assert held.current == "n.txt" and (held.done, held.total, held.fraction) == (0, 1, 0.0)
         replying.clear()
         assert libs.wait_idle(30)
         assert embedder.calls >= 1 and libs.documents(ann, lib.id)[0].status == "ready"
-        assert libs.progress(ann, lib.id).finished
+        assert libs.progress(ann, lib.id).finished and libs.progress(ann, lib.id).fraction == 1.0
     finally:
         libs.close()
         store.close()
@@ -268,3 +269,29 @@ def test_removing_a_member_removes_their_library_passages_and_files(home, tmp_pa
     libs.close()
     libs.start()  # the next start clears the files
     assert not (libs.root / str(lib.id)).exists()
+
+
+def test_progress_moves_within_a_long_file(tmp_path: Path) -> None:
+    store = Store(tmp_path / "history.db")
+    ann = store.add_member("Ann", None)
+    seen: list[float] = []
+
+    class Watching(HashEmbedder):
+        def embed(self, texts):
+            seen.append(libs.progress(ann, lib.id).fraction)
+            return super().embed(texts)
+
+    libs = Libraries(store.db, tmp_path, Watching(), scan_every=3600)
+    lib = libs.visible(ann)[0]
+    pages = [
+        [f"Page {p} line {i} about the kettle and the boiler and the garden." for i in range(40)] for p in range(8)
+    ]
+    libs.add_file(ann, lib.id, "long.pdf", write_pdf(tmp_path / "long.pdf", pages))
+    libs.start()
+    try:
+        assert libs.wait_idle(30)
+        assert len(seen) >= 2 and seen[0] == 0.0 and 0.0 < seen[-1] < 1.0 and seen == sorted(seen)
+        assert libs.progress(ann, lib.id).fraction == 1.0
+    finally:
+        libs.close()
+        store.close()

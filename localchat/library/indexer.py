@@ -44,16 +44,28 @@ class Rounds:
                 now = IndexProgress(library_id, 0, 0)
             self._rounds[library_id] = replace(now, total=now.total + count)
 
+    def reset(self, library_id: int, queued: int) -> None:
+        """At start: a round of exactly what is queued (whatever was counted before)."""
+        with self._lock:
+            self._rounds[library_id] = IndexProgress(library_id, 0, queued)
+
     def started(self, library_id: int, name: str) -> None:
         with self._lock:
             if (now := self._rounds.get(library_id)) is not None:
-                self._rounds[library_id] = replace(now, current=name)
+                self._rounds[library_id] = replace(now, current=name, current_fraction=0.0)
+
+    def step(self, library_id: int, fraction: float) -> None:
+        with self._lock:
+            if (now := self._rounds.get(library_id)) is not None:
+                self._rounds[library_id] = replace(now, current_fraction=fraction)
 
     def finished(self, library_id: int, error: str = "") -> None:
         with self._lock:
             if (now := self._rounds.get(library_id)) is not None:
                 errors = now.errors + ((f"{now.current}: {error}",) if error else ())
-                self._rounds[library_id] = replace(now, done=now.done + 1, current="", errors=errors)
+                self._rounds[library_id] = replace(
+                    now, done=now.done + 1, current="", errors=errors, current_fraction=0.0
+                )
 
     def dropped(self, library_id: int) -> None:
         """A queued file was deleted before it was indexed."""
@@ -92,7 +104,7 @@ class Indexer:
         self._stop.clear()
         self.db.execute("UPDATE documents SET status = 'queued' WHERE status = 'indexing'")  # a crash's leftovers
         for row in self.db.query("SELECT library_id, count(*) FROM documents WHERE status = 'queued' GROUP BY 1"):
-            self.rounds.queued(row[0], row[1])
+            self.rounds.reset(row[0], row[1])
         self._thread = threading.Thread(target=self._run, name="library-indexer", daemon=True)
         self._thread.start()
 
@@ -156,6 +168,7 @@ class Indexer:
                 if self._stop.is_set():
                     return  # left 'indexing': queued again at the next start
                 vectors += self.embedder.embed([embedding_text(c) for c in chunks[start : start + BATCH]])
+                self.rounds.step(library, len(vectors) / len(chunks))
             if len(vectors) != len(chunks):
                 raise LibraryError(f"the embedding model answered {len(vectors)} vectors for {len(chunks)} passages")
         except Exception as exc:  # noqa: BLE001  (a parser or the embedder: this file fails, the rest go on)
