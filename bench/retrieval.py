@@ -6,6 +6,11 @@
   scale    search latency with 100k chunks x 384 dims in one library (random unit vectors, random
            words for FTS): hybrid search median over 20 queries, and the exact numpy product alone.
 Run: python bench/retrieval.py [quality|pages|scale|all] [--pages 1000] [--chunks 100000]
+Measured on the 2-core dev box while other jobs ran (load average 6-11):
+  quality  recall@5 hybrid 0.985, BM25 0.956, vector 0.985 (recall@1 0.941 / 0.838 / 0.941)
+  pages    1,000 pages (3.4 MB) -> 4,000 chunks in 450 s (parse + chunk 5.5 s, the rest embedding with
+           one torch thread); peak RSS 826 MB (376 MB of it torch + the model after loading)
+  scale    exact numpy product 23 ms; hybrid search 79 ms median; the matrix loads in 1.0 s; RSS 377 MB
 """
 
 from __future__ import annotations
