@@ -85,6 +85,12 @@ class IndexProgress:
     total: int  # files queued or indexing or finished in this round
     current: str = ""  # the file being indexed now
     errors: tuple[str, ...] = field(default_factory=tuple)  # "name: why" for files that failed
+    current_fraction: float = 0.0  # how far into the current file (its passages embedded), 0..1
+
+    @property
+    def fraction(self) -> float:
+        """Overall, for the bar: finished files plus the part of the current one."""
+        return 1.0 if self.total <= 0 else min(1.0, (self.done + self.current_fraction) / self.total)
 
     @property
     def finished(self) -> bool:

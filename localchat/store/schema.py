@@ -103,11 +103,12 @@ MIGRATIONS: list[str] = [
         size_bytes INTEGER NOT NULL,
         sha256 TEXT NOT NULL,
         mtime REAL NOT NULL DEFAULT 0,
+        in_place INTEGER NOT NULL DEFAULT 0,
         status TEXT NOT NULL CHECK (status IN ('queued', 'indexing', 'ready', 'failed')),
         error TEXT NOT NULL DEFAULT '',
         added_at REAL NOT NULL
     );
-    CREATE INDEX documents_library ON documents(library_id);
+    CREATE INDEX documents_library ON documents(library_id, status);
     CREATE TABLE chunks (
         id INTEGER PRIMARY KEY,
         document_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
