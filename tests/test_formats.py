@@ -92,6 +92,7 @@ def test_auto_on_cpu_loads_through_the_format_choice(tiny_model, tmp_path, monke
         return formats.Choice("bf16", {"fp32": 2.0, "bf16": 1.0})
 
     monkeypatch.setattr(formats, "choose", fake_choose)
+    monkeypatch.setattr(formats, "MEASURED_FROM", 0)  # the tiny model stands in for a 1B+ one
     loaded = load_model(LoadOptions(model=str(folder), device="cpu"), tmp_path / "cache")
     assert picked == [formats.EQUAL_QUALITY]
     assert any(isinstance(m, BF16Linear) for m in loaded.model.modules())
@@ -99,3 +100,6 @@ def test_auto_on_cpu_loads_through_the_format_choice(tiny_model, tmp_path, monke
     explicit = load_model(LoadOptions(model=str(folder), device="cpu", dtype="float32"), tmp_path / "cache")
     assert len(picked) == 1  # a dtype asked for by name is kept as asked
     assert not any(isinstance(m, formats.WeightOnlyLinear) for m in explicit.model.modules())
+    monkeypatch.setattr(formats, "MEASURED_FROM", 2**30)
+    small = load_model(LoadOptions(model=str(folder), device="cpu"), tmp_path / "cache")
+    assert len(picked) == 1 and "format" not in small.info.extra  # small models keep float32 unmeasured

@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 DECODE_ROWS = 16  # up to this many rows (replies in a batch) use the format's own kernel
 INT4_GROUP = 32  # weights sharing a scale and zero (llama.cpp's Q4 blocks are 32 too)
 MIN_GAIN = 1.15  # leave float32 only when another format decodes clearly faster
-EQUAL_QUALITY = ("fp32", "bf16")  # weight rounding to bf16 moves greedy text by far less than int8
+EQUAL_QUALITY = ("fp32", "bf16")
+# Below this many bytes of float32 linear weights (~0.25B parameters) a decode step is mostly Python
+# and kernel overhead, and float32 with narrow products measured fastest (SmolLM2-135M: 36.7 tok/s).
+MEASURED_FROM = 2**30  # weight rounding to bf16 moves greedy text by far less than int8
 
 
 class WeightOnlyLinear(nn.Module):
@@ -226,6 +229,8 @@ def choose(model: nn.Module, allowed: Sequence[str] = EQUAL_QUALITY) -> Choice |
 
 def use_fastest_format(model: nn.Module, allowed: Sequence[str] = EQUAL_QUALITY) -> str | None:
     """Convert the model to the fastest allowed format measured here; a line for its details."""
+    if sum(m.weight.nbytes for m in model.modules() if eligible(m)) < MEASURED_FROM:
+        return None
     choice = choose(model, allowed)
     if choice is None:
         return None
