@@ -46,17 +46,13 @@ class App:
     libraries: LibraryService | None = None
 
 
-def real_libraries(settings: Settings, household: Household, backend: Backend) -> LibraryService | None:
+def real_libraries(settings: Settings, household: Household, backend: Backend) -> LibraryService:
     """The household's document libraries in the data dir, embedded by the engine, indexing only while
-    no reply is being written. MERGE: the ImportError fallback is for branches without
-    localchat.library.service (libdata's); remove it once that is merged."""
-    try:
-        from localchat.library.service import Libraries
-    except ImportError:
-        log.warning("document libraries are not available in this build")
-        return None
+    no reply is being written."""
+    from localchat.library.service import Libraries
+
     busy = lambda: backend.activity().get("generating", 0) > 0  # noqa: E731 - one expression
-    return Libraries(household.store.db, settings.data, backend, busy)  # type: ignore[arg-type] - embed: libengine
+    return Libraries(household.store.db, settings.data, backend, busy)
 
 
 def _running(libraries: LibraryService | None) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
@@ -64,14 +60,13 @@ def _running(libraries: LibraryService | None) -> Callable[[FastAPI], AbstractAs
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        start, close = getattr(libraries, "start", None), getattr(libraries, "close", None)
-        if start is not None:
-            start()
+        if libraries is not None:
+            libraries.start()
         try:
             yield
         finally:
-            if close is not None:
-                close()
+            if libraries is not None:
+                libraries.close()
 
     return lifespan
 
@@ -124,7 +119,7 @@ def build_app(
 
     web.install(api, household, settings.extra_hosts, libraries)  # before the UI's mount at "/" so its routes win
     openai_api.install(api, service, household)
-    ui = ChatUI(service, settings, household)
+    ui = ChatUI(service, settings, household, libraries=libraries)
     api.include_router(document_routes(household, lambda: ui.libraries, settings.data / "tmp" / "uploads"))
     demo = ui.build()
     demo.queue(default_concurrency_limit=None)

@@ -212,3 +212,9 @@ class FakeLibraries:
             raise LibraryError("Only a household admin can do that")
         with self._lock:
             self._quotas[member_id] = limit_bytes
+
+    def start(self) -> None:  # indexing is simulated by _advance at each look
+        pass
+
+    def close(self) -> None:
+        pass
