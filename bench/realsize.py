@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 import localchat  # noqa: E402,F401 - offline/privacy switches first
 
 # isort: split
+from llamacpp import SOURCE_ENV, available  # noqa: E402
 from shapes import DEFAULT_CACHE, resolve  # noqa: E402
 from streaming import CONFIGS, median, plain_load  # noqa: E402
 
@@ -39,6 +41,7 @@ TEXT = (
 PROMPTS = (50, 1000)  # tokens: a short question, and a long paste or conversation
 COPY_BYTES = 1 << 30
 ALIASES = {"4-bit": "4-bit nf4", "4bit": "4-bit nf4", "8bit": "8-bit"}
+LLAMA = {"llama.cpp q8_0": "q8_0", "llama.cpp q4_k_m": "q4_k_m"}  # bench/llamacpp.py: the reference
 # localchat's CPU weight formats (engine/formats.py) on a plain fp32 load: generate is unchanged
 WEIGHT_FORMATS = {"w-bf16": "bf16", "w-int8": "int8", "w-int4": "int4"}
 
@@ -159,9 +162,25 @@ def engine(folder: Path, device: str, tokens: int, runs: int) -> dict[str, Any]:
         backend.close()
 
 
-def measure(kind: str, folder: Path, device: str, tokens: int, runs: int) -> dict[str, Any]:
+def llama(kind: str, folder: Path, source: Path, tokens: int, runs: int) -> dict[str, Any]:
+    """llama.cpp on the same model, converted and quantized once (bench/llamacpp.py)."""
+    from llamacpp import measure as time_llama
+    from llamacpp import quantized
+    from transformers import AutoTokenizer
+
+    gguf = quantized(folder, source, LLAMA[kind])
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    row = time_llama(gguf, [prompt_text(tokenizer, n) for n in PROMPTS], tokens, runs)
+    import psutil
+
+    return {**row, "rss": psutil.Process().memory_info().rss}
+
+
+def measure(kind: str, folder: Path, device: str, tokens: int, runs: int, source: Path) -> dict[str, Any]:
     if kind == "bandwidth":
         return bandwidth(device)
+    if kind in LLAMA:
+        return llama(kind, folder, source, tokens, runs)
     if kind == "engine":
         return engine(folder, device, tokens, runs)
     return plain(folder, kind, device, tokens, runs)
@@ -169,7 +188,7 @@ def measure(kind: str, folder: Path, device: str, tokens: int, runs: int) -> dic
 
 def in_fresh_process(kind: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--measure", kind, "--model", str(folder), "--device", args.device,
-           "--tokens", str(args.tokens), "--runs", str(args.runs)]  # fmt: skip
+           "--tokens", str(args.tokens), "--runs", str(args.runs), "--llama-src", str(args.llama_src)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
@@ -212,6 +231,14 @@ def report(rows: dict[str, dict[str, Any]], speed: float, cpu: str, args: argpar
             cells += ["-", "-"]
         cells += [f"{row['weight_bytes'] / gb:.2f}", f"{ceiling:.1f}", f"{row['tok_s'] / ceiling:.2f}"]
         print(f"{label:<26}" + "".join(f"{c:>10}" for c in cells))
+    engine_row = next((row for label, row in rows.items() if label.startswith("engine") and "error" not in row), None)
+    for kind in LLAMA:
+        ref = rows.get(kind)
+        if engine_row is None or ref is None or "error" in ref:
+            continue
+        print(f"localchat engine / {kind}: decode {engine_row['tok_s'] / ref['tok_s']:.2f}x, "
+              f"ttft 50 {engine_row['ttft'][0] / ref['ttft'][0]:.2f}x, ttft 1000 {engine_row['ttft'][1] / ref['ttft'][1]:.2f}x "
+              f"(time: lower is better), RSS {engine_row['rss'] / ref['weight_bytes']:.2f}x the {kind} file")  # fmt: skip
     print("(ttft: seconds to the first token of a 50- / 1,000-token prompt; tok/s: decode after the first token;")
     print(" ceiling: bandwidth / bytes of weights read per token, KV cache not counted; RSS after the runs)")
 
@@ -223,12 +250,18 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where shapes are built (once)")
-    ap.add_argument("--only", nargs="+", choices=[*CONFIGS, *WEIGHT_FORMATS, "engine"], type=lambda s: ALIASES.get(s, s),
+    ap.add_argument("--only", nargs="+", choices=[*CONFIGS, *WEIGHT_FORMATS, "engine", *LLAMA], type=lambda s: ALIASES.get(s, s),
                     help="measure only these paths (4-bit: 4-bit nf4)")  # fmt: skip
+    ap.add_argument(
+        "--llama-src",
+        type=Path,
+        default=Path(os.environ.get(SOURCE_ENV, ".")),
+        help="llama.cpp's source (for its converter), for the llama.cpp rows; see bench/llamacpp.py",
+    )
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, Path(args.model), args.device, args.tokens, args.runs)))
+        print(json.dumps(measure(args.measure, Path(args.model), args.device, args.tokens, args.runs, args.llama_src)))
         return
     folder = resolve(args.model, args.cache)
     for f in folder.glob("*.safetensors"):  # every load reads from the page cache, the first one too
@@ -240,11 +273,12 @@ def main() -> None:
         raise SystemExit(f"Measuring the memory bandwidth failed: {measured['error']}")
     speed = measured["bytes_per_s"]
     rows: dict[str, dict[str, Any]] = {}
-    for kind in args.only or [*CONFIGS, *WEIGHT_FORMATS, "engine"]:
+    reference = [] if available() else list(LLAMA)  # llama.cpp rows when the bench extra is installed
+    for kind in args.only or [*CONFIGS, *WEIGHT_FORMATS, "engine", *reference]:
         started = time.perf_counter()
         row = in_fresh_process(kind, args, folder)
         label = f"engine auto ({row['what']})" if kind == "engine" and "what" in row else kind
-        rows[label if kind == "engine" else f"generate {kind}"] = row
+        rows[label if kind == "engine" or kind in LLAMA else f"generate {kind}"] = row
         print(f"  {label}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     report(rows, speed, measured["cpu"], args, folder)
 

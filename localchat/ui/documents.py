@@ -225,7 +225,7 @@ class Documents:
         timer = gr.Timer(POLL_SECONDS, active=False)
         q = {"queue": False, "api_visibility": "private"}
         outputs = [quota, files, progress, shared, timer, delete]
-        refresh = {"fn": self.refresh, "inputs": [files], "outputs": outputs, **q}
+        refresh = {"fn": self.refresh, "inputs": [files], "outputs": outputs, "api_name": "documents_refresh", **q}
         drop.submit(**refresh)
         timer.tick(**refresh)
         delete.click(
@@ -234,6 +234,7 @@ class Documents:
             [result, *outputs],
             js="(id, c) => { if (id == null) return [id, c]; "
             "if (!confirm('Delete this file? The assistant will no longer use it.')) throw 'kept'; return [id, c]; }",
+            api_name="documents_delete",
             **q,
         )
         return refresh

@@ -208,11 +208,11 @@ class LibraryAdmin:
         q = {"queue": False, "api_visibility": "private"}
         listed = [drop, files, progress, timer]
         picked = [name, everyone, members, folder, save, existing, *listed]
-        picker.input(self.pick, [picker, files], picked, **q)
-        save.click(self.save, [picker, name, everyone, members, folder], [result, picker], **q).then(
-            self.pick, [picker, files], picked, **q
-        )
-        again = {"fn": self.files, "inputs": [picker, files], "outputs": listed, **q}
+        picker.input(self.pick, [picker, files], picked, **q, api_name="library_pick")
+        save.click(
+            self.save, [picker, name, everyone, members, folder], [result, picker], **q, api_name="library_save"
+        ).then(self.pick, [picker, files], picked, **q, api_name="library_pick")
+        again = {"fn": self.files, "inputs": [picker, files], "outputs": listed, "api_name": "library_files", **q}
         drop.submit(**again)
         timer.tick(**again)
         delete_file.click(
@@ -221,6 +221,7 @@ class LibraryAdmin:
             [result, *listed],
             js="(l, id) => { if (id == null) return [l, id]; "
             "if (!confirm('Delete this file from the household library?')) throw 'kept'; return [l, id]; }",
+            api_name="library_delete_file",
             **q,
         )
         delete_library.click(
@@ -228,8 +229,15 @@ class LibraryAdmin:
             [picker],
             [result, picker],
             js="(l) => { if (!confirm('Delete this library and all its files?')) throw 'kept'; return [l]; }",
+            api_name="library_delete",
             **q,
-        ).then(self.pick, [picker, files], picked, **q)
-        whose.input(self.show_quota, [whose], [usage, limit], **q)
-        set_limit.click(self.set_quota, [whose, limit], [usage], **q)
-        return {"fn": self.refresh, "inputs": None, "outputs": [picker, members, whose], **q}
+        ).then(self.pick, [picker, files], picked, **q, api_name="library_pick")
+        whose.input(self.show_quota, [whose], [usage, limit], **q, api_name="library_show_quota")
+        set_limit.click(self.set_quota, [whose, limit], [usage], **q, api_name="library_set_quota")
+        return {
+            "fn": self.refresh,
+            "inputs": None,
+            "outputs": [picker, members, whose],
+            "api_name": "library_refresh",
+            **q,
+        }
