@@ -11,8 +11,9 @@ A prompt (more than DECODE_ROWS rows) multiplies in float32 on weights widened f
 CPUs without native bf16 (AVX2, most AVX-512) compute bf16 and int products several times slower
 than float32 per row, which made a 1,000-token prompt 5x slower to read in bf16 (measured at 1.7B).
 Invariants: activations, norms, embeddings and the KV cache stay float32; only nn.Linear layers on
-the CPU change; `auto` takes only formats of equal quality (fp32, bf16 weights) unless the caller
-allows more, and only when a measurement at load says the format decodes clearly faster here.
+the CPU change; `auto` takes only formats of equal quality (fp32, bf16 and int8 weights: measured
+perplexity within 0.5%) unless the caller allows more, and only when a measurement at load says the
+format decodes clearly faster here; of formats equally fast (within 5%), the smallest.
 """
 
 from __future__ import annotations
@@ -33,10 +34,15 @@ log = logging.getLogger(__name__)
 DECODE_ROWS = 16  # up to this many rows (replies in a batch) use the format's own kernel
 INT4_GROUP = 32  # weights sharing a scale and zero (llama.cpp's Q4 blocks are 32 too)
 MIN_GAIN = 1.15  # leave float32 only when another format decodes clearly faster
-EQUAL_QUALITY = ("fp32", "bf16")
+# Perplexity of a fixed text on the bundled SmolLM2-135M (bench/quality.py), fp32 30.49: bf16 weights
+# 0.998x, int8 weights 0.996x (equal, within the rounding), int4 1.074x (a real loss): `auto` may
+# take bf16 and int8; int4 only when asked for.
+EQUAL_QUALITY = ("fp32", "bf16", "int8")
+BYTES_PER_WEIGHT = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
+TIE = 1.05  # formats within 5% of the fastest count as equally fast: the smallest of them wins
 # Below this many bytes of float32 linear weights (~0.25B parameters) a decode step is mostly Python
 # and kernel overhead, and float32 with narrow products measured fastest (SmolLM2-135M: 36.7 tok/s).
-MEASURED_FROM = 2**30  # weight rounding to bf16 moves greedy text by far less than int8
+MEASURED_FROM = 2**30
 
 
 class WeightOnlyLinear(nn.Module):
@@ -222,7 +228,8 @@ def choose(model: nn.Module, allowed: Sequence[str] = EQUAL_QUALITY) -> Choice |
     if not layers:
         return None
     seconds = measure(sample(layers), [f for f in FORMATS if f in allowed])
-    best = min(seconds, key=seconds.__getitem__)
+    fastest = min(seconds.values())
+    best = min((f for f, s in seconds.items() if s <= TIE * fastest), key=BYTES_PER_WEIGHT.__getitem__)
     fmt = best if seconds["fp32"] >= MIN_GAIN * seconds[best] else "fp32"
     return Choice(fmt, seconds)
 
