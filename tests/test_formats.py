@@ -106,3 +106,36 @@ def test_auto_on_cpu_loads_through_the_format_choice(tiny_model, tmp_path, monke
     monkeypatch.setattr(formats, "MEASURED_FROM", 2**30)
     small = load_model(LoadOptions(model=str(folder), device="cpu"), tmp_path / "cache")
     assert len(picked) == 1 and "format" not in small.info.extra  # small models keep float32 unmeasured
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_the_engine_answers_and_batches_in_a_weight_format(fmt, tiny_model, tmp_path, monkeypatch) -> None:
+    import threading
+
+    from localchat.engine.backend import TransformersBackend
+    from localchat.types import GenerationRequest, LoadOptions, SamplingParams
+
+    monkeypatch.setattr(formats, "MEASURED_FROM", 0)
+    monkeypatch.setattr(formats, "choose", lambda model, allowed=(): formats.Choice(fmt, {"fp32": 2.0, fmt: 1.0}))
+    if fmt == "int4":  # the tiny model's layers are narrower than real ones: let those torch can pack through
+        fits = staticmethod(lambda linear: linear.out_features % 16 == 0 and linear.in_features % 32 == 0)
+        monkeypatch.setattr(formats.Int4Linear, "fits", fits)
+    backend = TransformersBackend(tmp_path / "data")
+    try:
+        info = backend.load(LoadOptions(model=str(tiny_model), device="cpu"))
+        assert fmt in info.extra["format"]
+        params = SamplingParams(temperature=0, max_new_tokens=6)
+        replies: list = [None, None]
+
+        def ask(i: int) -> None:
+            chunks = list(backend.stream(GenerationRequest(prompt=f"hello {i}", params=params, owner=f"m{i}")))
+            replies[i] = chunks[-1].usage
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert all(u is not None and u.completion_tokens > 0 for u in replies), replies
+    finally:
+        backend.close()

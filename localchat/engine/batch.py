@@ -111,7 +111,8 @@ class Batch:
         self.max_size = max_size if batchable(model) else 1
         self.prefix = prefix
         self.device = model.get_input_embeddings().weight.device  # where the inputs go
-        self.out_device = model.get_output_embeddings().weight.device  # where the logits come out
+        out = model.get_output_embeddings()  # a CPU weight format keeps its weights as buffers
+        self.out_device = next(iter([*out.parameters(), *out.buffers()])).device  # where the logits come out
         self.eos = eos_ids(model, tokenizer)
         self.cache_kw = cache_argument(model)
         self.stops = FALLBACK_STOPS if uses_fallback(tokenizer) else ()
