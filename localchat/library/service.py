@@ -5,7 +5,8 @@ Invariants: every method taking a Member first resolves the libraries that membe
 private one; household ones listing them or everyone; every household one for an admin, who manages
 them) and answers NotFound for anything else, exactly as for an id that does not exist; uploaded files
 are copied to data_dir/libraries/<library id>/ (folders 0700, files 0600, names made from the content
-hash, so nothing a user types becomes a path); a quota is checked before anything is written.
+hash, so nothing a user types becomes a path); a quota is checked before anything is written; a
+household folder is never the data dir, inside it or around it.
 """
 
 from __future__ import annotations
