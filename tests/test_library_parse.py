@@ -4,12 +4,14 @@ real files written in the test, a real SQLite file for the FTS checks. No model 
 from __future__ import annotations
 
 import sqlite3
+import zipfile
 from pathlib import Path
 
 import pytest
 from library_files import write_docx, write_encrypted_pdf, write_epub, write_pdf
 
-from localchat.library.chunk import MAX_CHARS, OVERLAP_CHARS, chunk_section, chunk_sections
+from localchat.library import parse
+from localchat.library.chunk import MAX_CHARS, MAX_HEADING_CHARS, OVERLAP_CHARS, chunk_section, chunk_sections
 from localchat.library.index import fts_query, fuse
 from localchat.library.parse import Section, read
 from localchat.library.types import UnreadableFile
@@ -170,3 +172,71 @@ def test_fts_query_shape_and_fusion() -> None:
     fused = fuse([1, 2, 3], [3, 4])
     assert fused[0][0] == 3 and {i for i, _ in fused} == {1, 2, 3, 4}
     assert fused[0][1] == pytest.approx(1 / 63 + 1 / 61)
+
+
+def _declare_size(path: Path, member: str, size: int) -> Path:
+    """Rewrite the central directory so `member` claims `size` bytes unpacked (what a zip bomb declares)."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    while at != -1:
+        name_len = int.from_bytes(data[at + 28 : at + 30], "little")
+        if data[at + 46 : at + 46 + name_len].decode() == member:
+            data[at + 24 : at + 28] = size.to_bytes(4, "little")
+        at = data.find(b"PK\x01\x02", at + 4)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_an_archive_that_declares_too_much_is_refused_unopened(tmp_path: Path) -> None:
+    docx = write_docx(tmp_path / "bomb.docx", [("Normal", "Hello there.")])
+    assert read(docx)  # sound as written
+    with pytest.raises(UnreadableFile, match="unpacks to more than"):
+        read(_declare_size(docx, "word/document.xml", parse.UNPACKED_LIMIT + 1))
+    epub = write_epub(tmp_path / "bomb.epub", [("One", "First words.")])
+    with pytest.raises(UnreadableFile, match="unpacks to more than"):
+        read(_declare_size(epub, "OEBPS/text/ch01.xhtml", parse.UNPACKED_LIMIT + 1))
+
+
+def test_an_epub_spine_naming_one_part_many_times_reads_it_once(tmp_path: Path) -> None:
+    path = write_epub(tmp_path / "b.epub", [("One", "First words.")])
+    with zipfile.ZipFile(path) as book:
+        parts = {name: book.read(name) for name in book.namelist()}
+    opf = parts["OEBPS/content.opf"].decode()
+    parts["OEBPS/content.opf"] = opf.replace('<itemref idref="c0"/>', '<itemref idref="c0"/>' * 1000).encode()
+    with zipfile.ZipFile(path, "w") as book:
+        for name, data in parts.items():
+            book.writestr(name, data)
+    assert [s.text for s in read(path)] == ["First words."]
+
+
+def test_too_large_a_file_or_too_much_text_is_refused(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(parse, "MAX_TEXT_CHARS", 1000)
+    monkeypatch.setattr(parse, "_TEXT_BYTES", 4000)
+    monkeypatch.setattr(parse, "MAX_FILE_BYTES", 100_000)
+    fine = tmp_path / "fine.txt"
+    fine.write_text("word " * 150)
+    assert read(fine)
+    long = tmp_path / "long.md"
+    long.write_text("word " * 300)
+    with pytest.raises(UnreadableFile, match="too much text"):
+        read(long)
+    huge = tmp_path / "huge.txt"
+    huge.write_text("word " * 2000)  # over _TEXT_BYTES: not even read
+    with pytest.raises(UnreadableFile, match="too much text"):
+        read(huge)
+    pages = write_pdf(tmp_path / "p.pdf", [[f"Page {n} " + "words " * 60] for n in range(10)])
+    with pytest.raises(UnreadableFile, match="too much text"):
+        read(pages)
+    book = write_epub(tmp_path / "b.epub", [(f"Ch {n}", "words " * 60) for n in range(10)])
+    with pytest.raises(UnreadableFile, match="too much text"):
+        read(book)
+    big = tmp_path / "big.pdf"
+    big.write_bytes(b"%PDF-1.4\n" + b"0" * 100_000)
+    with pytest.raises(UnreadableFile, match="larger than"):
+        read(big)
+
+
+def test_a_heading_path_is_capped() -> None:
+    chunks = chunk_sections([Section(("Intro", "x" * 5000), None, "Some text.")])
+    assert len(chunks[0].heading) == MAX_HEADING_CHARS and chunks[0].heading.startswith("Intro › x")
+    assert chunks[0].heading.endswith("…") and chunks[0].text == "Some text."

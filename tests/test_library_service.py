@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -295,3 +296,139 @@ def test_progress_moves_within_a_long_file(tmp_path: Path) -> None:
     finally:
         libs.close()
         store.close()
+
+
+def test_a_removed_members_ids_and_cached_vectors_never_reach_another_member(home, tmp_path: Path) -> None:
+    store, libs, p = home
+    ann_lib = libs.visible(p["a"])[0]
+    bob_lib = libs.visible(p["b"])[0]  # the highest library id: SQLite would hand it out again
+    libs.add_file(p["b"], bob_lib.id, "b.txt", _file(tmp_path, "b.txt", "Bob hides the blue key in the shed."))
+    assert libs.wait_idle(30)
+    assert libs.search(p["b"], None, "blue key shed")  # Bob's vectors are cached now
+    store.remove_member(p["b"].id)
+    cy = store.add_member("Cy", None)
+    cy_lib = libs.visible(cy)[0]
+    assert cy_lib.id != bob_lib.id
+    libs.add_file(p["a"], ann_lib.id, "a.txt", _file(tmp_path, "a.txt", "Ann's blue key opens the safe in the shed."))
+    assert libs.wait_idle(30)
+    assert libs.search(cy, None, "blue key shed") == []
+    assert bob_lib.id not in libs.index._matrices  # the removed library's cache is gone
+    ann_chunk = libs.search(p["a"], None, "blue key")[0].chunk_id
+    assert libs.index.passages([(ann_chunk, 1.0)], [cy_lib.id]) == []  # a chunk id alone opens nothing
+
+
+def test_a_folder_library_never_reads_the_data_dir_or_follows_links(home, tmp_path: Path) -> None:
+    _, libs, p = home
+    secret = libs.visible(p["a"])[0]
+    libs.add_file(p["a"], secret.id, "s.txt", _file(tmp_path, "s.txt", "Ann's password is swordfish."))
+    assert libs.wait_idle(30)
+    for folder in (libs.root / str(secret.id), libs.root, libs.root.parent, tmp_path):
+        with pytest.raises(LibraryError, match="localchat's own data"):
+            libs.create_household(p["admin"], "Peek", folder=str(folder))
+    shared = libs.create_household(p["admin"], "Shared", folder="")
+    with pytest.raises(LibraryError, match="localchat's own data"):
+        libs.update_household(p["admin"], shared.id, folder=str(libs.root / str(secret.id)))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _file(outside, "diary.txt", "The diary says swordfish too.")
+    folder = tmp_path / "manuals"
+    folder.mkdir()
+    _file(folder, "oven.txt", "Bake bread at 200 degrees.")
+    (folder / "link.txt").symlink_to(libs.root / str(secret.id) / os.listdir(libs.root / str(secret.id))[0])
+    (folder / "linked").symlink_to(outside, target_is_directory=True)
+    lib = libs.create_household(p["admin"], "Manuals", folder=str(folder))
+    assert libs.wait_idle(30)
+    assert [d.name for d in libs.documents(p["admin"], lib.id)] == ["oven.txt"]
+    assert all("swordfish" not in x.text for x in libs.search(p["admin"], [lib.id], "swordfish password diary"))
+
+
+def test_the_indexer_outlives_its_own_errors_and_reports_unreadable_folders(tmp_path: Path, monkeypatch) -> None:
+    store = Store(tmp_path / "history.db")
+    admin = store.add_member("Ada", None, "admin")
+    folder = tmp_path / "manuals"
+    (folder / "locked").mkdir(parents=True)
+    _file(folder, "oven.txt", "Bake bread at 200 degrees.")
+    libs = Libraries(store.db, tmp_path / "data", HashEmbedder(), scan_every=3600)
+    real_scan_all, failures = libs.indexer._scan_all, []
+
+    def locked_once() -> None:  # e.g. "database is locked" while the scan reads the libraries
+        if not failures:
+            failures.append(1)
+            raise PermissionError("database is locked")
+        real_scan_all()
+
+    monkeypatch.setattr(libs.indexer, "_scan_all", locked_once)
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    libs.start()
+    try:
+        lib = libs.create_household(admin, "Manuals", folder=str(folder))
+        assert libs.wait_idle(30) and failures  # the loop failed once, and went on
+        assert [d.status for d in libs.documents(admin, lib.id)] == ["ready"]
+        assert any(e.startswith("locked: could not be read") for e in libs.progress(admin, lib.id).errors)
+    finally:
+        libs.close()
+        store.close()
+
+
+def test_files_of_a_removed_member_and_half_copies_go_without_a_restart(tmp_path: Path) -> None:
+    store = Store(tmp_path / "history.db")
+    bob = store.add_member("Bob", None)
+    libs = Libraries(store.db, tmp_path / "data", HashEmbedder(), scan_every=0.05)
+    lib = libs.visible(bob)[0]
+    libs.add_file(bob, lib.id, "b.txt", _file(tmp_path, "b.txt", "Bob keeps the spare key in the blue folder."))
+    half = libs.root / str(lib.id) / ".abc.txt.1.2.part"
+    half.write_bytes(b"half a file")
+    upload = tmp_path / "data" / "tmp" / "uploads" / "0123.part"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(b"half an upload")
+    libs.start()  # after a crash
+    try:
+        assert not half.exists() and not upload.exists()
+        assert libs.wait_idle(30)
+        store.remove_member(bob.id)
+        deadline = time.monotonic() + 30
+        while (libs.root / str(lib.id)).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not (libs.root / str(lib.id)).exists()  # the indexer's next pass swept it
+    finally:
+        libs.close()
+        store.close()
+
+
+def test_deleting_a_file_waits_for_an_add_in_progress(home, tmp_path: Path) -> None:
+    _, libs, p = home
+    lib = libs.visible(p["a"])[0]
+    doc = libs.add_file(p["a"], lib.id, "n.txt", _file(tmp_path, "n.txt", "Swimming is on Mondays."))
+    with libs._adding:  # an add of the same content is deduplicating onto this very row
+        deleting = threading.Thread(target=libs.delete_document, args=(p["a"], lib.id, doc.id))
+        deleting.start()
+        deleting.join(0.3)
+        assert deleting.is_alive()
+        assert [d.id for d in libs.documents(p["a"], lib.id)] == [doc.id]
+    deleting.join(30)
+    assert libs.documents(p["a"], lib.id) == []
+
+
+def test_an_empty_folder_that_had_files_is_an_unplugged_drive(home, tmp_path: Path) -> None:
+    _, libs, p = home
+    drive = tmp_path / "usb"
+    drive.mkdir()
+    _file(drive, "oven.txt", "Bake bread at 200 degrees.")
+    _file(drive, "boiler.txt", "Top the boiler up to 1.5 bar.")
+    lib = libs.create_household(p["admin"], "USB", folder=str(drive))
+    assert libs.wait_idle(30) and len(libs.documents(p["a"], lib.id)) == 2
+    for child in drive.iterdir():
+        child.unlink()  # unplugged: the mount point is an empty folder
+    libs.rescan(lib.id)
+    assert len(libs.documents(p["a"], lib.id)) == 2
+    assert any("is empty" in e for e in libs.progress(p["admin"], lib.id).errors)
+    _file(drive, "oven.txt", "Bake bread at 200 degrees.")  # back, with one file fewer
+    libs.rescan(lib.id)
+    assert [d.name for d in libs.documents(p["a"], lib.id)] == ["oven.txt"]

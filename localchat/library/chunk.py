@@ -17,6 +17,7 @@ from localchat.library.parse import Section
 
 MAX_CHARS = 900
 OVERLAP_CHARS = 200
+MAX_HEADING_CHARS = 200  # a heading path longer than this (a "heading" that is a whole paragraph) is cut
 _SENTENCE_END = re.compile(r"(?<=[.!?…。])\s+")
 
 
@@ -106,6 +107,8 @@ def chunk_sections(
     out: list[Chunk] = []
     for section in sections:
         heading = " › ".join(section.heading)
+        if len(heading) > MAX_HEADING_CHARS:  # it is embedded and shown with every chunk of the section
+            heading = heading[: MAX_HEADING_CHARS - 1].rstrip() + "…"
         for text in chunk_section(section, max_chars, overlap):
             out.append(Chunk(len(out), heading, section.page, text))
     return out

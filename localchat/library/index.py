@@ -3,7 +3,8 @@
 Owns the chunks table and chunks_fts. Invariants: user text reaches FTS5 only as quoted terms joined
 by OR (never as query syntax); a document's chunks are replaced in one transaction; each library's
 vectors are one float32 matrix in memory, loaded on first search and dropped whenever that library's
-chunks change; search answers only from the library ids it is given (access is the caller's job).
+chunks change, and dropped when that library is gone; search and passages answer only from the library
+ids they are given (access is the caller's job).
 Exact cosine search: 100k chunks x 384 dims is one matrix-vector product (~25 ms on 2 cores).
 """
 
@@ -80,6 +81,13 @@ class Index:
             self._matrices.pop(library_id, None)
             self._changes += 1
 
+    def retain(self, library_ids: Sequence[int]) -> None:
+        """Drop the cached vectors of every library not in `library_ids` (those that still exist)."""
+        keep = set(library_ids)
+        with self._lock:
+            for library_id in [i for i in self._matrices if i not in keep]:
+                del self._matrices[library_id]  # ids are never reused: a late-cached one is only memory
+
     # -- searching --------------------------------------------------------------------------------
     def bm25(self, library_ids: Sequence[int], query: str, n: int = CANDIDATES) -> list[int]:
         match = fts_query(query)
@@ -126,14 +134,16 @@ class Index:
         order = np.argsort(-all_scores, kind="stable")[:n]
         return [int(i) for i in all_ids[order]]
 
-    def passages(self, ranked: Sequence[tuple[int, float]]) -> list[Passage]:
-        if not ranked:
+    def passages(self, ranked: Sequence[tuple[int, float]], library_ids: Sequence[int]) -> list[Passage]:
+        """The ranked chunks that are (still) in one of `library_ids`, in rank order."""
+        if not ranked or not library_ids:
             return []
         marks = ",".join("?" * len(ranked))
+        libraries = ",".join("?" * len(library_ids))
         rows = self.db.query(
             "SELECT c.id, c.library_id, c.document_id, d.name, c.heading, c.page, c.text FROM chunks c "
-            f"JOIN documents d ON d.id = c.document_id WHERE c.id IN ({marks})",
-            [i for i, _ in ranked],
+            f"JOIN documents d ON d.id = c.document_id WHERE c.id IN ({marks}) AND c.library_id IN ({libraries})",
+            [*(i for i, _ in ranked), *library_ids],
         )
         by_id = {r[0]: r for r in rows}
         return [

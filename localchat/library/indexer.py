@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -22,12 +23,13 @@ from pathlib import Path
 from localchat.library.chunk import chunk_sections
 from localchat.library.index import Index, embedding_text
 from localchat.library.parse import read, supported
-from localchat.library.types import Embedder, IndexProgress, LibraryError
+from localchat.library.types import Embedder, IndexProgress, LibraryError, UnreadableFile
 from localchat.store.db import Database
 
 log = logging.getLogger(__name__)
 BATCH = 16
 SCAN_EVERY = 30.0
+BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0  # seconds between tries after the loop itself failed
 
 
 class Rounds:
@@ -67,6 +69,13 @@ class Rounds:
                     now, done=now.done + 1, current="", errors=errors, current_fraction=0.0
                 )
 
+    def problem(self, library_id: int, message: str) -> None:
+        """Something the admin must see that is not one file's failure (an unreadable folder); said once."""
+        with self._lock:
+            now = self._rounds.get(library_id) or IndexProgress(library_id, 0, 0)
+            if message not in now.errors:
+                self._rounds[library_id] = replace(now, errors=now.errors + (message,))
+
     def dropped(self, library_id: int) -> None:
         """A queued file was deleted before it was indexed."""
         with self._lock:
@@ -86,9 +95,10 @@ class Indexer:
         embedder: Embedder,
         busy: Callable[[], bool] = lambda: False,
         scan_every: float = SCAN_EVERY,
+        sweep: Callable[[], None] = lambda: None,
     ):
         self.db, self.index, self.embedder, self.busy = db, index, embedder, busy
-        self.scan_every = scan_every
+        self.scan_every, self.sweep = scan_every, sweep
         self.rounds = Rounds()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -129,26 +139,38 @@ class Indexer:
         return False
 
     def _run(self) -> None:
-        next_scan = 0.0
+        next_scan, pause = 0.0, 0.0
         while not self._stop.is_set():
-            if time.monotonic() >= next_scan:
-                self._scan_all()
-                next_scan = time.monotonic() + self.scan_every
-            row = self.db.query_one(
-                "SELECT id, library_id, name, path, size_bytes, mtime FROM documents "
-                "WHERE status = 'queued' ORDER BY id LIMIT 1"
-            )
-            if row is None:
-                self._wake.wait(max(0.0, next_scan - time.monotonic()))
-                self._wake.clear()
-                continue
-            self._working = True
             try:
-                self._index_one(row)
-            except Exception:  # noqa: BLE001  (the thread must outlive any one file)
-                log.exception("indexing document %s failed", row["id"])
-            finally:
-                self._working = False
+                next_scan = self._step(next_scan)
+                pause = 0.0
+            except Exception:  # noqa: BLE001  (a locked or full database, a bug: the thread must outlive it)
+                pause = min(BACKOFF_MAX, max(BACKOFF_MIN, pause * 2))
+                log.exception("the library indexer failed; trying again in %.0f s", pause)
+                self._stop.wait(pause)
+
+    def _step(self, next_scan: float) -> float:
+        """One turn of the loop: a due folder scan, then one queued document (or a wait); the next scan time."""
+        if time.monotonic() >= next_scan:
+            next_scan = time.monotonic() + self.scan_every  # an error below waits for the next turn, not a spin
+            self.sweep()
+            self._scan_all()
+        row = self.db.query_one(
+            "SELECT id, library_id, name, path, size_bytes, mtime, in_place FROM documents "
+            "WHERE status = 'queued' ORDER BY id LIMIT 1"
+        )
+        if row is None:
+            self._wake.wait(max(0.0, next_scan - time.monotonic()))
+            self._wake.clear()
+            return next_scan
+        self._working = True
+        try:
+            self._index_one(row)
+        except Exception:  # noqa: BLE001  (the thread must outlive any one file)
+            log.exception("indexing document %s failed", row["id"])
+        finally:
+            self._working = False
+        return next_scan
 
     # -- one document -------------------------------------------------------------------------------
     def _index_one(self, row) -> None:
@@ -160,6 +182,8 @@ class Indexer:
             return
         self.rounds.started(library, row["name"])
         try:
+            if row["in_place"]:
+                self._check_in_place(library, row["path"])
             chunks = chunk_sections(read(Path(row["path"]), row["name"]))
             vectors: list[list[float]] = []
             for start in range(0, len(chunks), BATCH):
@@ -188,22 +212,35 @@ class Indexer:
                 conn.execute("UPDATE documents SET status = 'ready' WHERE id = ?", (doc,))
         self.rounds.finished(library)
 
+    def _check_in_place(self, library_id: int, path: str) -> None:
+        """A folder file is read only while it really lies in the folder (not a link put there since the scan)."""
+        row = self.db.query_one("SELECT folder FROM libraries WHERE id = ?", (library_id,))
+        if row is None or not row[0] or os.path.islink(path) or not _inside(path, row[0]):
+            raise UnreadableFile("it is a link to a file outside the library's folder")
+
     # -- folders ------------------------------------------------------------------------------------
     def _scan_all(self) -> None:
         for row in self.db.query("SELECT id FROM libraries WHERE owner_id IS NULL AND folder != ''"):
-            self.scan(row[0])
+            try:
+                self.scan(row[0])
+            except Exception as exc:  # noqa: BLE001  (one folder's trouble must not stop the others)
+                log.exception("scanning the folder of library %s failed", row[0])
+                self.rounds.problem(row[0], f"the folder could not be read ({_one_line(exc)})")
         self._scanned = True
 
     def scan(self, library_id: int) -> None:
         """Bring a folder library's documents in step with its folder: new files queued, changed ones
-        (size or mtime) queued again, removed ones dropped. A folder that is not there (an unplugged
-        drive) changes nothing."""
+        (size or mtime) queued again, removed ones dropped. A folder that is not there, or is empty
+        while it had files (an unplugged drive, its mount point), changes nothing."""
         with self._scan_lock:
             row = self.db.query_one("SELECT folder FROM libraries WHERE id = ? AND owner_id IS NULL", (library_id,))
             if row is None or not row[0] or not Path(row[0]).is_dir():
                 return
             folder = Path(row[0])
-            found = dict(_walk(folder))
+            unreadable: list[str] = []
+            found = dict(_walk(folder, unreadable.append))
+            for problem in unreadable:
+                self.rounds.problem(library_id, problem)
             known = {
                 r["path"]: r
                 for r in self.db.query(
@@ -211,6 +248,9 @@ class Indexer:
                     (library_id,),
                 )
             }
+            if known and not found and not any(folder.iterdir()):
+                self.rounds.problem(library_id, f"{folder} is empty (is its drive plugged in?): its files are kept")
+                return  # an unplugged drive's empty mount point: not every file removed
             queued = 0
             with self.db.transaction() as conn:
                 for path, (size, mtime) in found.items():
@@ -240,16 +280,35 @@ class Indexer:
                 self._wake.set()
 
 
-def _walk(folder: Path):
-    """(path, (size, mtime)) of every readable file under `folder`, skipping hidden files and folders."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _inside(path: str, folder: str) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, top]) == top
+
+
+def _walk(folder: Path, unreadable: Callable[[str], None] = lambda _: None):
+    """(path, (size, mtime)) of every regular file under `folder`, skipping hidden files and folders and
+    links (a link could lead out of the folder, to anything the server can read); a subfolder that
+    cannot be read is reported to `unreadable`, one line each."""
+    top = str(folder)
+
+    def failed(exc: OSError) -> None:
+        where = os.path.relpath(exc.filename, top) if exc.filename else "."
+        unreadable(f"{top if where == '.' else where}: could not be read ({exc.strerror or exc})")
+
+    for root, dirs, files in os.walk(folder, onerror=failed):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not os.path.islink(os.path.join(root, d)))
         for name in sorted(files):
             if name.startswith(".") or not supported(name):
                 continue
             path = os.path.join(root, name)
             try:
-                stat = os.stat(path)
-            except OSError:
+                info = os.lstat(path)
+            except OSError as exc:
+                failed(exc)
                 continue
-            yield path, (stat.st_size, stat.st_mtime)
+            if stat.S_ISREG(info.st_mode):
+                yield path, (info.st_size, info.st_mtime)

@@ -1,8 +1,11 @@
 """Reading a file into sections: its text with where it sits (heading path, page).
 
-Owns the formats a library accepts. Invariant: `read(path)` returns at least one section with text or
-raises UnreadableFile with one line a person can act on; a file is only ever read, never executed or
-written, and an archive (DOCX, EPUB) is never unpacked beyond READ_LIMIT bytes per member.
+Owns the formats a library accepts and the limits on reading one file. Invariant: `read(path)` returns
+at least one section with text (MAX_TEXT_CHARS at most) or raises UnreadableFile with one line a person
+can act on; a file is only ever read, never executed or written; no file over MAX_FILE_BYTES is read; an
+archive (DOCX, EPUB) is opened only when its members' declared sizes add up to UNPACKED_LIMIT at most
+(zipfile never inflates a member past its declared size), and an EPUB reads at most READ_LIMIT per part
+and UNPACKED_LIMIT in all.
 """
 
 from __future__ import annotations
@@ -30,7 +33,12 @@ FORMATS = {
     ".xhtml": "HTML",
     ".epub": "EPUB",
 }
+MAX_FILE_BYTES = 256 * 1024 * 1024  # one file, as uploaded or found in a folder
+MAX_TEXT_CHARS = 32_000_000  # text taken from one file (~8M tokens to embed): more is refused, not cut
 READ_LIMIT = 64 * 1024 * 1024  # bytes read from one archive member (a zip bomb stops here)
+UNPACKED_LIMIT = 512 * 1024 * 1024  # an archive's members, declared sizes added up
+_TEXT_BYTES = 4 * MAX_TEXT_CHARS  # a text file larger than this cannot decode to MAX_TEXT_CHARS or fewer
+TOO_MUCH_TEXT = f"too much text (a library takes at most {MAX_TEXT_CHARS // 1_000_000} million characters a file)"
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,12 @@ def read(path: Path, name: str | None = None) -> list[Section]:
         raise UnreadableFile(f"this kind of file is not supported (use {formats_line()})")
     reader = {".pdf": _pdf, ".docx": _docx, ".epub": _epub}.get(suffix)
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise UnreadableFile(f"the file is larger than {MAX_FILE_BYTES >> 20} MB")
         if reader is None:
+            if size > _TEXT_BYTES:
+                raise UnreadableFile(TOO_MUCH_TEXT)
             text = decode(Path(path).read_bytes(), name)
             sections = (
                 html_sections(text)
@@ -73,11 +86,26 @@ def read(path: Path, name: str | None = None) -> list[Section]:
         raise UnreadableFile(f"could not be read ({_one_line(exc)})") from exc
     except Exception as exc:  # a parser's own error type (pypdf, python-docx): the file is damaged
         raise UnreadableFile(f"the file looks damaged ({_one_line(exc)})") from exc
+    _check_length(sections)
     sections = [Section(s.heading, s.page, clean_text(s.text).strip()) for s in sections]
     sections = [s for s in sections if s.text]
     if not sections:
         raise UnreadableFile("no text found in it (a scanned document needs OCR first)")
     return sections
+
+
+def _check_length(sections: list[Section]) -> None:
+    if sum(len(s.text) for s in sections) > MAX_TEXT_CHARS:
+        raise UnreadableFile(TOO_MUCH_TEXT)
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    """The archive, once its members' declared sizes are known to fit (a zip bomb is refused unopened)."""
+    archive = zipfile.ZipFile(path)
+    if sum(info.file_size for info in archive.infolist()) > UNPACKED_LIMIT:
+        archive.close()
+        raise UnreadableFile(f"it unpacks to more than {UNPACKED_LIMIT >> 20} MB")
+    return archive
 
 
 def _one_line(exc: BaseException) -> str:
@@ -112,7 +140,13 @@ def _pdf(path: Path) -> list[Section]:
             opened = 0
         if not opened:
             raise UnreadableFile("the PDF is password-protected")
-    return [Section((), number, page.extract_text() or "") for number, page in enumerate(reader.pages, start=1)]
+    sections, length = [], 0
+    for number, page in enumerate(reader.pages, start=1):
+        sections.append(Section((), number, page.extract_text() or ""))
+        length += len(sections[-1].text)
+        if length > MAX_TEXT_CHARS:  # stop reading here, not after every page
+            raise UnreadableFile(TOO_MUCH_TEXT)
+    return sections
 
 
 # -- DOCX ---------------------------------------------------------------------------------------------
@@ -120,6 +154,8 @@ def _docx(path: Path) -> list[Section]:
     import docx
     from docx.table import Table
 
+    with _open_zip(path):
+        pass  # python-docx loads every part into memory: their sizes are checked first
     document = docx.Document(str(path))
     builder = _Builder()
     for block in document.iter_inner_content():
@@ -254,7 +290,7 @@ def _member(archive: zipfile.ZipFile, name: str) -> bytes:
 
 
 def _epub(path: Path) -> list[Section]:
-    with zipfile.ZipFile(path) as archive:
+    with _open_zip(path) as archive:
         container = ElementTree.fromstring(_member(archive, "META-INF/container.xml"))
         rootfile = container.find(f".//{_CONTAINER}rootfile")
         if rootfile is None:
@@ -264,14 +300,19 @@ def _epub(path: Path) -> list[Section]:
         base = posixpath.dirname(opf_path)
         manifest = {item.get("id"): item.get("href", "") for item in opf.iter(f"{_OPF}item")}
         sections: list[Section] = []
+        seen: set[str] = set()
         for ref in opf.iter(f"{_OPF}itemref"):
             href = manifest.get(ref.get("idref"))
             if not href:
                 continue
             part = posixpath.normpath(posixpath.join(base, href.split("#")[0]))
+            if part in seen:
+                continue  # a spine naming one part many times would read it many times
+            seen.add(part)
             try:
                 data = _member(archive, part)
             except KeyError:
                 continue  # a spine entry the book does not hold: read the rest
             sections += html_sections(decode(data, part))
+            _check_length(sections)
     return sections

@@ -5,7 +5,8 @@ Invariants: every method taking a Member first resolves the libraries that membe
 private one; household ones listing them or everyone; every household one for an admin, who manages
 them) and answers NotFound for anything else, exactly as for an id that does not exist; uploaded files
 are copied to data_dir/libraries/<library id>/ (folders 0700, files 0600, names made from the content
-hash, so nothing a user types becomes a path); a quota is checked before anything is written.
+hash, so nothing a user types becomes a path); a quota is checked before anything is written; a
+household folder is never the data dir, inside it or around it.
 """
 
 from __future__ import annotations
@@ -71,18 +72,28 @@ class Libraries:
     ):
         self.db, self.embedder, self.clock = db, embedder, clock
         self.root = Path(data_dir) / "libraries"
+        self.uploads = Path(data_dir) / "tmp" / "uploads"  # the upload route's temp files (web/documents.py)
         self.index = Index(db)
-        self.indexer = Indexer(db, self.index, embedder, busy, scan_every)
-        self._adding = threading.Lock()  # the quota check, the copy and the insert as one step
+        self.indexer = Indexer(db, self.index, embedder, busy, scan_every, sweep=self.sweep)
+        self._adding = threading.Lock()  # the quota check, the copy and the insert (or a delete) as one step
 
     def start(self) -> None:
-        """Start the indexer (and folder scans); first drop the files of libraries that are gone (a removed member's)."""
-        if self.root.is_dir():
-            known = {str(r[0]) for r in self.db.query("SELECT id FROM libraries")}
-            for folder in self.root.iterdir():
-                if folder.is_dir() and folder.name.isdigit() and folder.name not in known:
-                    shutil.rmtree(folder, ignore_errors=True)
+        """Start the indexer (and folder scans); first drop what a crash left: half-copied files."""
+        for leftover in [*self.root.glob("*/.*.part"), *self.uploads.glob("*.part")]:
+            leftover.unlink(missing_ok=True)
+        self.sweep()
         self.indexer.start()
+
+    def sweep(self) -> None:
+        """Forget libraries that are gone (a removed member's cascades in the store): their cached
+        vectors and their files. Runs at start and with every folder scan of the indexer."""
+        with self._adding:  # a library made meanwhile gets its folder only under this lock: never swept
+            known = [r[0] for r in self.db.query("SELECT id FROM libraries")]
+            self.index.retain(known)
+            names = {str(i) for i in known}
+            for folder in self.root.iterdir() if self.root.is_dir() else ():
+                if folder.is_dir() and folder.name.isdigit() and folder.name not in names:
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def close(self) -> None:
         self.indexer.close()
@@ -152,7 +163,10 @@ class Libraries:
         path = Path(folder).expanduser()
         if not path.is_absolute() or not path.is_dir():
             raise LibraryError(f"{folder} is not a folder on this computer (give its full path)")
-        return str(path.resolve())
+        path, data = path.resolve(), self.root.parent.resolve()
+        if path == data or data in path.parents or path in data.parents:  # members' private files live there
+            raise LibraryError(f"{folder} holds localchat's own data; choose a folder of documents outside it")
+        return str(path)
 
     def _set_members(self, conn, library_id: int, members: Sequence[int] | None) -> None:
         conn.execute("DELETE FROM library_access WHERE library_id = ?", (library_id,))
@@ -291,20 +305,23 @@ class Libraries:
         library = self._library(member, library_id)
         if library["owner_id"] is None and not member.is_admin:
             raise LibraryError("Only an admin can remove files from a household library")
-        row = self.db.query_one("SELECT * FROM documents WHERE id = ? AND library_id = ?", (document_id, library_id))
-        if row is None:
-            raise NotFound("That file is not in this library (it may have been deleted already)")
-        if row["in_place"]:
-            raise LibraryError(f"{row['name']} comes from the library's folder: remove it there")
-        with self.db.transaction() as conn:
-            conn.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
-            conn.execute("DELETE FROM documents WHERE id = ?", (document_id,))
-        self.index.invalidate(library_id)
-        if row["status"] == "queued":
-            self.indexer.rounds.dropped(library_id)
-        path = Path(row["path"])
-        if path.parent == self.root / str(library_id):  # only ever a file this service wrote
-            path.unlink(missing_ok=True)
+        with self._adding:  # else an add of the same content could dedupe onto this row, or copy under it
+            row = self.db.query_one(
+                "SELECT * FROM documents WHERE id = ? AND library_id = ?", (document_id, library_id)
+            )
+            if row is None:
+                raise NotFound("That file is not in this library (it may have been deleted already)")
+            if row["in_place"]:
+                raise LibraryError(f"{row['name']} comes from the library's folder: remove it there")
+            with self.db.transaction() as conn:
+                conn.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
+                conn.execute("DELETE FROM documents WHERE id = ?", (document_id,))
+            self.index.invalidate(library_id)
+            if row["status"] == "queued":
+                self.indexer.rounds.dropped(library_id)
+            path = Path(row["path"])
+            if path.parent == self.root / str(library_id):  # only ever a file this service wrote
+                path.unlink(missing_ok=True)
 
     def progress(self, member: Member, library_id: int) -> IndexProgress | None:
         self._library(member, library_id)
@@ -314,9 +331,10 @@ class Libraries:
     def search(self, member: Member, library_ids: Sequence[int] | None, query: str, k: int = 5) -> list[Passage]:
         usable = [info.id for info in self.visible(member)]
         ids = usable if library_ids is None else [i for i in dict.fromkeys(library_ids) if i in usable]
+        self.index.retain([r[0] for r in self.db.query("SELECT id FROM libraries")])  # a removed member's cache
         if not ids or not query.strip() or k <= 0:
             return []
-        return self.index.passages(self.ranked(ids, query, k))
+        return self.index.passages(self.ranked(ids, query, k), ids)
 
     def ranked(self, library_ids: Sequence[int], query: str, k: int, mode: str = "hybrid") -> list[tuple[int, float]]:
         """(chunk id, score) best first; mode "bm25" or "vector" ranks by one list only (the benchmark)."""
@@ -337,7 +355,10 @@ class Libraries:
             self._library(member, row[0])
         except NotFound:
             raise NotFound("That passage is gone (its file was deleted or indexed again)") from None
-        return self.index.passages([(chunk_id, 0.0)])[0]
+        found = self.index.passages([(chunk_id, 0.0)], [row[0]])
+        if not found:  # deleted since the first look
+            raise NotFound("That passage is gone (its file was deleted or indexed again)")
+        return found[0]
 
     # -- quotas -------------------------------------------------------------------------------------
     def _usage(self, member_id: int) -> tuple[int, int | None]:

@@ -75,10 +75,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX known_devices_member ON known_devices(member_id, last_used_at)
     """,
     # 5: document libraries: private (owner_id) or household (owner_id NULL, shared with the members
-    # in library_access, or everyone); files, their chunks with embedding vectors, and an FTS5 index
+    # in library_access, or everyone); files, their chunks with embedding vectors, and an FTS5 index.
+    # Library and chunk ids are never reused (AUTOINCREMENT): an old id (a source link, a cached vector
+    # matrix) can never name another member's library or passage
     """
     CREATE TABLE libraries (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         name TEXT NOT NULL,
         owner_id INTEGER REFERENCES members(id) ON DELETE CASCADE,
         folder TEXT NOT NULL DEFAULT '',
@@ -110,7 +112,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX documents_library ON documents(library_id, status);
     CREATE TABLE chunks (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         document_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
         library_id INTEGER NOT NULL,
         ordinal INTEGER NOT NULL,
