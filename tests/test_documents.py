@@ -205,6 +205,22 @@ def test_an_admin_shares_a_library_with_chosen_members_only(app) -> None:
     assert told.startswith("✓") and "School calendar" not in ui.documents.refresh(None, request(app, "Cy"))[3]
 
 
+def test_saving_who_may_use_a_folder_library_does_not_check_its_folder_again(app, tmp_path: Path) -> None:
+    ui, cy = app.app.ui, member(app, "Cy")
+    drive = tmp_path / "usb-drive"
+    drive.mkdir()
+    told, picker = ui.library_admin.save(0, "Photos", True, [], str(drive), request(app, "Ann"))
+    assert told.startswith("✓ Created"), told
+    drive.rmdir()  # the drive is unplugged for now
+    told, _ = ui.library_admin.save(picker.value, "Photos", False, [cy.id], str(drive), request(app, "Ann"))
+    assert told == "✓ Saved Photos.", told
+    assert "Photos" in ui.documents.refresh(None, request(app, "Cy"))[3]
+    assert "Photos" not in ui.documents.refresh(None, request(app, "Bob"))[3]
+    told, _ = ui.library_admin.save(picker.value, "Photos", True, [], str(tmp_path / "elsewhere"), request(app, "Ann"))
+    assert told.startswith("⚠")  # a folder that is changed is checked
+    ui.library_admin.delete_library(picker.value, request(app, "Ann"))
+
+
 def test_an_admin_sets_and_lifts_a_members_limit(app) -> None:
     ui, cy = app.app.ui, member(app, "Cy")
     assert ui.library_admin.set_quota(cy.id, 5, request(app, "Ann")).endswith("of 5.0 MB used.")
