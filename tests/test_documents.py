@@ -18,6 +18,7 @@ from fake_library_ui import FakeLibraries
 from localchat.household import SESSION_COOKIE
 from localchat.library.types import DocumentInfo, IndexProgress
 from localchat.ui.documents import file_label, progress_html, quota_text
+from localchat.web import documents as documents_route
 from localchat.web.documents import file_name
 
 
@@ -102,6 +103,32 @@ def test_the_quota_is_kept_and_the_error_names_the_limit(app, cookies) -> None:
     assert uploads(app) == []
 
 
+def test_a_body_without_a_length_is_cut_off_at_the_quota_while_it_streams(app, cookies, monkeypatch) -> None:
+    service, ann, cy = app.app.ui.libraries, member(app, "Ann"), member(app, "Cy")
+    given: list[int] = []
+    add_file = service.add_file
+    monkeypatch.setattr(service, "add_file", lambda *a: given.append(a[3].stat().st_size) or add_file(*a))
+
+    def body(size: int) -> Iterator[bytes]:  # chunked: no Content-Length to check before reading
+        for _ in range(size // 1000):
+            yield b"x" * 1000
+
+    service.set_quota(ann, cy.id, service.quota(cy)[0] + 5000)
+    before = names(app, "Cy")
+    try:
+        r = post(app, cookies["Cy"], body(20_000), "stream.txt")  # type: ignore[arg-type]
+        assert r.status_code == 413 and "limit" in r.json()["error"]["message"], r.text
+        assert given == [] and names(app, "Cy") == before  # never handed to the service, never written whole
+        r = post(app, cookies["Cy"], body(3000), "fits.txt")  # type: ignore[arg-type]
+        assert r.status_code == 200 and given == [3000] and names(app, "Cy") == sorted([*before, "fits.txt"])
+    finally:
+        service.set_quota(ann, cy.id, None)
+    mine = service.visible(cy)[0].id
+    service.delete_document(cy, mine, next(d.id for d in service.documents(cy, mine) if d.name == "fits.txt"))
+    assert uploads(app) == []
+    assert documents_route.MAX_FILE_BYTES <= 256 << 20  # one file is never a gigabyte in the server's tmp
+
+
 def test_no_member_adds_to_a_library_that_is_not_theirs(app, cookies) -> None:
     service, ann = app.app.ui.libraries, member(app, "Ann")
     kitchen = service.create_household(ann, "Kitchen", [member(app, "Bob").id])
@@ -176,6 +203,22 @@ def test_an_admin_shares_a_library_with_chosen_members_only(app) -> None:
     assert "School calendar" in ui.documents.refresh(None, request(app, "Bob"))[3]  # now everyone's
     told, _ = ui.library_admin.delete_library(school, request(app, "Ann"))
     assert told.startswith("✓") and "School calendar" not in ui.documents.refresh(None, request(app, "Cy"))[3]
+
+
+def test_saving_who_may_use_a_folder_library_does_not_check_its_folder_again(app, tmp_path: Path) -> None:
+    ui, cy = app.app.ui, member(app, "Cy")
+    drive = tmp_path / "usb-drive"
+    drive.mkdir()
+    told, picker = ui.library_admin.save(0, "Photos", True, [], str(drive), request(app, "Ann"))
+    assert told.startswith("✓ Created"), told
+    drive.rmdir()  # the drive is unplugged for now
+    told, _ = ui.library_admin.save(picker.value, "Photos", False, [cy.id], str(drive), request(app, "Ann"))
+    assert told == "✓ Saved Photos.", told
+    assert "Photos" in ui.documents.refresh(None, request(app, "Cy"))[3]
+    assert "Photos" not in ui.documents.refresh(None, request(app, "Bob"))[3]
+    told, _ = ui.library_admin.save(picker.value, "Photos", True, [], str(tmp_path / "elsewhere"), request(app, "Ann"))
+    assert told.startswith("⚠")  # a folder that is changed is checked
+    ui.library_admin.delete_library(picker.value, request(app, "Ann"))
 
 
 def test_an_admin_sets_and_lifts_a_members_limit(app) -> None:

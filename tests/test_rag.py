@@ -83,6 +83,76 @@ def test_the_budget_drops_the_lowest_ranked_passages_first(libs) -> None:
     assert len(fewer) < len(kept)
 
 
+def big_library(libs: FakeLibraries) -> list:
+    """Four ~1,200-character passages that match the question, and home-network.md's: five in all."""
+    ann = libs.visible(ANN)[0].id
+    filler = "guest " * 200
+    libs.add_text(ANN, ann, "big.md", [(f"part {n}", f"Wi-Fi password {filler}") for n in range(4)])
+    return libs.search(ANN, None, QUESTION[0].content, k=5)
+
+
+def test_a_remote_engine_that_does_not_say_its_window_still_gets_passages(libs) -> None:
+    service, backend = make(libs, FakeBackend("ok", context_length=0))  # a remote engine reports 0
+    updates = list(service.reply(ANN, QUESTION, "", PARAMS, libraries="all"))
+    assert updates[-1].sources and updates[-1].sources[0].text == WIFI
+    assert WIFI in system_of(backend)
+    block, sources = service.search_documents(ANN, QUESTION, PARAMS, "all")  # the API's path
+    assert sources and WIFI in block
+
+
+def test_the_token_estimate_is_high_for_other_scripts_code_and_numbers() -> None:
+    # Token counts of the bundled SmolLM2's tokenizer for each text, measured once.
+    measured = {
+        "家庭的文件可以用来回答问题。路由器在走廊的柜子里。": 41,
+        "Привет, как дела? Это тест.": 21,
+        "def f(x):\n    return {k: v for k, v in x.items() if v > 0}\n": 27,
+        "192.168.0.1 2025-01-06": 19,
+        "😀🎉👍": 9,
+        "The guest Wi-Fi network is called Larkspur-Guest.": 15,
+    }
+    for text, tokens in measured.items():
+        assert docs.estimate_tokens(text) >= tokens, text
+    assert docs.estimate_tokens("word " * 300) <= 600  # English is not counted a token a character
+
+
+def test_the_budget_counts_a_locked_presets_prompt_not_the_callers(libs, tmp_path: Path) -> None:
+    everything = big_library(libs)
+    rules = "Always answer in full sentences and check every step twice. " * 40  # ~2,400 chars
+    (tmp_path / "long.yaml").write_text(
+        f"name: Long rules\nsystem_prompt: {rules.strip()!r}\nsampling:\n  max_new_tokens: 64\n", encoding="utf-8"
+    )
+    kid = Member(id=1, name="Ann", role="member", locked_preset="Long rules")
+    backend = FakeBackend("ok", context_length=2048)
+    service = ChatService(backend, tmp_path, libraries=libs)
+    assert service.preset("Long rules") is not None
+    for trim in (False, True):  # the API's path and the page's
+        block, sources = service.search_documents(kid, QUESTION, PARAMS, "all", trim=trim)
+        assert 0 < len(sources) < len(everything)
+        list(service.complete(kid, QUESTION, PARAMS, trim=trim, documents=block))
+        sent = backend.calls[-1].messages
+        assert rules.strip() in sent[0].content  # the lock's prompt was what the engine got
+        used = sum(docs.estimate_tokens(m.content) + docs.TEMPLATE_TOKENS for m in sent)
+        assert used <= 2048 - 64
+
+
+def test_a_long_chat_still_gets_passages_and_says_when_some_were_left_out(libs) -> None:
+    everything = big_library(libs)
+    old = [Message("user" if n % 2 == 0 else "assistant", "Tell me about the garden. " * 60) for n in range(8)]
+    history = [*old, *QUESTION]  # ~12,000 chars before the question: the engine trims old turns
+    service, backend = make(libs, FakeBackend("ok", context_length=1024))
+    updates = list(service.reply(ANN, history, "", SamplingParams(max_new_tokens=64), libraries="all"))
+    kept = updates[-1].sources
+    assert 0 < len(kept) < len(everything) and list(kept) == everything[: len(kept)]
+    left = len(everything) - len(kept)
+    assert f"{left} passage{'s' * (left > 1)} found in your documents did not fit" in updates[-1].notice
+    # The API cannot trim: there a conversation that leaves no room gets no passages.
+    block, sources = service.search_documents(ANN, history, SamplingParams(max_new_tokens=64), "all")
+    assert block == "" and sources == ()
+    roomy, _ = make(libs, FakeBackend("ok", context_length=8192))  # all five fit: nothing to say
+    assert list(roomy.reply(ANN, history, "", PARAMS, libraries="all"))[-1].sources == tuple(everything)
+    assert "did not fit" not in list(roomy.reply(ANN, history, "", PARAMS, libraries="all"))[-1].notice
+
+
 def test_a_follow_up_is_searched_with_the_question_before_it(libs) -> None:
     history = [*QUESTION, Message("assistant", "It is marigold-7731."), Message("user", "and the router?")]
     assert docs.query_from(history) == "What is the guest Wi-Fi password?\nand the router?"

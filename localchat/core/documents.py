@@ -2,7 +2,7 @@
 retrieved passages put into the prompt within the context budget.
 
 Owns: the library choice's forms (None, "all", ids), the query taken from the conversation, the
-budget (the core has no tokenizer, so tokens are estimated high: CHARS_PER_TOKEN), and where passages
+budget (the core has no tokenizer, so tokens are estimated high: `estimate_tokens`), and where passages
 go in the messages. Invariants: a member's search is the LibraryService's, which answers only with
 passages that member may use; passages are numbered [1]..[n] best first and the lowest ranked ones
 are dropped first; they go at the end of the system message (Policy.request appends them to a locked
@@ -24,7 +24,10 @@ from localchat.types import Message
 # None: no documents; "all": every library the member may use; a tuple: those ids (others ignored).
 LibraryChoice = Literal["all"] | tuple[int, ...] | None
 
-CHARS_PER_TOKEN = 3  # conservative for English with BPE tokenizers (usually ~4)
+CHARS_PER_TOKEN = 3  # ASCII letters and spaces: conservative for English with BPE tokenizers (usually ~4)
+# Digits and punctuation are often a token each (numbers, code); so is most of each non-ASCII character's
+# UTF-8 (SmolLM2: Chinese ~1.6 tokens a character, an emoji 3): counted as its bytes less one.
+SINGLE_TOKEN_ASCII = bytes(c for c in range(33, 127) if not chr(c).isalpha())
 TOP_K = 5
 FOLLOW_UP_WORDS = 6  # a last message this short ("and on Sundays?") is searched with the one before
 TEMPLATE_TOKENS = 16  # per message: the chat template's role markers
@@ -63,7 +66,12 @@ def store_choice(choice: LibraryChoice) -> str:
 
 
 def estimate_tokens(text: str) -> int:
-    return -(-len(text) // CHARS_PER_TOKEN)
+    """Tokens `text` takes, estimated high for any BPE tokenizer (prose, code, numbers, any script)."""
+    ascii_part = text.encode("ascii", "ignore")
+    letters = len(ascii_part.translate(None, SINGLE_TOKEN_ASCII))
+    other_chars = len(text) - len(ascii_part)
+    other_bytes = len(text.encode("utf-8", "replace")) - len(ascii_part)
+    return -(-letters // CHARS_PER_TOKEN) + (len(ascii_part) - letters) + max(other_bytes - other_chars, other_chars)
 
 
 def query_from(messages: Sequence[Message]) -> str:
@@ -93,11 +101,21 @@ def with_documents(messages: Sequence[Message], documents: str) -> list[Message]
     return [Message("system", documents), *out]
 
 
-def fit(messages: Sequence[Message], passages: Sequence[Passage], budget_tokens: int) -> list[Passage]:
+def kept_by_engine(messages: Sequence[Message]) -> list[Message]:
+    """What an engine that trims (fit_to_window) keeps at least: the system message and the last turn."""
+    turns = [m for m in messages if m.role != "system"]
+    return [m for m in messages if m.role == "system"] + turns[-1:]
+
+
+def fit(
+    messages: Sequence[Message], passages: Sequence[Passage], budget_tokens: int, *, trim: bool = False
+) -> list[Passage]:
     """The best passages whose prompt fits `budget_tokens` (the window less the reply's room), the
-    lowest ranked dropped first; none when even the conversation alone does not fit."""
+    lowest ranked dropped first; none when even the conversation alone does not fit. `trim`: the
+    engine drops the oldest turns to make room (the chat page), so only what it keeps is counted."""
     kept = list(passages)
-    conversation = sum(estimate_tokens(m.content) + TEMPLATE_TOKENS for m in messages)
+    measured = kept_by_engine(messages) if trim else messages
+    conversation = sum(estimate_tokens(m.content) + TEMPLATE_TOKENS for m in measured)
     while kept and conversation + estimate_tokens(passage_block(kept)) > budget_tokens:
         kept.pop()
     return kept
@@ -110,12 +128,17 @@ def retrieve(
     messages: Sequence[Message],
     budget_tokens: int,
     k: int = TOP_K,
-) -> list[Passage]:
-    """The passages for a reply to `messages` under the member's choice, fitted to the budget."""
+    *,
+    trim: bool = False,
+) -> tuple[list[Passage], int]:
+    """-> (the passages for a reply to `messages` under the member's choice, fitted to the budget;
+    how many found were left out for want of room)."""
     query = query_from(messages)
     if choice is None or not query:
-        return []
+        return [], 0
     ids = None if choice == "all" else list(choice)
     if ids == []:
-        return []
-    return fit(messages, libraries.search(member, ids, query, k=k), budget_tokens)
+        return [], 0
+    found = libraries.search(member, ids, query, k=k)
+    kept = fit(messages, found, budget_tokens, trim=trim)
+    return kept, len(found) - len(kept)

@@ -18,7 +18,7 @@ from datetime import datetime
 from localchat.backend import Backend, BackendError
 from localchat.core import documents
 from localchat.core.documents import LibraryChoice
-from localchat.core.policy import Policy, policy_for
+from localchat.core.policy import Policy, PolicyRefused, policy_for
 from localchat.hardware import Hardware
 from localchat.library.types import LibraryService, Passage
 from localchat.presets import Preset, PresetProblem, load_presets, render_system_prompt
@@ -73,13 +73,23 @@ def stats_line(update: ReplyUpdate) -> str:
     return update.notice
 
 
+def left_out_notice(left_out: int, used: int) -> str:
+    """Said under a reply when passages found in the documents did not fit the context window."""
+    found = f"{left_out} passage{'' if left_out == 1 else 's'} found in your documents"
+    if not used:
+        return f"{found} did not fit the context window; answered without them"
+    return f"{found} did not fit the context window and {'was' if left_out == 1 else 'were'} left out"
+
+
 def waiting_notice(position: int) -> str:
     if position <= 0:
         return "Starting…"
     return f"Waiting for the model: {position} repl{'y' if position == 1 else 'ies'} ahead of yours"
 
 
-DEFAULT_CONTEXT = 2048  # the window assumed for the passage budget while no model is loaded
+# The window assumed for the passage budget when the engine does not say: no model loaded yet, or a
+# remote engine that reports 0 (models served that way have at least this much).
+DEFAULT_CONTEXT = 4096
 
 
 class ChatService:
@@ -140,19 +150,36 @@ class ChatService:
         return self.backend.stream(request, cancel)
 
     def search_documents(
-        self, member: Member, messages: Sequence[Message], params: SamplingParams, choice: LibraryChoice
+        self,
+        member: Member,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        choice: LibraryChoice,
+        *,
+        trim: bool = False,
     ) -> tuple[str, tuple[Passage, ...]]:
         """-> (the passage block for the system message, the passages [1]..[n]) from the chosen
-        libraries. The budget is the loaded model's window less the reply's room (the locked preset's
-        when there is one); the conversation's share is taken in `documents.fit`. Raises LibraryError."""
+        libraries, for `complete` with the same `trim`. Raises LibraryError."""
+        block, passages, _ = self._search(member, messages, params, choice, trim)
+        return block, passages
+
+    def _search(
+        self, member: Member, messages: Sequence[Message], params: SamplingParams, choice: LibraryChoice, trim: bool
+    ) -> tuple[str, tuple[Passage, ...], int]:
+        """search_documents, and how many passages found were left out for want of room. The budget is
+        the window less the reply's room (as the engine reserves it), measured on the messages as the
+        engine gets them: the member's locked preset applied, and with `trim` only what it keeps."""
         if choice is None or self.libraries is None:
-            return "", ()
-        locked = self.policy(member).locked
-        room = (locked.sampling if locked is not None else params).max_new_tokens
+            return "", (), 0
+        try:
+            request = self.policy(member).request(messages, params, trim=trim, now=self._now())
+        except PolicyRefused:
+            return "", (), 0  # the reply is refused anyway, with its own message
         info = self.backend.loaded()
-        window = info.context_length if info is not None else DEFAULT_CONTEXT
-        passages = documents.retrieve(self.libraries, member, choice, messages, window - room)
-        return (documents.passage_block(passages) if passages else ""), tuple(passages)
+        window = (info.context_length if info is not None else 0) or DEFAULT_CONTEXT
+        budget = window - min(request.params.max_new_tokens, window // 2)
+        passages, left_out = documents.retrieve(self.libraries, member, choice, request.messages, budget, trim=trim)
+        return (documents.passage_block(passages) if passages else ""), tuple(passages), left_out
 
     def reply(  # noqa: PLR0913 - who, what, how, the cancel handle and the documents
         self,
@@ -171,17 +198,20 @@ class ChatService:
         try:  # a backend may raise when called, not only while iterating
             messages = self.messages_for(system_prompt, history)
             try:
-                block, sources = self.search_documents(member, messages, params, libraries)
+                block, sources, left_out = self._search(member, messages, params, libraries, True)
+                if left_out:
+                    notice = left_out_notice(left_out, len(sources))
             except Exception as exc:  # noqa: BLE001 - the reply goes on without documents, and says so
                 log.exception("document search failed")
                 notice = f"Your documents could not be searched ({exc}); answered without them"
+            searched = notice
             stream = self.complete(member, messages, params, cancel, documents=block)
             for chunk in stream:
                 if chunk.queue_position is not None:
                     yield ReplyUpdate(text, waiting_notice(chunk.queue_position), sources=sources)
                     continue
                 if chunk.fit is not None and chunk.fit.trimmed:
-                    notice = chunk.fit.describe()
+                    notice = " · ".join(n for n in (searched, chunk.fit.describe()) if n)
                 text += chunk.text
                 if chunk.error is not None:
                     yield ReplyUpdate(text, notice, error=chunk.error, sources=sources)

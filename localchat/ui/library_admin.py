@@ -121,12 +121,14 @@ class LibraryAdmin:
         if not everyone and not who:
             return "⚠ Choose who may use it (or everyone).", gr.skip()
         lib = self._library(admin, service, library_id)
+        folder = (folder or "").strip()
         try:
             if lib is None:
-                lib = service.create_household(admin, (name or "").strip(), who, (folder or "").strip())
+                lib = service.create_household(admin, (name or "").strip(), who, folder)
                 told = f"✓ Created {safe_markdown(lib.name)}. Add its files below."
-            else:
-                lib = service.update_household(admin, lib.id, name=name, members=who, folder=(folder or "").strip())
+            else:  # an unchanged folder is not checked again: a drive unplugged for now still saves the rest
+                same = None if folder == lib.folder else folder
+                lib = service.update_household(admin, lib.id, name=name, members=who, folder=same)
                 told = f"✓ Saved {safe_markdown(lib.name)}."
         except (LibraryError, NotFound, ValueError) as exc:
             return f"⚠ {safe_markdown(str(exc))}", gr.skip()

@@ -3,7 +3,9 @@
 Gradio's own upload route stays turned off (its cache is shared by every member and has no quota),
 so the Documents panel posts each dropped or picked file here. Invariants: the member comes from the
 session cookie and the library service checks their access; the bytes go to a 0600 file inside the
-data dir that is deleted before the response, whatever happened (the service keeps its own copy).
+data dir that is deleted before the response, whatever happened (the service keeps its own copy);
+no more is written than MAX_FILE_BYTES or what is left of the member's quota, whatever the request
+declares (reading stops there).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from localchat.library.types import LibraryError, LibraryService, QuotaExceeded
 from localchat.store import Member, NotFound
 from localchat.text import clean_text
 
-MAX_FILE_BYTES = 1 << 30  # one file; a member's quota (checked by the service) is usually far lower
+MAX_FILE_BYTES = 256 << 20  # one file; a member's quota (checked again by the service) may be lower
 MINE = "mine"  # the library parameter for the member's private library
 
 
@@ -58,16 +60,22 @@ def document_routes(household: Household, libraries: Callable[[], LibraryService
             library_id = private_library(service, member) if library == MINE else int(library)
         except (ValueError, StopIteration):
             return _error("There is no such library", 404)
+        cap, too_big = MAX_FILE_BYTES, f"{name} is larger than {MAX_FILE_BYTES >> 20} MB"
         if library_id == private_library(service, member):
             used, limit = service.quota(member)
-            declared = int(request.headers.get("content-length") or 0)
+            try:
+                declared = int(request.headers.get("content-length") or 0)
+            except ValueError:
+                declared = 0  # a false header is no promise: the stream is capped anyway
             if limit is not None and used + declared > limit:  # refused before a byte is written
                 return _error(f"{name}: {_quota_line(used, limit)}", 413)
+            if limit is not None and limit - used < cap:
+                cap, too_big = limit - used, f"{name}: {_quota_line(used, limit)}"
         uploads.mkdir(parents=True, exist_ok=True)
         temporary = uploads / f"{secrets.token_hex(12)}.part"
         try:
-            if not await _save(request, temporary):
-                return _error(f"{name} is larger than {MAX_FILE_BYTES >> 20} MB", 413)
+            if not await _save(request, temporary, cap):
+                return _error(too_big, 413)
             if temporary.stat().st_size == 0:
                 return _error(f"{name} is empty", 400)
             document = await run_in_threadpool(service.add_file, member, library_id, name, temporary)
@@ -98,14 +106,14 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-async def _save(request: Request, path: Path) -> bool:
-    """Stream the body into a new 0600 file; False (and a partial file) when it passes the cap."""
+async def _save(request: Request, path: Path, cap: int) -> bool:
+    """Stream the body into a new 0600 file; False (and a partial file) as soon as it passes `cap` bytes."""
     size = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
     with os.fdopen(fd, "wb") as out:
         async for chunk in request.stream():
             size += len(chunk)
-            if size > MAX_FILE_BYTES:
+            if size > cap:
                 return False
             out.write(chunk)
     return True
