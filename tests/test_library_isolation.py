@@ -133,7 +133,6 @@ def test_an_export_holds_only_the_members_own_sources(app) -> None:
     assert all(store.conversation(bob.id, c.id) for c in store.conversations(bob.id))
 
 
-@pytest.mark.xfail(strict=False, reason="fixed on branch fixlib")  # review #15 item 1
 def test_a_removed_members_cached_vectors_never_answer_for_the_next_member(app) -> None:
     household, libs = app.household, app.libs
     ann = member(app, "Ann")
