@@ -45,6 +45,22 @@ TIE = 1.05  # formats within 5% of the fastest count as equally fast: the smalle
 MEASURED_FROM = 2**30
 
 
+class Scratch:
+    """The float32 buffer a model's layers widen their weights into for a prompt, shared by all of
+    them and grown to the largest: widening in place into memory already mapped measured ~10x
+    faster than a new tensor per layer (14 vs 143 ms for 8192x2048 int8 weights), which made a
+    50-token prompt 3x slower to read than in float32. One forward at a time (the engine's worker)."""
+
+    def __init__(self) -> None:
+        self._buffer = torch.empty(0)
+
+    def take(self, shape: torch.Size) -> torch.Tensor:
+        size = shape[0] * shape[1]
+        if self._buffer.numel() < size:
+            self._buffer = torch.empty(size)
+        return self._buffer[:size].view(shape)
+
+
 class WeightOnlyLinear(nn.Module):
     """A linear layer whose weights are stored in a narrower format; products widen activations
     only as far as the format's kernel needs. Subclasses store weights and define `_decode` (a few
@@ -52,10 +68,11 @@ class WeightOnlyLinear(nn.Module):
 
     format = ""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, scratch: Scratch | None = None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+        self.scratch = scratch or Scratch()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
@@ -83,32 +100,33 @@ class WeightOnlyLinear(nn.Module):
 class BF16Linear(WeightOnlyLinear):
     format = "bf16"
 
-    def __init__(self, linear: nn.Linear):
-        super().__init__(linear)
+    def __init__(self, linear: nn.Linear, scratch: Scratch | None = None):
+        super().__init__(linear, scratch)
         self.register_buffer("weight", linear.weight.detach().to(torch.bfloat16))
 
     def _decode(self, flat: torch.Tensor) -> torch.Tensor:
         return F.linear(flat.to(torch.bfloat16), self.weight).float()
 
     def _wide_weight(self) -> torch.Tensor:
-        return self.weight.float()
+        return self.scratch.take(self.weight.shape).copy_(self.weight)
 
 
 class Int8Linear(WeightOnlyLinear):
     format = "int8"
 
-    def __init__(self, linear: nn.Linear):
-        super().__init__(linear)
+    def __init__(self, linear: nn.Linear, scratch: Scratch | None = None):
+        super().__init__(linear, scratch)
         w = linear.weight.detach().float()
-        scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
-        self.register_buffer("qweight", torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scales", scales.to(torch.bfloat16))
+        scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(torch.bfloat16)  # the kernel takes bf16
+        self.register_buffer("qweight", torch.round(w / scales.float()[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scales", scales)
+        self.register_buffer("wide_scales", scales.float()[:, None].clone(), persistent=False)
 
     def _decode(self, flat: torch.Tensor) -> torch.Tensor:
         return torch._weight_int8pack_mm(flat.to(torch.bfloat16), self.qweight, self.scales).float()
 
     def _wide_weight(self) -> torch.Tensor:
-        return self.qweight.float() * self.scales.float()[:, None]
+        return self.scratch.take(self.qweight.shape).copy_(self.qweight).mul_(self.wide_scales)
 
 
 class Int4Linear(WeightOnlyLinear):
@@ -116,8 +134,8 @@ class Int4Linear(WeightOnlyLinear):
 
     format = "int4"
 
-    def __init__(self, linear: nn.Linear):
-        super().__init__(linear)
+    def __init__(self, linear: nn.Linear, scratch: Scratch | None = None):
+        super().__init__(linear, scratch)
         w = linear.weight.detach().float()
         n, k = w.shape
         groups = w.reshape(n, k // INT4_GROUP, INT4_GROUP)
@@ -163,12 +181,12 @@ def convert(model: nn.Module, fmt: str) -> int:
     if fmt == "fp32":
         return 0
     kind = KINDS[fmt]
-    changed = 0
+    changed, scratch = 0, Scratch()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if not eligible(child) or (kind is Int4Linear and not Int4Linear.fits(child)):
                 continue
-            setattr(parent, name, kind(child))
+            setattr(parent, name, kind(child, scratch))
             changed += 1
     return changed
 
