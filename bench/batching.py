@@ -67,6 +67,7 @@ def main() -> None:
         together: list = [None] * len(prompts)
 
         def client(i: int) -> None:
+            backend.expect()  # as the API and the page do when a request arrives
             together[i] = ask(prompts[i])
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(len(prompts))]
