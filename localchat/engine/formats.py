@@ -260,5 +260,21 @@ def use_fastest_format(model: nn.Module, allowed: Sequence[str] = EQUAL_QUALITY)
     if choice is None:
         return None
     changed = convert(model, choice.format)
+    release_freed_memory()
     log.info("%s (%d layers)", choice.note(), changed)
     return choice.note()
+
+
+def release_freed_memory() -> None:
+    """Hand the float32 weights just replaced back to the system: glibc keeps large freed blocks
+    in the process (at 1.7B, RSS stayed at 7.2 GB after int8 had replaced 6.8 GB of float32)."""
+    import ctypes
+    import gc
+    import sys
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # another C library (musl): nothing to trim
+            pass
