@@ -122,9 +122,11 @@ class Setup:
         self.run = run or self._run
 
     def _run(self, args: Sequence[str]) -> tuple[int, str]:
-        # pip's own output goes to the terminal; the checks' output (one line) is read
+        # pip's own output goes to the terminal; the checks' output (one line) is read, and their
+        # errors ("no torch yet" on a fresh machine) are answers, not tracebacks for the user
         capture = args[1:2] == ["-c"]
-        done = subprocess.run(list(args), cwd=str(self.root), stdout=subprocess.PIPE if capture else None, text=True)
+        pipe = subprocess.PIPE if capture else None
+        done = subprocess.run(list(args), cwd=str(self.root), stdout=pipe, stderr=pipe, text=True)
         return done.returncode, done.stdout or ""
 
     def pip(self, *args: str) -> int:
