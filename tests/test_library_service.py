@@ -174,8 +174,11 @@ def test_a_corrupt_file_fails_alone_with_a_reason(home, tmp_path: Path) -> None:
     lib = libs.visible(p["a"])[0]
     bad = tmp_path / "bad.pdf"
     bad.write_bytes(b"%PDF-1.4 this is not really a PDF" + bytes(200))
+    libs.close()  # both files are queued before indexing starts: one round of two (a quick failure
+    # could otherwise end its round before the second file is added)
     libs.add_file(p["a"], lib.id, "bad.pdf", bad)
     libs.add_file(p["a"], lib.id, "manual.pdf", write_pdf(tmp_path / "m.pdf", [["Preheat to 200 degrees."]]))
+    libs.start()
     assert libs.wait_idle(30)
     docs = {d.name: d for d in libs.documents(p["a"], lib.id)}
     assert docs["bad.pdf"].status == "failed" and docs["bad.pdf"].error and "\n" not in docs["bad.pdf"].error
