@@ -43,7 +43,7 @@ COPY_BYTES = 1 << 30
 ALIASES = {"4-bit": "4-bit nf4", "4bit": "4-bit nf4", "8bit": "8-bit"}
 LLAMA = {"llama.cpp q8_0": "q8_0", "llama.cpp q4_k_m": "q4_k_m"}  # bench/llamacpp.py: the reference
 # localchat's CPU weight formats (engine/formats.py) on a plain fp32 load: generate is unchanged
-WEIGHT_FORMATS = {"w-bf16": "bf16", "w-int8": "int8", "w-int4": "int4"}
+WEIGHT_FORMATS = {"w-bf16": "bf16", "w-int8": "int8", "w-int4": "int4", "w-q8": "q8", "w-q4": "q4"}
 
 
 def prompt_text(tokenizer: Any, tokens: int) -> str:

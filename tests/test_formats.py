@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from localchat.engine import formats
-from localchat.engine.formats import BF16Linear, Int4Linear, Int8Linear, choose, convert
+from localchat.engine import formats, native
+from localchat.engine.formats import BF16Linear, Int4Linear, Int8Linear, Q4Linear, Q8Linear, choose, convert
+
+compiled = pytest.mark.skipif(native.supported() is not None, reason=f"{native.supported()}")
 
 
 def _linear(n: int = 128, k: int = 256, bias: bool = True) -> nn.Linear:
@@ -18,7 +20,15 @@ def _linear(n: int = 128, k: int = 256, bias: bool = True) -> nn.Linear:
 
 
 @pytest.mark.parametrize(
-    ("kind", "tolerance"), [(BF16Linear, 0.02), (Int8Linear, 0.03), (Int4Linear, 0.2)], ids=["bf16", "int8", "int4"]
+    ("kind", "tolerance"),
+    [
+        (BF16Linear, 0.02),
+        (Int8Linear, 0.03),
+        (Int4Linear, 0.2),
+        pytest.param(Q8Linear, 0.03, marks=compiled),
+        pytest.param(Q4Linear, 0.2, marks=compiled),
+    ],
+    ids=["bf16", "int8", "int4", "q8", "q4"],
 )
 @pytest.mark.parametrize("rows", [1, 3, formats.DECODE_ROWS + 5], ids=["one", "batch", "prompt"])
 def test_each_format_multiplies_like_float32_within_its_rounding(kind, tolerance, rows) -> None:
@@ -50,6 +60,9 @@ def test_formats_store_fewer_bytes_than_float32() -> None:
     assert size(BF16Linear(layer)) == fp32 // 2
     assert size(Int8Linear(layer)) < fp32 // 3.5
     assert size(Int4Linear(layer)) < fp32 // 6
+    if native.kernels() is not None:
+        assert size(Q8Linear(layer)) == fp32 * 34 // 128
+        assert size(Q4Linear(layer)) == fp32 * 20 // 128
 
 
 def test_convert_swaps_a_models_linear_layers_and_it_still_generates(tiny_model) -> None:
@@ -108,7 +121,9 @@ def test_auto_on_cpu_loads_through_the_format_choice(tiny_model, tmp_path, monke
     assert len(picked) == 1 and "format" not in small.info.extra  # small models keep float32 unmeasured
 
 
-@pytest.mark.parametrize("fmt", ["int8", "int4"])
+@pytest.mark.parametrize(
+    "fmt", ["int8", "int4", pytest.param("q8", marks=compiled), pytest.param("q4", marks=compiled)]
+)
 def test_the_engine_answers_and_batches_in_a_weight_format(fmt, tiny_model, tmp_path, monkeypatch) -> None:
     import threading
 
@@ -139,3 +154,109 @@ def test_the_engine_answers_and_batches_in_a_weight_format(fmt, tiny_model, tmp_
         assert all(u is not None and u.completion_tokens > 0 for u in replies), replies
     finally:
         backend.close()
+
+
+@compiled
+def test_a_large_model_loads_as_stored_in_bf16_and_computes_in_float32(tiny_model, tmp_path, monkeypatch) -> None:
+    """A checkpoint stored in bf16 loads in bf16 (half the float32 peak), its linear layers take
+    the chosen format, embeddings keep bf16 storage, and everything else is float32 again."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from localchat.engine.loading import load_model
+    from localchat.types import LoadOptions
+
+    folder = tmp_path / "tiny-bf16"
+    shutil.copytree(tiny_model, folder)
+    AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).save_pretrained(folder)
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    monkeypatch.setattr(formats, "MEASURED_FROM", 0)  # the tiny model stands in for a 1B+ one
+    monkeypatch.setattr(formats, "FOUR_BIT_FROM", 0)
+    seen = []
+
+    def pick_q8(model, allowed):
+        seen.append(({m.weight.dtype for m in model.modules() if formats.eligible(m)}, tuple(allowed)))
+        return formats.Choice("q8", {"fp32": 2.0, "q8": 1.0})
+
+    monkeypatch.setattr(formats, "choose", pick_q8)
+    monkeypatch.setattr(native, "_loaded", {})  # as in a new engine process: nothing built yet
+    loaded = load_model(LoadOptions(model=str(folder), device="cpu"), tmp_path / "data" / "cache" / "gguf")
+    assert seen == [({torch.bfloat16}, (*formats.EQUAL_QUALITY, "q4"))]  # loaded as stored; q4 allowed
+    model = loaded.model
+    assert isinstance(model.model.embed_tokens, formats.WideEmbedding)
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert all(isinstance(m, Q8Linear) for m in model.modules() if type(m) is torch.nn.Linear) or not [
+        m for m in model.modules() if type(m) is torch.nn.Linear
+    ]
+    others = {p.dtype for n, p in model.named_parameters() if "embed_tokens" not in n}
+    assert others == {torch.float32}, others
+    assert loaded.info.dtype == "float32"
+    from localchat.engine.loading import fit_report
+
+    options = LoadOptions(model=str(folder), device="cpu")
+    assert fit_report(options, tmp_path / "c", free_bytes=2**34).unquantized == "bfloat16"  # its load's peak
+    assert fit_report(LoadOptions(model=str(tiny_model), device="cpu"), tmp_path / "c", 2**34).unquantized == "float32"
+    from localchat.engine.batch import batchable
+
+    assert batchable(model)  # replies still share forward passes
+    assert list((tmp_path / "data" / "cache" / "kernels").glob("quant_kernels-*.so"))  # built in the data dir
+    ids = torch.tensor([[256, 72, 101, 108, 108, 111]])
+    with torch.inference_mode():
+        got, want = model(ids).logits, reference(ids).logits
+    assert got.dtype == torch.float32
+    assert (got - want).norm() / want.norm() < 0.05  # q8 weights, int8 activations: rounding only
+
+
+def test_when_float32_is_chosen_a_half_load_becomes_float32_whole(tiny_model, tmp_path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
+    formats.widen(model)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+@compiled
+def test_grouped_siblings_give_exactly_their_own_products(tiny_model) -> None:
+    """q, k and v (and gate and up) share one kernel call per decode step; every output row is
+    computed alone, so grouped products equal each layer's own, bit for bit."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    convert(model, "q4")
+    attention = model.model.layers[0].self_attn
+    groups = {id(m.group) for m in model.modules() if isinstance(m, Q4Linear) and m.group is not None}
+    assert len(groups) == 2 * len(model.model.layers)  # attention and MLP of every layer
+    assert attention.k_proj.blocks.data_ptr() == attention.q_proj.blocks.data_ptr() + attention.q_proj.blocks.nbytes
+    ids = torch.tensor([[256, 72, 101, 108, 108, 111]])
+    with torch.inference_mode():
+        grouped = [model(ids[:, : i + 1]).logits[:, -1] for i in range(ids.shape[1])]
+        for m in model.modules():
+            if isinstance(m, Q4Linear) and m.group is not None:
+                m.group.enabled = False
+        alone = [model(ids[:, : i + 1]).logits[:, -1] for i in range(ids.shape[1])]
+    for a, b in zip(grouped, alone, strict=True):
+        assert torch.equal(a, b)
+
+
+@compiled
+def test_a_group_whose_layers_take_different_inputs_switches_itself_off() -> None:
+    class Odd(nn.Module):  # calls its projections with different tensors, unlike transformers' models
+        def __init__(self) -> None:
+            super().__init__()
+            self.q_proj, self.k_proj, self.v_proj = (nn.Linear(64, 64, bias=False) for _ in range(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.q_proj(x) + self.k_proj(x * 2) + self.v_proj(x * 3)
+
+    torch.manual_seed(0)
+    model = Odd()
+    x = torch.randn(1, 64)
+    with torch.inference_mode():
+        want = model(x)
+        convert(model, "q8")
+        group = model.q_proj.group
+        got = [model(x) for _ in range(3)]
+    assert group is not None and not group.enabled
+    for g in got:
+        assert (g - want).norm() / want.norm() < 0.03  # right all along, only slower until switched off

@@ -46,16 +46,16 @@ log = logging.getLogger(__name__)
 def batchable(model: Any) -> bool:
     """Can replies to this model share forward passes?
     float32: yes, and every greedy reply equals its solo self (measured). localchat's CPU weight
-    formats (engine.formats: activations float32, weights bf16/int8/int4): yes, for the speed, though
+    formats (engine.formats: activations float32, weights bf16/int8/int4/q8/q4): yes, for the speed, though
     a bf16 product of several rows rounds differently than of one: 3 of 4 greedy replies equalled
     their solo selves at 360M (bench/batching.py says it per run). A whole-model bfloat16 or
     bitsandbytes load: no (2 and 3 of 4 replies differed, and their batches measured no faster on
     CPU). Sliding-window caches cannot be padded."""
-    from localchat.engine.formats import WeightOnlyLinear
+    from localchat.engine.formats import WeightOnlyLinear, computes_in_float32
 
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         return False
-    if next(model.parameters()).dtype != torch.float32:
+    if not computes_in_float32(model):
         return False
     if any(isinstance(m, WeightOnlyLinear) for m in model.modules()):
         log.info("batching in a CPU weight format: batched greedy replies may round apart from solo ones")

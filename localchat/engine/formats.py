@@ -6,14 +6,18 @@ its speed is set by the bytes read and by how fast this CPU's kernels turn them 
   - fp32: 4 bytes a weight (nn.Linear, or the narrow product of engine.kernels);
   - bf16: 2 bytes; rows are rounded to bf16 and multiplied by oneDNN/MKL's bf16 kernels;
   - int8: 1 byte plus a scale per output row (symmetric, per channel; torch's _weight_int8pack_mm);
-  - int4: half a byte plus a scale and zero per 32 weights (torch's _weight_int4pack_mm_for_cpu).
+  - int4: half a byte plus a scale and zero per 32 weights (torch's _weight_int4pack_mm_for_cpu);
+  - q8, q4: blocks of 32 weights in GGUF's Q8_0 and Q4_1 layouts (1.06 and 0.625 bytes a weight),
+    multiplied by engine/quant_kernels.c in int8 with AVX2 as llama.cpp does; built at first use
+    where a C compiler is (engine.native), measured ~2x the bandwidth of torch's int8 kernel.
 A prompt (more than DECODE_ROWS rows) multiplies in float32 on weights widened for that call:
 CPUs without native bf16 (AVX2, most AVX-512) compute bf16 and int products several times slower
 than float32 per row, which made a 1,000-token prompt 5x slower to read in bf16 (measured at 1.7B).
-Invariants: activations, norms, embeddings and the KV cache stay float32; only nn.Linear layers on
-the CPU change; `auto` takes only formats of equal quality (fp32, bf16 and int8 weights: measured
-perplexity within 0.5%) unless the caller allows more, and only when a measurement at load says the
-format decodes clearly faster here; of formats equally fast (within 5%), the smallest.
+Invariants: activations, norms and the KV cache stay float32; only nn.Linear layers on the CPU
+change; `auto` takes formats of equal quality (fp32, bf16, int8, q8: measured perplexity within
+0.5%), and q4 for models of FOUR_BIT_FROM and more (the size where 4-bit is what people run, and
+where its cost is stated: bench/quality.py), only when a measurement at load says the format
+decodes clearly faster here; of formats equally fast (within 5%), the smallest.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from localchat.engine import native
 from localchat.engine.kernels import NarrowLinear, narrow_product, sample
 
 log = logging.getLogger(__name__)
@@ -37,8 +42,11 @@ MIN_GAIN = 1.15  # leave float32 only when another format decodes clearly faster
 # Perplexity of a fixed text on the bundled SmolLM2-135M (bench/quality.py), fp32 30.49: bf16 weights
 # 0.998x, int8 weights 0.996x (equal, within the rounding), int4 1.074x (a real loss): `auto` may
 # take bf16 and int8; int4 only when asked for.
-EQUAL_QUALITY = ("fp32", "bf16", "int8")
-BYTES_PER_WEIGHT = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
+EQUAL_QUALITY = ("fp32", "bf16", "int8", "q8")
+BYTES_PER_WEIGHT = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5, "q8": 34 / 32, "q4": 20 / 32}
+# From ~1B parameters (4 GiB of float32 linear weights) `auto` may also take q4: a 4-bit format is
+# what such models are run in (llama.cpp's Q4_K_M), and q4 decodes ~1.7x faster than q8 here.
+FOUR_BIT_FROM = 4 * 2**30
 TIE = 1.05  # formats within 5% of the fastest count as equally fast: the smallest of them wins
 # Below this many bytes of float32 linear weights (~0.25B parameters) a decode step is mostly Python
 # and kernel overhead, and float32 with narrow products measured fastest (SmolLM2-135M: 36.7 tok/s).
@@ -161,17 +169,180 @@ class Int4Linear(WeightOnlyLinear):
         return linear.in_features % INT4_GROUP == 0 and linear.out_features % 64 == 0
 
 
-KINDS: dict[str, type[WeightOnlyLinear]] = {"bf16": BF16Linear, "int8": Int8Linear, "int4": Int4Linear}
+class BlockLinear(WeightOnlyLinear):
+    """Weights in blocks of 32 (q8 or q4: engine/quant_kernels.c); needs the compiled kernels."""
+
+    def __init__(self, linear: nn.Linear, scratch: Scratch | None = None):
+        super().__init__(linear, scratch)
+        kernels = native.kernels()
+        if kernels is None:
+            raise RuntimeError("the compiled CPU kernels are not available here")
+        self.kernels = kernels
+        self.group: SharedInput | None = None
+        self.register_buffer("blocks", kernels.pack(self.format, linear.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.group is not None and self.group.enabled and x.numel() // x.shape[-1] <= DECODE_ROWS:
+            out = self.group.take(self, x)
+            if self.bias is not None:
+                out = out + self.bias
+            return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return super().forward(x)
+
+    def _decode(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.kernels.matmul(self.format, self.blocks, self.in_features, flat)
+
+    def _wide_weight(self) -> torch.Tensor:
+        out = self.scratch.take(torch.Size((self.out_features, self.in_features)))
+        return self.kernels.unpack(self.format, self.blocks, self.in_features, out)
+
+    @staticmethod
+    def fits(linear: nn.Linear) -> bool:
+        return linear.in_features % native.BLOCK == 0
+
+
+class SharedInput:
+    """Sibling layers that multiply the same input in a decode step (an attention's q, k and v; an
+    MLP's gate and up): their blocks are one buffer (each layer's weights a view of its rows), and
+    the first of them called makes one kernel call for all; the others take their part. At 360M
+    a decode step made 7 kernel calls a layer, each with its thread start-up; grouped, it makes 4.
+    Reuse is by the input's identity (transformers passes the same tensor to each sibling); a model
+    that does not is noticed (its parts go unused) and its group is switched off."""
+
+    NAMES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+    def __init__(self, members: list[BlockLinear]):
+        self.members = members
+        self.blocks = torch.cat([m.blocks for m in members])
+        start = 0
+        for m in members:
+            m.blocks = self.blocks[start : start + m.out_features]  # a view: no second copy
+            m.group = self
+            start += m.out_features
+        self.enabled = True
+        self._input: torch.Tensor | None = None
+        self._parts: dict[int, torch.Tensor] = {}
+        self._unused = 0
+
+    def take(self, member: BlockLinear, x: torch.Tensor) -> torch.Tensor:
+        if self._input is not x or id(member) not in self._parts:
+            if self._parts:
+                self._unused += 1  # computed parts nobody took: not the same input after all
+                if self._unused >= 2:
+                    self.enabled, self._input, self._parts = False, None, {}
+                    log.info("grouped products off for %s: its layers take different inputs", member)
+                    return member.kernels.matmul(member.format, member.blocks, member.in_features, _rows(x))
+            out = member.kernels.matmul(member.format, self.blocks, member.in_features, _rows(x))
+            self._input, self._parts, start = x, {}, 0
+            for m in self.members:
+                self._parts[id(m)] = out[:, start : start + m.out_features]
+                start += m.out_features
+        part = self._parts.pop(id(member))
+        if not self._parts:
+            self._input = None
+        return part if part.is_contiguous() else part.contiguous()
+
+    @classmethod
+    def join(cls, model: nn.Module) -> int:
+        """Group the siblings NAMES names wherever all are block layers of one format and width."""
+        groups = 0
+        for parent in model.modules():
+            for names in cls.NAMES:
+                members = [getattr(parent, n, None) for n in names]
+                if all(isinstance(m, BlockLinear) and m.group is None for m in members):
+                    kinds = {(type(m), m.in_features) for m in members}
+                    if len(kinds) == 1:
+                        cls(members)
+                        groups += 1
+        return groups
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1]).float()
+
+
+class Q8Linear(BlockLinear):
+    format = "q8"
+
+
+class Q4Linear(BlockLinear):
+    format = "q4"
+
+
+KINDS: dict[str, type[WeightOnlyLinear]] = {
+    "bf16": BF16Linear,
+    "int8": Int8Linear,
+    "int4": Int4Linear,
+    "q8": Q8Linear,
+    "q4": Q4Linear,
+}
 FORMATS = ("fp32", *KINDS)
 
 
+def fits(kind: type[WeightOnlyLinear], linear: nn.Linear) -> bool:
+    """Can `linear` take this format (shape, and the compiled kernels for q8 and q4)?"""
+    if issubclass(kind, BlockLinear):
+        return BlockLinear.fits(linear) and native.kernels() is not None
+    return kind is not Int4Linear or Int4Linear.fits(linear)
+
+
+def available(formats: Sequence[str]) -> list[str]:
+    """The formats of `formats` this machine can run (q8 and q4 need the compiled kernels)."""
+    return [f for f in formats if f not in ("q8", "q4") or native.kernels() is not None]
+
+
+HALF = (torch.bfloat16, torch.float16)
+
+
 def eligible(module: nn.Module) -> bool:
+    """A plain linear layer on the CPU in float32, or in the half precision of a checkpoint loaded
+    as stored (loading.py loads large models so, halving the load's peak memory)."""
     return (
         type(module) in (nn.Linear, NarrowLinear)
         and "forward" not in module.__dict__  # no hook wrapped its forward (accelerate offload)
-        and module.weight.dtype == torch.float32
+        and module.weight.dtype in (torch.float32, *HALF)
         and module.weight.device.type == "cpu"
     )
+
+
+class WideEmbedding(nn.Embedding):
+    """An embedding kept in the checkpoint's half precision (one row is read per token, so its
+    format costs no speed) that hands float32 vectors on, as the rest of the model computes."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - nn.Embedding's name
+        return super().forward(input).float()
+
+
+def computes_in_float32(model: nn.Module) -> bool:
+    """Are the model's activations float32: every parameter float32, but for the weights of the
+    converted layers and of half-precision embeddings that widen what they hand on?"""
+    return all(
+        p.dtype == torch.float32
+        for m in model.modules()
+        if not isinstance(m, WideEmbedding)
+        for p in m.parameters(recurse=False)
+    )
+
+
+def widen(model: nn.Module) -> None:
+    """Make everything but the converted layers float32 after a half-precision load: embeddings
+    keep their storage and widen what they hand on; norms and the rest become float32. If a linear
+    layer is still half (float32 was chosen), the whole model becomes float32."""
+    if any(eligible(m) and m.weight.dtype in HALF for m in model.modules()):
+        model.float()
+        return
+    for module in model.modules():
+        if type(module) is nn.Embedding and module.weight.dtype in HALF:
+            module.__class__ = WideEmbedding
+            continue
+        if isinstance(module, WeightOnlyLinear):
+            continue
+        for param in module.parameters(recurse=False):
+            if param.dtype in HALF:
+                param.data = param.data.float()
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.dtype in HALF:
+                setattr(module, name, buffer.float())
 
 
 def convert(model: nn.Module, fmt: str) -> int:
@@ -182,12 +353,19 @@ def convert(model: nn.Module, fmt: str) -> int:
         return 0
     kind = KINDS[fmt]
     changed, scratch = 0, Scratch()
+    get_output = getattr(model, "get_output_embeddings", None)
+    output = get_output() if callable(get_output) else None
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if not eligible(child) or (kind is Int4Linear and not Int4Linear.fits(child)):
+            # the output layer takes q8 under q4, as llama.cpp's Q4_K_M keeps it at 6 bits: it
+            # alone made the bundled model's perplexity 1.085x fp32 in q4, against 1.0xx with it in q8
+            own = Q8Linear if kind is Q4Linear and child is output else kind
+            if not eligible(child) or not fits(own, child):
                 continue
-            setattr(parent, name, kind(child, scratch))
+            setattr(parent, name, own(child, scratch))
             changed += 1
+    if issubclass(kind, BlockLinear):
+        SharedInput.join(model)
     return changed
 
 
@@ -224,7 +402,7 @@ def measure(weights: list[torch.Tensor], formats: Sequence[str], tries: int = 5)
         linear = nn.Linear(w.shape[1], w.shape[0], bias=False)
         linear.weight = nn.Parameter(w, requires_grad=False)
         for fmt in layers:
-            if KINDS[fmt] is not Int4Linear or Int4Linear.fits(linear):
+            if fits(KINDS[fmt], linear):
                 layers[fmt].append(KINDS[fmt](linear))
     inputs = {w.shape[1]: torch.randn(1, w.shape[1]) for w in weights}
     fns: dict[str, Callable[[], object]] = {
@@ -245,22 +423,32 @@ def choose(model: nn.Module, allowed: Sequence[str] = EQUAL_QUALITY) -> Choice |
     layers = [m for m in model.modules() if eligible(m)]
     if not layers:
         return None
-    seconds = measure(sample(layers), [f for f in FORMATS if f in allowed])
+    seconds = measure([w.float() for w in sample(layers)], [f for f in FORMATS if f in available(allowed)])
     fastest = min(seconds.values())
     best = min((f for f, s in seconds.items() if s <= TIE * fastest), key=BYTES_PER_WEIGHT.__getitem__)
     fmt = best if seconds["fp32"] >= MIN_GAIN * seconds[best] else "fp32"
     return Choice(fmt, seconds)
 
 
-def use_fastest_format(model: nn.Module, allowed: Sequence[str] = EQUAL_QUALITY) -> str | None:
-    """Convert the model to the fastest allowed format measured here; a line for its details."""
-    if sum(m.weight.nbytes for m in model.modules() if eligible(m)) < MEASURED_FROM:
-        return None
-    choice = choose(model, allowed)
+def auto_formats(model: nn.Module) -> tuple[str, ...]:
+    """What `auto` may choose among for this model: formats of equal quality, and q4 from
+    FOUR_BIT_FROM; empty below MEASURED_FROM (float32 with narrow products measured fastest)."""
+    size = sum(m.weight.numel() * 4 for m in model.modules() if eligible(m))  # as float32
+    if size < MEASURED_FROM:
+        return ()
+    return EQUAL_QUALITY + (("q4",) if size >= FOUR_BIT_FROM else ())
+
+
+def use_fastest_format(model: nn.Module, allowed: Sequence[str] | None = None) -> str | None:
+    """Convert the model to the fastest allowed format measured here (by default what `auto` may
+    choose for its size), leave the rest float32; a line for its details, or None."""
+    allowed = auto_formats(model) if allowed is None else allowed
+    choice = choose(model, allowed) if allowed else None
+    changed = convert(model, choice.format) if choice else 0
+    widen(model)
+    release_freed_memory()
     if choice is None:
         return None
-    changed = convert(model, choice.format)
-    release_freed_memory()
     log.info("%s (%d layers)", choice.note(), changed)
     return choice.note()
 

@@ -192,7 +192,17 @@ def fit_report(options: LoadOptions, cache_root: Path, free_bytes: int | None = 
     bnb = hardware.bitsandbytes_cpu if device == "cpu" else bool(hardware.gpus and hardware.gpus[0].bitsandbytes)
     float32 = pick_dtype(options.dtype, device) == torch.float32
     four_bit = four_bit_dtype(options, device).itemsize
-    return fit.report(resolved.name, config, device, free, options.context_length, float32, bnb, four_bit)
+    report = fit.report(resolved.name, config, device, free, options.context_length, float32, bnb, four_bit)
+    if device == "cpu" and options.dtype == "auto" and gguf_file is None and _stored_half(config) and _large(config):
+        # such a model loads as stored and its layers are converted one by one (load_model), so
+        # its peak is the half-precision size: 14 GB for a 7B model, which fits a 24 GB machine
+        report = replace(report, unquantized="bfloat16")
+    return report
+
+
+def _stored_half(config: Any) -> bool:
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return str(stored).replace("torch.", "") in ("bfloat16", "float16")
 
 
 def choose_quantization(
@@ -311,6 +321,10 @@ def load_model(options: LoadOptions, cache_root: Path) -> Loaded:
             # Reading a GGUF costs ~16 s for the 135M starter model; its cached folder loads in <1 s.
             source, gguf_file = str(dequantized_gguf_folder(resolved, cache_root)), None
         kwargs: dict[str, Any] = {"dtype": dtype, "device_map": device}
+        if device == "cpu" and qconfig is None and options.dtype == "auto" and not gguf_file and _large_folder(source):
+            # as stored (bf16 for most checkpoints): half the float32 peak, and nothing is rounded;
+            # engine.formats converts the linear layers and widens the rest to float32
+            kwargs["dtype"] = "auto"
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
         if qconfig is not None:
@@ -334,11 +348,13 @@ def load_model(options: LoadOptions, cache_root: Path) -> Loaded:
         tokenizer.pad_token = tokenizer.eos_token
     extra = {}
     if device == "cpu" and qconfig is None:
+        from localchat.engine import native
         from localchat.engine.formats import use_fastest_format
         from localchat.engine.kernels import use_narrow_products
 
         if options.dtype == "auto" and dtype == torch.float32:
-            # measured here: narrower weights decode up to ~2x faster than fp32 at 1.7B on an AVX2 CPU
+            native.kernels(cache_root.parent / "kernels")  # built once per machine, kept in the data dir
+            # measured here: block formats decode ~3x faster than fp32 at 1.7B on an AVX2 CPU
             note = use_fastest_format(model)
             if note and "format fp32" not in note:
                 extra["format"] = note
@@ -358,6 +374,24 @@ def load_model(options: LoadOptions, cache_root: Path) -> Loaded:
         extra=extra,
     )
     return Loaded(model=model, tokenizer=tokenizer, info=info)
+
+
+def _large(config: Any) -> bool:
+    """Is this model big enough for engine.formats to measure weight formats (>= MEASURED_FROM of
+    float32 linear weights)? Counted from its config alone."""
+    from localchat.engine import fit
+    from localchat.engine.formats import MEASURED_FROM
+
+    return fit.count(config).quantizable * 4 >= MEASURED_FROM
+
+
+def _large_folder(source: str) -> bool:
+    from localchat.engine import fit
+
+    try:
+        return _large(fit.load_config(source, None))
+    except Exception:  # noqa: BLE001 - the load itself reports what is wrong with the folder
+        return False
 
 
 def _context_window(model: Any, tokenizer: Any) -> int:

@@ -1,0 +1,165 @@
+"""The compiled CPU kernels of quant_kernels.c: built once per machine with the C compiler, loaded
+with ctypes, and absent (None) wherever they cannot be, so every caller has a torch fallback.
+
+Owns: finding a compiler, building the library into the data directory's cache (or, with none
+given, a temporary folder removed once the library is loaded), and calling it on torch tensors.
+Invariants: built only where the CPU has AVX2 with FMA and F16C (x86-64 from 2013 on) and a C
+compiler answers; a failed build is logged once and never retried in the process; torch is
+imported before the library loads, so its OpenMP runtime (libgomp.so.1) is the one the kernels
+use and the two share one thread pool.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("quant_kernels.c")
+FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
+BLOCK = 32  # weights per block (QK in the C source)
+KINDS = {"q8": 8, "q4": 4}
+BLOCK_BYTES = {"q8": 34, "q4": 20}  # bytes per 32 weights (lc_row_bytes)
+
+_lock = threading.Lock()
+_loaded: dict[str, Kernels | None] = {}
+
+
+class KernelError(RuntimeError):
+    """The compiled kernels could not be built or loaded here."""
+
+
+def supported() -> str | None:
+    """Why this machine cannot use the kernels, or None when it can."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"the kernels need an x86-64 CPU (this is {platform.machine()})"
+    if sys.platform == "win32":
+        return "the kernels are built with gcc, which Windows lacks"
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return "the kernels need AVX2"
+    if _compiler() is None:
+        return "no C compiler (cc or gcc) was found"
+    return None
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _key(compiler: str) -> str:
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest.update(" ".join([compiler, *FLAGS]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _build(compiler: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    try:
+        done = subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", str(partial), "-lm"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise KernelError(f"building the CPU kernels failed: {done.stderr.strip()[-400:]}")
+        os.replace(partial, target)  # atomic: another process building at once finds a whole file
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def kernels(build_dir: Path | None = None) -> Kernels | None:
+    """The loaded kernels, building them on first use; None where they cannot be (logged once).
+    `build_dir`: where the built library is kept between runs (the data directory's cache)."""
+    key = str(build_dir)
+    with _lock:
+        if key in _loaded:
+            return _loaded[key]
+        for other in _loaded.values():  # already loaded from elsewhere in this process: reuse it
+            if other is not None:
+                _loaded[key] = other
+                return other
+        reason = supported()
+        found: Kernels | None = None
+        if reason:
+            log.info("compiled CPU kernels off: %s", reason)
+        else:
+            compiler = _compiler()
+            assert compiler is not None
+            try:
+                found = _load(compiler, build_dir)
+            except (KernelError, OSError, subprocess.SubprocessError) as exc:
+                log.warning("compiled CPU kernels off: %s", exc)
+        _loaded[key] = found
+        return found
+
+
+def _load(compiler: str, build_dir: Path | None) -> Kernels:
+    name = f"quant_kernels-{_key(compiler)}.so"
+    if build_dir is not None:
+        target = Path(build_dir) / name
+        if not target.is_file():
+            _build(compiler, target)
+        return Kernels(ctypes.CDLL(str(target)))
+    with tempfile.TemporaryDirectory(prefix="localchat-kernels-") as tmp:
+        target = Path(tmp) / name
+        _build(compiler, target)
+        return Kernels(ctypes.CDLL(str(target)))  # stays mapped after its folder is removed
+
+
+class Kernels:
+    """Typed calls into the library; tensors must be contiguous, on the CPU, in the stated dtypes."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.lib = lib
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        lib.lc_pack.argtypes = [ctypes.c_int, ptr, i64, i64, ptr]
+        lib.lc_pack.restype = None
+        lib.lc_unpack.argtypes = [ctypes.c_int, ptr, i64, i64, ptr]
+        lib.lc_unpack.restype = None
+        lib.lc_matmul.argtypes = [ctypes.c_int, ptr, i64, i64, ptr, i64, ptr]
+        lib.lc_matmul.restype = ctypes.c_int
+        lib.lc_row_bytes.argtypes = [ctypes.c_int, i64]
+        lib.lc_row_bytes.restype = ctypes.c_int
+        for kind, size in BLOCK_BYTES.items():
+            if lib.lc_row_bytes(KINDS[kind], BLOCK) != size:
+                raise KernelError(f"the built kernels' {kind} block is not {size} bytes")
+
+    def pack(self, kind: str, weight: torch.Tensor) -> torch.Tensor:
+        """Blocks (uint8, one row of bytes per output row) for a float32 n x k weight, k % 32 == 0."""
+        w = weight.detach().float().contiguous()
+        n, k = w.shape
+        out = torch.empty(n, k // BLOCK * BLOCK_BYTES[kind], dtype=torch.uint8)
+        self.lib.lc_pack(KINDS[kind], w.data_ptr(), n, k, out.data_ptr())
+        return out
+
+    def unpack(self, kind: str, blocks: torch.Tensor, k: int, out: torch.Tensor) -> torch.Tensor:
+        """The weights as float32 into `out` (n x k, contiguous)."""
+        self.lib.lc_unpack(KINDS[kind], blocks.data_ptr(), blocks.shape[0], k, out.data_ptr())
+        return out
+
+    def matmul(self, kind: str, blocks: torch.Tensor, k: int, x: torch.Tensor) -> torch.Tensor:
+        """x (m x k, float32) times the weights transposed: m x n float32."""
+        x = x.contiguous()
+        y = torch.empty(x.shape[0], blocks.shape[0])
+        if self.lib.lc_matmul(
+            KINDS[kind], blocks.data_ptr(), blocks.shape[0], k, x.data_ptr(), x.shape[0], y.data_ptr()
+        ):
+            raise MemoryError("no memory for the activations' blocks")
+        return y

@@ -1,0 +1,102 @@
+"""The compiled CPU kernels (engine/quant_kernels.c through engine.native): the block layouts
+against weights they hold exactly, products against float32 arithmetic on the same weights, odd
+sizes, the build kept in the data directory, and the fallback where no compiler is found."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from localchat.engine import native
+
+pytestmark = pytest.mark.skipif(native.supported() is not None, reason=f"{native.supported()}")
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory) -> native.Kernels:
+    found = native.kernels(tmp_path_factory.mktemp("data") / "cache" / "kernels")
+    assert found is not None, "the kernels did not build on a machine that supports them"
+    return found
+
+
+def _q4_exact(n: int, k: int) -> torch.Tensor:
+    """Weights a q4 block holds exactly: d * q + m with d and m in fp16 and q spanning 0..15."""
+    torch.manual_seed(1)
+    q = torch.randint(0, 16, (n, k // 32, 32)).float()
+    q[..., 0], q[..., 1] = 0, 15  # min and max in every block, so packing finds this d and m
+    d = (torch.rand(n, k // 32, 1) * 0.01 + 0.001).half().float()
+    m = (torch.randn(n, k // 32, 1) * 0.05).half().float()
+    return (q * d + m).reshape(n, k)
+
+
+def test_q4_blocks_hold_exactly_what_gguf_q4_1_holds(kernels) -> None:
+    w = _q4_exact(24, 96)
+    blocks = kernels.pack("q4", w)
+    assert blocks.shape == (24, 96 // 32 * 20)  # 0.625 bytes a weight
+    wide = kernels.unpack("q4", blocks, 96, torch.empty(24, 96))
+    assert torch.allclose(wide, w, rtol=0, atol=1e-6)
+
+
+def test_q8_blocks_round_each_weight_to_its_blocks_step(kernels) -> None:
+    torch.manual_seed(2)
+    w = torch.randn(40, 64)
+    wide = kernels.unpack("q8", kernels.pack("q8", w), 64, torch.empty(40, 64))
+    step = w.reshape(40, 2, 32).abs().amax(-1, keepdim=True) / 127
+    assert ((wide - w).reshape(40, 2, 32).abs() <= step * 0.51).all()
+    assert not torch.equal(wide, w)
+
+
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("k", [96, 256, 2048])  # 3 blocks (fewer than the 8 read at once), 8, 64
+def test_products_equal_float32_arithmetic_on_the_same_weights(kernels, kind, rows, k) -> None:
+    torch.manual_seed(3)
+    w = torch.randn(72, k) * 0.05
+    blocks = kernels.pack(kind, w)
+    wide = kernels.unpack(kind, blocks, k, torch.empty(72, k))
+    x = torch.randn(rows, k)
+    got = kernels.matmul(kind, blocks, k, x)
+    want = x @ wide.t()
+    assert got.shape == (rows, 72)
+    # activations are rounded to int8 per 32 (as llama.cpp's Q8_0/Q8_1): ~0.5% of the product
+    error = (got - want).norm() / want.norm()
+    assert error < 0.012, error
+    for i in range(rows):  # each row is its own product, whatever its neighbours in the batch
+        assert torch.allclose(got[i : i + 1], kernels.matmul(kind, blocks, k, x[i : i + 1]), atol=1e-5)
+
+
+def test_the_build_is_kept_in_the_data_directory_and_reused(tmp_path, monkeypatch) -> None:
+    build_dir = tmp_path / "cache" / "kernels"
+    monkeypatch.setattr(native, "_loaded", {})
+    assert native.kernels(build_dir) is not None
+    built = list(build_dir.glob("quant_kernels-*.so"))
+    assert len(built) == 1 and not list(build_dir.glob("*.partial"))
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "_build", lambda *a: pytest.fail("rebuilt although the library was there"))
+    assert native.kernels(build_dir) is not None
+    assert built[0].stat().st_mtime_ns == stamp
+
+
+def test_without_a_compiler_the_kernels_are_off_and_formats_fall_back(tmp_path, monkeypatch) -> None:
+    from torch import nn
+
+    from localchat.engine import formats
+
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    assert "compiler" in native.supported()
+    assert native.kernels(tmp_path / "kernels") is None
+    assert formats.available(formats.FORMATS) == ["fp32", "bf16", "int8", "int4"]
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
+    assert formats.convert(model, "q4") == 0  # nothing changes, the model still runs in float32
+    assert not (tmp_path / "kernels").exists()
+
+
+def test_a_failed_build_is_one_clear_line_and_no_kernels(tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "FLAGS", [*native.FLAGS, "-mno-such-flag"])
+    with caplog.at_level("WARNING"):
+        assert native.kernels(tmp_path / "kernels") is None
+    assert "building the CPU kernels failed" in caplog.text
+    assert not list((tmp_path / "kernels").glob("*"))
