@@ -334,6 +334,9 @@ def widen(model: nn.Module) -> None:
     for module in model.modules():
         if type(module) is nn.Embedding and module.weight.dtype in HALF:
             module.__class__ = WideEmbedding
+            # its own memory: a view into the checkpoint's memory map kept the whole file resident
+            # (RSS 4.9 GB at 1.7B where the model holds 1.3 GB)
+            module.weight.data = module.weight.data.clone()
             continue
         if isinstance(module, WeightOnlyLinear):
             continue

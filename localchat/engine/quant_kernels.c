@@ -29,6 +29,20 @@
 int lc_row_bytes(int kind, int64_t k) { return (int)(kind == 4 ? k / QK * 20 : k / QK * 34); }
 
 static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+
+static inline float hmax(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
 static inline uint16_t float_to_half(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
 
 /* ---- packing (at load) ---- */
@@ -38,14 +52,77 @@ static void pack_row_q8(const float *x, uint8_t *row, int64_t nb) {
     int8_t *qs = (int8_t *)(row + 2 * nb);
     for (int64_t b = 0; b < nb; b++) {
         const float *v = x + b * QK;
-        float amax = 0.f;
-        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(v[j]));
+        const __m256 no_sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+        __m256 a8 = _mm256_setzero_ps();
+        for (int j = 0; j < 4; j++) a8 = _mm256_max_ps(a8, _mm256_and_ps(_mm256_loadu_ps(v + 8 * j), no_sign));
+        float amax = hmax(a8);
         ds[b] = float_to_half(amax / 127.f);
-        float d = half_to_float(ds[b]), inv = d > 0.f ? 1.f / d : 0.f;
-        for (int j = 0; j < QK; j++) {
-            float q = roundf(v[j] * inv);
-            qs[b * QK + j] = (int8_t)(q > 127.f ? 127.f : (q < -127.f ? -127.f : q));
+        float d = half_to_float(ds[b]);
+        __m256 inv = _mm256_set1_ps(d > 0.f ? 1.f / d : 0.f), top = _mm256_set1_ps(127.f);
+        __m256i i[4];
+        for (int j = 0; j < 4; j++) {
+            __m256 t = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(v + 8 * j), inv),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            i[j] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(t, _mm256_sub_ps(_mm256_setzero_ps(), top)), top));
         }
+        __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+        packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(qs + b * QK), packed);
+    }
+}
+
+/* Four sums at once: the totals of a, b, c and d's lanes. */
+static inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d), all = _mm256_hadd_ps(ab, cd);
+    return _mm_add_ps(_mm256_castps256_ps128(all), _mm256_extractf128_ps(all, 1));
+}
+
+/* The scale and minimum of one q4 block: of the plain min/max fit and 5 candidate scales around
+ * it (each with the least-squares scale and minimum for its rounding), the one with the least
+ * squared error weighted by rms + |x| (the search of llama.cpp's Q4_K, make_qkx2_quants, with 5
+ * of its 21 steps). Gaussian weights: relative error 0.078 (min/max, as GGUF's Q4_1) -> 0.071;
+ * 21 steps gave 0.0705 at 4x the packing time (1.7B: 5.8 s with 5 steps on 2 cores). */
+static void fit_q4(const float *v, float *d_out, float *m_out) {
+    __m256 x[4], w[4], lo8 = _mm256_loadu_ps(v), hi8 = lo8, sq = _mm256_setzero_ps();
+    const __m256 no_sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)), zero = _mm256_setzero_ps();
+    for (int j = 0; j < 4; j++) {
+        x[j] = _mm256_loadu_ps(v + 8 * j);
+        lo8 = _mm256_min_ps(lo8, x[j]), hi8 = _mm256_max_ps(hi8, x[j]);
+        sq = _mm256_fmadd_ps(x[j], x[j], sq);
+    }
+    float hi = hmax(hi8), lo = -hmax(_mm256_sub_ps(zero, lo8));
+    *d_out = (hi - lo) / 15.f, *m_out = lo;
+    if (!(hi > lo)) return;
+    __m256 av = _mm256_set1_ps(sqrtf(hsum8(sq) / QK)), sw = zero, swx = zero, swxx = zero;
+    for (int j = 0; j < 4; j++) {
+        w[j] = _mm256_add_ps(av, _mm256_and_ps(x[j], no_sign));
+        __m256 wx = _mm256_mul_ps(w[j], x[j]);
+        sw = _mm256_add_ps(sw, w[j]), swx = _mm256_add_ps(swx, wx), swxx = _mm256_fmadd_ps(wx, x[j], swxx);
+    }
+    float sums[4];
+    _mm_storeu_ps(sums, hsum4(sw, swx, swxx, zero));
+    float sum_w = sums[0], sum_x = sums[1], sum_xx = sums[2], best = INFINITY;
+    const __m256 vlo = _mm256_set1_ps(lo), fifteen = _mm256_set1_ps(15.f);
+    float inv_range = 1.f / (hi - lo); /* divisions dominated: one here, one per candidate below */
+    for (int step = -1; step <= 4; step++) { /* -1: the plain fit itself */
+        float iscale = (step < 0 ? 15.f : 14.2f + 0.4f * step) * inv_range;
+        __m256 vi = _mm256_set1_ps(iscale), sl = zero, sl2 = zero, sxl = zero;
+        for (int j = 0; j < 4; j++) {
+            __m256 t = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(x[j], vlo), vi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            __m256 l = _mm256_min_ps(_mm256_max_ps(t, zero), fifteen), wl = _mm256_mul_ps(w[j], l);
+            sl = _mm256_add_ps(sl, wl), sl2 = _mm256_fmadd_ps(wl, l, sl2), sxl = _mm256_fmadd_ps(wl, x[j], sxl);
+        }
+        _mm_storeu_ps(sums, hsum4(sl, sl2, sxl, zero));
+        float a = sums[0], b = sums[1], c = sums[2], d = (hi - lo) / 15.f, m = lo;
+        if (step >= 0) {
+            float det = sum_w * b - a * a;
+            if (!(det > 0.f)) continue;
+            float inv = 1.f / det;
+            d = (sum_w * c - sum_x * a) * inv, m = (b * sum_x - a * c) * inv;
+        }
+        /* sum of w (d l + m - x)^2, from the sums alone */
+        float e = d * d * b + 2.f * d * m * a - 2.f * d * c + m * m * sum_w - 2.f * m * sum_x + sum_xx;
+        if (e < best && d > 0.f) best = e, *d_out = d, *m_out = m;
     }
 }
 
@@ -54,17 +131,24 @@ static void pack_row_q4(const float *x, uint8_t *row, int64_t nb) {
     uint8_t *qs = row + 4 * nb;
     for (int64_t b = 0; b < nb; b++) {
         const float *v = x + b * QK;
-        float lo = v[0], hi = v[0];
-        for (int j = 1; j < QK; j++) lo = fminf(lo, v[j]), hi = fmaxf(hi, v[j]);
-        ds[b] = float_to_half((hi - lo) / 15.f);
-        ms[b] = float_to_half(lo);
-        float d = half_to_float(ds[b]), m = half_to_float(ms[b]), inv = d > 0.f ? 1.f / d : 0.f;
-        uint8_t q[QK];
-        for (int j = 0; j < QK; j++) {
-            float t = roundf((v[j] - m) * inv);
-            q[j] = (uint8_t)(t > 15.f ? 15.f : (t < 0.f ? 0.f : t));
+        float d, m;
+        fit_q4(v, &d, &m);
+        ds[b] = float_to_half(d);
+        ms[b] = float_to_half(m);
+        d = half_to_float(ds[b]), m = half_to_float(ms[b]);
+        __m256 inv = _mm256_set1_ps(d > 0.f ? 1.f / d : 0.f), vm = _mm256_set1_ps(m);
+        __m256i i[4];
+        for (int j = 0; j < 4; j++) {
+            __m256 t = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(v + 8 * j), vm), inv),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            i[j] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), _mm256_set1_ps(15.f)));
         }
-        for (int j = 0; j < QK / 2; j++) qs[b * 16 + j] = (uint8_t)(q[j] | (q[j + QK / 2] << 4));
+        /* q[0..15] to the low nibbles, q[16..31] to the high ones */
+        __m256i lo16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(i[0], i[1]), 0xD8);
+        __m256i hi16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(i[2], i[3]), 0xD8);
+        __m256i bytes = _mm256_or_si256(lo16, _mm256_slli_epi16(hi16, 4)); /* 16 x u16, each < 256 */
+        __m128i packed = _mm_packus_epi16(_mm256_castsi256_si128(bytes), _mm256_extracti128_si256(bytes, 1));
+        _mm_storeu_si128((__m128i *)(qs + b * 16), packed);
     }
 }
 
@@ -120,13 +204,6 @@ typedef struct {         /* one row of activations, quantized per block of 32 */
     const float *d, *s;  /* nb (padded with zeros to a multiple of 8): scale, scale * sum(q) */
 } act;
 
-static inline float hmax(__m256 v) {
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
-}
-
 static inline int hsum_i32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
@@ -157,13 +234,6 @@ static void quantize_activations(const float *x, int64_t nb, int8_t *q, float *d
         d[b] = scale;
         s[b] = scale * (float)sum;
     }
-}
-
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
 }
 
 static inline __m256 load_halves(const uint16_t *h, int64_t count) {
@@ -221,7 +291,7 @@ static inline __attribute__((always_inline)) void dot_rows(int kind, const uint8
             }
         }
     }
-    for (int i = 0; i < R; i++) out[i] = hsum(_mm256_add_ps(_mm256_add_ps(acc[i][0], acc[i][1]), off[i]));
+    for (int i = 0; i < R; i++) out[i] = hsum8(_mm256_add_ps(_mm256_add_ps(acc[i][0], acc[i][1]), off[i]));
 }
 
 static void dot(int kind, const uint8_t *row, const act *a, int rows, int64_t nb, float *out) {
