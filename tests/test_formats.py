@@ -30,7 +30,7 @@ def _linear(n: int = 128, k: int = 256, bias: bool = True) -> nn.Linear:
     ],
     ids=["bf16", "int8", "int4", "q8", "q4"],
 )
-@pytest.mark.parametrize("rows", [1, 3, formats.DECODE_ROWS + 5], ids=["one", "batch", "prompt"])
+@pytest.mark.parametrize("rows", [1, 3, 40, formats.BLOCK_ROWS + 5], ids=["one", "batch", "short-prompt", "prompt"])
 def test_each_format_multiplies_like_float32_within_its_rounding(kind, tolerance, rows) -> None:
     layer = _linear()
     x = torch.randn(2, rows, layer.in_features)

@@ -37,6 +37,10 @@ from localchat.engine.kernels import NarrowLinear, narrow_product, sample
 log = logging.getLogger(__name__)
 
 DECODE_ROWS = 16  # up to this many rows (replies in a batch) use the format's own kernel
+# q8/q4 kernels cost ~0.6 of a one-row step per extra row; widening every weight to float32 costs
+# ~1.5 s at 1.7B before the first product: short prompts read faster in the kernels (1.7B, 50
+# tokens: 3.3 s widened)
+BLOCK_ROWS = 64
 INT4_GROUP = 32  # weights sharing a scale and zero (llama.cpp's Q4 blocks are 32 too)
 MIN_GAIN = 1.15  # leave float32 only when another format decodes clearly faster
 # Perplexity of a fixed text on the bundled SmolLM2-135M (bench/quality.py), fp32 30.49: bf16 weights
@@ -84,13 +88,17 @@ class WeightOnlyLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        if flat.shape[0] <= DECODE_ROWS:
+        if flat.shape[0] <= self.kernel_rows():
             out = self._decode(flat.float())
         else:
             out = self._prompt(flat.float())
         if self.bias is not None:
             out = out + self.bias
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def kernel_rows(self) -> int:
+        """Up to how many rows the format's own kernel multiplies (more: widened weights)."""
+        return DECODE_ROWS
 
     def _prompt(self, flat: torch.Tensor) -> torch.Tensor:
         return F.linear(flat, self._wide_weight())
@@ -182,12 +190,15 @@ class BlockLinear(WeightOnlyLinear):
         self.register_buffer("blocks", kernels.pack(self.format, linear.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.group is not None and self.group.enabled and x.numel() // x.shape[-1] <= DECODE_ROWS:
+        if self.group is not None and self.group.enabled and x.numel() // x.shape[-1] <= self.kernel_rows():
             out = self.group.take(self, x)
             if self.bias is not None:
                 out = out + self.bias
             return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return super().forward(x)
+
+    def kernel_rows(self) -> int:
+        return max(DECODE_ROWS, BLOCK_ROWS)
 
     def _decode(self, flat: torch.Tensor) -> torch.Tensor:
         return self.kernels.matmul(self.format, self.blocks, self.in_features, flat)
