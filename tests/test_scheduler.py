@@ -401,3 +401,28 @@ def test_an_announced_reply_that_never_comes_holds_a_read_only_for_the_gather_wi
         time.sleep(0.01)
     assert reads.read.is_set()
     assert reads.reads == [["ann"]]
+
+
+def test_the_idle_hook_runs_once_each_time_the_work_runs_out() -> None:
+    worker = InferenceWorker()
+    calls: list[str] = []
+    idle = threading.Event()
+
+    def on_idle() -> None:
+        calls.append(threading.current_thread().name)
+        idle.set()
+
+    worker.on_idle = on_idle
+    try:
+        for round_ in range(2):
+            idle.clear()
+            assert worker.call(lambda: round_) == round_
+            assert idle.wait(5)
+            time.sleep(0.05)  # idle a while: no more calls
+            assert len(calls) == round_ + 1
+        assert set(calls) == {"localchat-inference"}  # on the worker, never on the caller's thread
+        worker.on_idle = lambda: 1 / 0  # a failing hook is logged, and the worker goes on
+        assert worker.call(lambda: "still here") == "still here"
+        assert worker.call(lambda: "and here") == "and here"
+    finally:
+        worker.close()

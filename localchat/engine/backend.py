@@ -23,6 +23,7 @@ from localchat.backend import ModelLoadFailed, ModelNotAllowed, NoModelLoaded, P
 from localchat.engine.batch import Batch, Reply
 from localchat.engine.embedding import SentenceEmbedder
 from localchat.engine.fit import FitReport
+from localchat.engine.formats import trim_heap
 from localchat.engine.generate import ContextOverflow, Decoded, fit_to_window, prompt_ids, text_ids
 from localchat.engine.loading import Loaded, LoadError, choose_quantization, fit_report, load_model, pick_device
 from localchat.engine.prefix import PrefixCache
@@ -55,6 +56,7 @@ class TransformersBackend:
         self._closing = threading.Event()
         self.models_dir = models_dir or data_dir / "models"
         self.worker = InferenceWorker(max_waiting=max_waiting)
+        self.worker.on_idle = trim_heap  # after each burst of replies: RSS back near the model's size
         self._current: Loaded | None = None
         self._batch: Batch | None = None  # the replies decoding on the current model
         self.max_batch = max_batch

@@ -80,6 +80,9 @@ class InferenceWorker:
         self._running = False
         self._closed = False
         self.stepper: Stepper | None = None  # set by the backend: the batch of replies decoding now
+        # set by the backend: run on the worker each time it runs out of work (hand freed memory back)
+        self.on_idle: Callable[[], None] | None = None
+        self._idle = True
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -221,6 +224,16 @@ class InferenceWorker:
                 return False  # the head waits for room (or for the batch to end); decode on
             if self._closed:
                 return None
+            if not self._idle and self.on_idle is not None:
+                self._idle = True
+                self._changed.release()  # not under the lock: a submit meanwhile is seen below
+                try:
+                    self.on_idle()
+                except Exception:  # noqa: BLE001 - housekeeping never stops the worker
+                    log.exception("the idle hook failed")
+                finally:
+                    self._changed.acquire()
+                continue
             self._changed.wait()
 
     def _take(self, job: _Job, served: bool) -> _Job:
@@ -239,6 +252,7 @@ class InferenceWorker:
                 if job is None:
                     return
                 self._running = job is not False
+            self._idle = False
             if job is False:
                 self._step()
                 continue
