@@ -241,7 +241,9 @@ def report(rows: dict[str, dict[str, Any]], speed: float, cpu: str, args: argpar
               f"ttft 50 {engine_row['ttft'][0] / ref['ttft'][0]:.2f}x, ttft 1000 {engine_row['ttft'][1] / ref['ttft'][1]:.2f}x "
               f"(time: lower is better), RSS {engine_row['rss'] / ref['weight_bytes']:.2f}x the {kind} file")  # fmt: skip
     print("(ttft: seconds to the first token of a 50- / 1,000-token prompt; tok/s: decode after the first token;")
-    print(" ceiling: bandwidth / bytes of weights read per token, KV cache not counted; RSS after the runs, the engine's")
+    print(
+        " ceiling: bandwidth / bytes of weights read per token, KV cache not counted; RSS after the runs, the engine's"
+    )
     print(" once idle, with the prefix cache's KV)")
 
 

@@ -92,6 +92,10 @@ def test_doctor_reports_the_machine_and_the_fit(session_data_dir: Path, smol_bac
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "CPU:" in out.stdout and "RAM:" in out.stdout and "Fits in RAM" in out.stdout
+    from localchat.engine.native import supported
+
+    kernels = "yes" if supported() is None else f"no: {supported()}"
+    assert f"Compiled CPU kernels for q8/q4 weights: {kernels}" in out.stdout
 
 
 @pytest.mark.parametrize("quantization", ["none", "8bit", "4bit"])

@@ -416,7 +416,7 @@ def test_the_idle_hook_runs_once_each_time_the_work_runs_out() -> None:
     try:
         for round_ in range(2):
             idle.clear()
-            assert worker.call(lambda: round_) == round_
+            assert worker.call(lambda r=round_: r) == round_
             assert idle.wait(5)
             time.sleep(0.05)  # idle a while: no more calls
             assert len(calls) == round_ + 1
