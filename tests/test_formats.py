@@ -182,7 +182,8 @@ def test_a_large_model_loads_as_stored_in_bf16_and_computes_in_float32(tiny_mode
     monkeypatch.setattr(formats, "choose", pick_q8)
     monkeypatch.setattr(native, "_loaded", {})  # as in a new engine process: nothing built yet
     loaded = load_model(LoadOptions(model=str(folder), device="cpu"), tmp_path / "data" / "cache" / "gguf")
-    assert seen == [({torch.bfloat16}, (*formats.EQUAL_QUALITY, "q4"))]  # loaded as stored; q4 allowed
+    # loaded as stored; q4 allowed, float32 not (it would double the 16-bit weights' memory)
+    assert seen == [({torch.bfloat16}, tuple(f for f in (*formats.EQUAL_QUALITY, "q4") if f != "fp32"))]
     model = loaded.model
     assert isinstance(model.model.embed_tokens, formats.WideEmbedding)
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
@@ -208,12 +209,27 @@ def test_a_large_model_loads_as_stored_in_bf16_and_computes_in_float32(tiny_mode
     assert (got - want).norm() / want.norm() < 0.05  # q8 weights, int8 activations: rounding only
 
 
-def test_when_float32_is_chosen_a_half_load_becomes_float32_whole(tiny_model, tmp_path) -> None:
+def test_a_half_load_never_doubles_into_float32(tiny_model, monkeypatch) -> None:
+    """Even where float32 decodes fastest, a model loaded as stored in bf16 keeps 16-bit or smaller
+    weights, and a layer no format takes becomes float32 alone, not the whole model."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
-    formats.widen(model)
-    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    monkeypatch.setattr(formats, "MEASURED_FROM", 0)
+    # as formats.measure: float32 always timed; here the fastest
+    monkeypatch.setattr(formats, "measure", lambda weights, fmts: {"fp32": 1.0, **{f: 3.0 for f in fmts}})
+    note = formats.use_fastest_format(model)
+    assert note is not None and "format fp32" not in note  # the smallest of the equally fast others
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())  # every layer took that format
+    assert any(isinstance(m, formats.WeightOnlyLinear) for m in model.modules())
+    assert isinstance(model.model.embed_tokens, formats.WideEmbedding)
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert formats.computes_in_float32(model)
+
+    odd = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
+    formats.widen(odd)  # nothing converted: each linear layer becomes float32 on its own
+    assert all(m.weight.dtype == torch.float32 for m in odd.modules() if type(m) is torch.nn.Linear)
+    assert odd.model.embed_tokens.weight.dtype == torch.bfloat16 and formats.computes_in_float32(odd)
 
 
 @compiled

@@ -100,3 +100,63 @@ def test_a_failed_build_is_one_clear_line_and_no_kernels(tmp_path, monkeypatch, 
         assert native.kernels(tmp_path / "kernels") is None
     assert "building the CPU kernels failed" in caplog.text
     assert not list((tmp_path / "kernels").glob("*"))
+
+
+def test_the_wrappers_refuse_what_c_would_misread(kernels) -> None:
+    """Checked before every call: the C code trusts sizes and dtypes (a bf16 x once read past its end)."""
+    blocks = kernels.pack("q4", torch.randn(8, 64))
+    with pytest.raises(ValueError, match="rows of 64"):
+        kernels.matmul("q4", blocks, 64, torch.randn(2, 32))
+    with pytest.raises(ValueError, match="whole blocks"):
+        kernels.matmul("q4", blocks, 40, torch.randn(2, 40))
+    with pytest.raises(ValueError, match="uint8 rows"):
+        kernels.matmul("q8", blocks, 64, torch.randn(2, 64))  # q4 blocks read as q8
+    with pytest.raises(ValueError, match="multiple of 32"):
+        kernels.pack("q8", torch.randn(3, 40))
+    with pytest.raises(ValueError, match="float32"):
+        kernels.unpack("q4", blocks, 64, torch.empty(8, 64, dtype=torch.bfloat16))
+    x = torch.randn(3, 64)
+    want = kernels.matmul("q4", blocks, 64, x)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # as transformers does during a load
+    try:
+        got = kernels.matmul("q4", blocks, 64, x.to(torch.bfloat16).float())
+        assert got.dtype == torch.float32
+        assert kernels.matmul("q4", blocks, 64, x.to(torch.bfloat16)).dtype == torch.float32
+    finally:
+        torch.set_default_dtype(previous)
+    assert torch.allclose(got, want, rtol=0.05, atol=0.05)
+    assert kernels.matmul("q4", blocks, 64, torch.empty(0, 64)).shape == (0, 8)
+
+
+def test_one_build_attempt_per_process(tmp_path, monkeypatch) -> None:
+    attempts = []
+
+    def failing(compiler, target):
+        attempts.append(target)
+        raise native.KernelError("building the CPU kernels failed: no")
+
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "_build", failing)
+    assert native.kernels(tmp_path / "kernels") is None
+    assert native.kernels() is None and native.kernels(tmp_path / "other") is None
+    assert len(attempts) == 1  # not once per caller: a compiler that hangs would hang every load
+
+
+def test_a_compiler_without_openmp_still_builds_them_for_one_core(tmp_path, monkeypatch, caplog) -> None:
+    import shutil
+
+    cc = tmp_path / "cc-without-openmp"
+    real = shutil.which("cc") or shutil.which("gcc")
+    cc.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec {real} "$@"\n')
+    cc.chmod(0o755)
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "_compiler", lambda: str(cc))
+    with caplog.at_level("WARNING"):
+        found = native.kernels(tmp_path / "kernels")
+    assert found is not None and "without OpenMP" in caplog.text
+    w, x = torch.randn(16, 64), torch.randn(2, 64)
+    blocks = found.pack("q8", w)
+    want = x @ found.unpack("q8", blocks, 64, torch.empty(16, 64)).t()
+    got = found.matmul("q8", blocks, 64, x)
+    assert (got - want).norm() / want.norm() < 0.012  # int8 activations' rounding, as with OpenMP

@@ -4,7 +4,7 @@ with ctypes, and absent (None) wherever they cannot be, so every caller has a to
 Owns: finding a compiler, building the library into the data directory's cache (or, with none
 given, a temporary folder removed once the library is loaded), and calling it on torch tensors.
 Invariants: built only where the CPU has AVX2 with FMA and F16C (x86-64 from 2013 on) and a C
-compiler answers; a failed build is logged once and never retried in the process; torch is
+compiler answers; one attempt per process (a failed build is logged once, never retried); torch is
 imported before the library loads, so its OpenMP runtime (libgomp.so.1) is the one the kernels
 use and the two share one thread pool.
 """
@@ -68,18 +68,24 @@ def _key(compiler: str) -> str:
 
 
 def _build(compiler: str, target: Path) -> None:
+    """Build into `target`; without OpenMP (one thread) when the compiler has none (clang without
+    libomp), since the kernels are correct either way."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     try:
-        done = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", str(partial), "-lm"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if done.returncode != 0:
-            raise KernelError(f"building the CPU kernels failed: {done.stderr.strip()[-400:]}")
-        os.replace(partial, target)  # atomic: another process building at once finds a whole file
+        for flags in (FLAGS, [f for f in FLAGS if f != "-fopenmp"]):
+            done = subprocess.run(
+                [compiler, *flags, str(SOURCE), "-o", str(partial), "-lm"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if done.returncode == 0:
+                if flags is not FLAGS:
+                    log.warning("the CPU kernels were built without OpenMP: they use one core")
+                os.replace(partial, target)  # atomic: another process building at once finds a whole file
+                return
+        raise KernelError(f"building the CPU kernels failed: {done.stderr.strip()[-400:]}")
     finally:
         partial.unlink(missing_ok=True)
 
@@ -89,12 +95,8 @@ def kernels(build_dir: Path | None = None) -> Kernels | None:
     `build_dir`: where the built library is kept between runs (the data directory's cache)."""
     key = str(build_dir)
     with _lock:
-        if key in _loaded:
-            return _loaded[key]
-        for other in _loaded.values():  # already loaded from elsewhere in this process: reuse it
-            if other is not None:
-                _loaded[key] = other
-                return other
+        if _loaded:  # one attempt per process: a library loaded from elsewhere, or a failed build
+            return next(iter(_loaded.values()))
         reason = supported()
         found: Kernels | None = None
         if reason:
@@ -142,24 +144,40 @@ class Kernels:
                 raise KernelError(f"the built kernels' {kind} block is not {size} bytes")
 
     def pack(self, kind: str, weight: torch.Tensor) -> torch.Tensor:
-        """Blocks (uint8, one row of bytes per output row) for a float32 n x k weight, k % 32 == 0."""
-        w = weight.detach().float().contiguous()
+        """Blocks (uint8, one row of bytes per output row) for an n x k weight, k % 32 == 0."""
+        w = weight.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        if w.dim() != 2 or w.shape[1] % BLOCK:
+            raise ValueError(f"{kind} weights need 2 dimensions and rows of a multiple of {BLOCK}: {tuple(w.shape)}")
         n, k = w.shape
         out = torch.empty(n, k // BLOCK * BLOCK_BYTES[kind], dtype=torch.uint8)
         self.lib.lc_pack(KINDS[kind], w.data_ptr(), n, k, out.data_ptr())
         return out
 
     def unpack(self, kind: str, blocks: torch.Tensor, k: int, out: torch.Tensor) -> torch.Tensor:
-        """The weights as float32 into `out` (n x k, contiguous)."""
+        """The weights as float32 into `out` (n x k, contiguous float32)."""
+        self._check(kind, blocks, k)
+        if out.dtype != torch.float32 or not out.is_contiguous() or tuple(out.shape) != (blocks.shape[0], k):
+            raise ValueError(f"unpacking needs a contiguous float32 {blocks.shape[0]} x {k} tensor")
         self.lib.lc_unpack(KINDS[kind], blocks.data_ptr(), blocks.shape[0], k, out.data_ptr())
         return out
 
     def matmul(self, kind: str, blocks: torch.Tensor, k: int, x: torch.Tensor) -> torch.Tensor:
-        """x (m x k, float32) times the weights transposed: m x n float32."""
-        x = x.contiguous()
-        y = torch.empty(x.shape[0], blocks.shape[0])
-        if self.lib.lc_matmul(
-            KINDS[kind], blocks.data_ptr(), blocks.shape[0], k, x.data_ptr(), x.shape[0], y.data_ptr()
-        ):
+        """x (m x k) times the weights transposed: m x n float32."""
+        self._check(kind, blocks, k)
+        x = x.to(dtype=torch.float32).contiguous()
+        if x.dim() != 2 or x.shape[1] != k:
+            raise ValueError(f"the activations are {tuple(x.shape)}, not rows of {k}")
+        n, m = blocks.shape[0], x.shape[0]
+        y = torch.empty(m, n, dtype=torch.float32)  # never the default dtype: a load may change it
+        if m and self.lib.lc_matmul(KINDS[kind], blocks.data_ptr(), n, k, x.data_ptr(), m, y.data_ptr()):
             raise MemoryError("no memory for the activations' blocks")
         return y
+
+    @staticmethod
+    def _check(kind: str, blocks: torch.Tensor, k: int) -> None:
+        """What C would read past the end of, or misread, is refused here."""
+        if k <= 0 or k % BLOCK:
+            raise ValueError(f"rows of {k} weights are not whole blocks of {BLOCK}")
+        width = k // BLOCK * BLOCK_BYTES[kind]
+        if blocks.dtype != torch.uint8 or blocks.dim() != 2 or blocks.shape[1] != width or not blocks.is_contiguous():
+            raise ValueError(f"{kind} blocks for rows of {k} must be contiguous uint8 rows of {width} bytes")
