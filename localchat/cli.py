@@ -103,6 +103,11 @@ def doctor(argv: list[str]) -> int:
     from localchat.weights import models
 
     print(detect().describe())
+    from localchat.engine.native import supported
+
+    reason = supported()
+    kernels = "yes (built at the first load of a model of 0.25B+ parameters)" if reason is None else f"no: {reason}"
+    print(f"Compiled CPU kernels for q8/q4 weights: {kernels}")
     print(f"Data folder: {settings.data} ({gib(disk_free(settings.data))} free on its disk)")
     found = models.discover(settings.models)
     print(f"Models found: {len(found)}")

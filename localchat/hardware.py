@@ -39,7 +39,6 @@ class Hardware:
     bitsandbytes_cpu: bool = False
     torch: str = ""
     engine: str = ""  # where the models run when not on this machine (a remote engine), else ""
-    cpu_kernels: str = ""  # localchat's compiled q8/q4 kernels: "yes", or why not ("": not checked)
 
     def free_bytes(self, device: str) -> int:
         """Memory a model can use on `device` ("cpu" or "cuda", the first GPU)."""
@@ -64,8 +63,6 @@ class Hardware:
         if not self.gpus:
             lines.append("GPU: none usable (CUDA not available)")
         lines.append(f"bitsandbytes on the CPU: {'yes' if self.bitsandbytes_cpu else 'no'}")
-        if self.cpu_kernels:
-            lines.append(f"Compiled CPU kernels for q8/q4 weights: {self.cpu_kernels}")
         if self.torch:
             lines.append(f"PyTorch: {self.torch}")
         return "\n".join(lines)
@@ -152,18 +149,7 @@ def detect(gpus: bool = True, engine: str = "") -> Hardware:
         bitsandbytes_cpu=importlib.util.find_spec("bitsandbytes") is not None,
         torch=torch_version,
         engine=engine,
-        cpu_kernels=_cpu_kernels() if gpus else "",
     )
-
-
-def _cpu_kernels() -> str:
-    """Can localchat's q8/q4 kernels run here (engine.native; built at the first large load)?"""
-    try:
-        from localchat.engine.native import supported
-    except ImportError:  # torch missing: the engine cannot run here at all
-        return ""
-    reason = supported()
-    return "yes (built at the first load of a model of 0.25B+ parameters)" if reason is None else f"no: {reason}"
 
 
 def disk_free(path: Path) -> int:
