@@ -22,6 +22,7 @@ decodes clearly faster here; of formats equally fast (within 5%), the smallest.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -43,9 +44,9 @@ DECODE_ROWS = 16  # up to this many rows (replies in a batch) use the format's o
 BLOCK_ROWS = 64
 INT4_GROUP = 32  # weights sharing a scale and zero (llama.cpp's Q4 blocks are 32 too)
 MIN_GAIN = 1.15  # leave float32 only when another format decodes clearly faster
-# Perplexity of a fixed text on the bundled SmolLM2-135M (bench/quality.py), fp32 30.49: bf16 weights
-# 0.998x, int8 weights 0.996x (equal, within the rounding), int4 1.074x (a real loss): `auto` may
-# take bf16 and int8; int4 only when asked for.
+# Perplexity of a fixed text on the bundled SmolLM2-135M (bench/quality.py, decode path), fp32 30.49:
+# bf16 weights 0.996x, int8 0.989x, q8 0.994x (equal, within the rounding), int4 1.074x (a real
+# loss): `auto` may take these; q4 (cosine 0.978 on MiniLM's trained weights) from FOUR_BIT_FROM.
 EQUAL_QUALITY = ("fp32", "bf16", "int8", "q8")
 BYTES_PER_WEIGHT = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5, "q8": 34 / 32, "q4": 20 / 32}
 # From ~1B parameters (4 GiB of float32 linear weights) `auto` may also take q4: a 4-bit format is
@@ -55,6 +56,11 @@ TIE = 1.05  # formats within 5% of the fastest count as equally fast: the smalle
 # Below this many bytes of float32 linear weights (~0.25B parameters) a decode step is mostly Python
 # and kernel overhead, and float32 with narrow products measured fastest (SmolLM2-135M: 36.7 tok/s).
 MEASURED_FROM = 2**30
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x as float32 rows of its last dimension (what every format's kernel takes)."""
+    return x.reshape(-1, x.shape[-1]).float()
 
 
 class Scratch:
@@ -87,11 +93,11 @@ class WeightOnlyLinear(nn.Module):
         self.scratch = scratch or Scratch()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        if flat.shape[0] <= self.kernel_rows():
-            out = self._decode(flat.float())
-        else:
-            out = self._prompt(flat.float())
+        flat = _rows(x)
+        return self._finish(self._decode(flat) if flat.shape[0] <= self.kernel_rows() else self._prompt(flat), x)
+
+    def _finish(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The rows' products (float32) as this layer's output for `x`: bias, x's dtype and shape."""
         if self.bias is not None:
             out = out + self.bias
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
@@ -191,10 +197,7 @@ class BlockLinear(WeightOnlyLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.group is not None and self.group.enabled and x.numel() // x.shape[-1] <= self.kernel_rows():
-            out = self.group.take(self, x)
-            if self.bias is not None:
-                out = out + self.bias
-            return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+            return self._finish(self.group.take(self, x), x)
         return super().forward(x)
 
     def kernel_rows(self) -> int:
@@ -268,10 +271,6 @@ class SharedInput:
         return groups
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, x.shape[-1]).float()
-
-
 class Q8Linear(BlockLinear):
     format = "q8"
 
@@ -299,7 +298,7 @@ def fits(kind: type[WeightOnlyLinear], linear: nn.Linear) -> bool:
 
 def available(formats: Sequence[str]) -> list[str]:
     """The formats of `formats` this machine can run (q8 and q4 need the compiled kernels)."""
-    return [f for f in formats if f not in ("q8", "q4") or native.kernels() is not None]
+    return [f for f in formats if f == "fp32" or not issubclass(KINDS[f], BlockLinear) or native.kernels() is not None]
 
 
 HALF = (torch.bfloat16, torch.float16)
@@ -369,7 +368,7 @@ def convert(model: nn.Module, fmt: str) -> int:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             # the output layer takes q8 under q4, as llama.cpp's Q4_K_M keeps it at 6 bits: it
-            # alone made the bundled model's perplexity 1.085x fp32 in q4, against 1.0xx with it in q8
+            # alone made the bundled model's perplexity 1.085x fp32 in q4, against 1.004x with it in q8
             own = Q8Linear if kind is Q4Linear and child is output else kind
             if not eligible(child) or not fits(own, child):
                 continue
@@ -482,11 +481,20 @@ def trim_heap() -> None:
     """Return the C heap's free pages to the system (glibc's malloc_trim; elsewhere nothing). The
     engine calls it whenever its worker runs out of work: the activations of a long prompt and the
     KV caches' growth left ~1 GB free but resident at 1.7B."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, looked up once (the engine trims after every burst of replies)."""
     import ctypes
     import sys
 
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # another C library (musl): nothing to trim
-            pass
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # another C library (musl): nothing to trim
+        return None
