@@ -226,7 +226,12 @@ def test_status_lines() -> None:
         service.status()
         == f"{info.describe()}  \nFaster CPU decoding on: narrow products, measured at load 2.5x for one reply"
     )
-    del info.extra["products"]
+    info.extra["format"] = "CPU weight format q4: measured at load against fp32 (q8 3.80x, q4 4.48x)"
+    assert service.status().splitlines()[1:] == [
+        "CPU weight format q4: measured at load against fp32 (q8 3.80x, q4 4.48x)  ",
+        "Faster CPU decoding on: narrow products, measured at load 2.5x for one reply",
+    ]  # the format first: what the weights are, then how they are multiplied
+    del info.extra["products"], info.extra["format"]
 
     backend.loading = LoadOptions(model="fake-large")
     assert service.status() == "Loading fake-large… (still answering with fake-small)"

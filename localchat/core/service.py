@@ -270,5 +270,6 @@ class ChatService:
             return f"No model loaded. {err}" if err else "No model loaded: pick one and press Load"
         if info == self.backend.asleep:
             return f"{info.describe()} (unloaded while idle; the next message loads it again)"
-        products = info.extra.get("products")  # how decoding multiplies on this CPU, as measured at load
-        return f"{info.describe()}  \n{products[0].upper()}{products[1:]}" if products else info.describe()
+        # how decoding multiplies on this CPU, as measured at load: the weight format, then the products
+        notes = [note for key in ("format", "products") if (note := info.extra.get(key))]
+        return "  \n".join([info.describe(), *(f"{n[0].upper()}{n[1:]}" for n in notes)])
