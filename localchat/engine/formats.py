@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -451,10 +452,15 @@ def auto_formats(model: nn.Module) -> tuple[str, ...]:
     return EQUAL_QUALITY + (("q4",) if size >= FOUR_BIT_FROM else ())
 
 
-def use_fastest_format(model: nn.Module, allowed: Sequence[str] | None = None) -> str | None:
+def use_fastest_format(
+    model: nn.Module, allowed: Sequence[str] | None = None, build_dir: Path | None = None
+) -> str | None:
     """Convert the model to the fastest allowed format measured here (by default what `auto` may
-    choose for its size), leave the rest float32; a line for its details, or None."""
+    choose for its size), leave the rest float32; a line for its details, or None. `build_dir`:
+    where the compiled kernels are kept (the data dir's cache), built only when formats are measured."""
     allowed = auto_formats(model) if allowed is None else allowed
+    if allowed:
+        native.kernels(build_dir)
     if any(eligible(m) and m.weight.dtype in HALF for m in model.modules()):
         # loaded as stored in 16 bits: float32 weights would double the memory for no accuracy
         allowed = [f for f in allowed if f != "fp32"] or ["bf16"]

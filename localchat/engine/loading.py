@@ -348,14 +348,13 @@ def load_model(options: LoadOptions, cache_root: Path) -> Loaded:
         tokenizer.pad_token = tokenizer.eos_token
     extra = {}
     if device == "cpu" and qconfig is None:
-        from localchat.engine import native
         from localchat.engine.formats import use_fastest_format
         from localchat.engine.kernels import use_narrow_products
 
         if options.dtype == "auto" and dtype == torch.float32:
-            native.kernels(cache_root.parent / "kernels")  # built once per machine, kept in the data dir
-            # measured here: block formats decode ~3x faster than fp32 at 1.7B on an AVX2 CPU
-            note = use_fastest_format(model)
+            # measured here: block formats decode ~3x faster than fp32 at 1.7B on an AVX2 CPU; their
+            # kernels are built once per machine, into the data dir
+            note = use_fastest_format(model, build_dir=cache_root.parent / "kernels")
             if note and "format fp32" not in note:
                 extra["format"] = note
         note = use_narrow_products(model)  # measured here: ~1.6x faster decoding with MKL
