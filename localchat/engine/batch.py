@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, LogitsProcessorList
 
+from localchat.engine.decoder import cache_fits, decoder_for
 from localchat.engine.generate import (
     FALLBACK_STOPS,
     Decoded,
@@ -115,6 +116,7 @@ class Batch:
         self.out_device = next(iter([*out.parameters(), *out.buffers()])).device  # where the logits come out
         self.eos = eos_ids(model, tokenizer)
         self.cache_kw = cache_argument(model)
+        self.decoder = decoder_for(model)  # the lean decode step, where the model is of a kind it knows
         self.stops = FALLBACK_STOPS if uses_fallback(tokenizer) else ()
         self.rows: list[Reply] = []  # decoding
         self.joining: list[Reply] = []  # admitted; their prompts are read at the next step
@@ -262,16 +264,21 @@ class Batch:
                 rows = self.rows
             assert self.mask is not None
             mask = torch.cat([self.mask, torch.ones((len(rows), 1), dtype=torch.long, device=self.device)], 1)
+            ids = torch.tensor([[r.tokens[-1]] for r in rows], device=self.device)
+            positions = torch.tensor([[r.position] for r in rows], device=self.device)
             with torch.inference_mode():
-                out = self.model(
-                    input_ids=torch.tensor([[r.tokens[-1]] for r in rows], device=self.device),
-                    attention_mask=mask,
-                    position_ids=torch.tensor([[r.position] for r in rows], device=self.device),
-                    use_cache=True,
-                    **{self.cache_kw: self.cache},
-                )
+                if self.decoder is not None and cache_fits(self.decoder, self.cache):
+                    logits = self.decoder(ids, positions, None if bool(mask.all()) else mask, self.cache)
+                else:
+                    out = self.model(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        position_ids=positions,
+                        use_cache=True,
+                        **{self.cache_kw: self.cache},
+                    )
+                    logits = out.logits[:, -1, :].float()
             self.mask = mask
-            logits = out.logits[:, -1, :].float()
             greedy = logits.argmax(-1).tolist()
             for i, reply in enumerate(rows):
                 self._accept(reply, self._choose(reply, logits[i], greedy[i]))
