@@ -20,21 +20,28 @@ def kernels(tmp_path_factory) -> native.Kernels:
 
 
 def _q4_exact(n: int, k: int) -> torch.Tensor:
-    """Weights a q4 block holds exactly: d * q + m with d and m in fp16 and q spanning 0..15."""
+    """Weights a q4 row holds exactly: per block d * sc * q + dmin * mn, with d and dmin in fp16 per
+    super-block of 256, sc and mn 8-bit per block, q spanning 0..15 in every block."""
     torch.manual_seed(1)
-    q = torch.randint(0, 16, (n, k // 32, 32)).float()
-    q[..., 0], q[..., 1] = 0, 15  # min and max in every block, so packing finds this d and m
-    d = (torch.rand(n, k // 32, 1) * 0.01 + 0.001).half().float()
-    m = (torch.randn(n, k // 32, 1) * 0.05).half().float()
-    return (q * d + m).reshape(n, k)
+    nb = k // 32
+    supers = -(-nb // 8)
+    q = torch.randint(0, 16, (n, nb, 32)).float()
+    q[..., 0], q[..., 1] = 0, 15  # min and max in every block, so packing finds its scale and minimum
+    d = (torch.rand(n, supers, 1) * 1e-4 + 1e-5).half().float().repeat_interleave(8, 1)[:, :nb]
+    dmin = (torch.rand(n, supers, 1) * 1e-3 + 1e-4).half().float().repeat_interleave(8, 1)[:, :nb]
+    sc = torch.randint(1, 256, (n, nb, 1)).float()
+    mn = torch.randint(-127, 128, (n, nb, 1)).float()
+    sc[:, ::8], mn[:, ::8] = 255, -127  # each super-block's largest: packing finds its d and dmin
+    return (q * d * sc + dmin * mn).reshape(n, k)
 
 
-def test_q4_blocks_hold_exactly_what_gguf_q4_1_holds(kernels) -> None:
-    w = _q4_exact(24, 96)
+def test_q4_rows_hold_exactly_what_their_super_blocks_hold(kernels) -> None:
+    k = 448  # one whole super-block and one of 6 blocks
+    w = _q4_exact(24, k)
     blocks = kernels.pack("q4", w)
-    assert blocks.shape == (24, 96 // 32 * 20)  # 0.625 bytes a weight
-    wide = kernels.unpack("q4", blocks, 96, torch.empty(24, 96))
-    assert torch.allclose(wide, w, rtol=0, atol=1e-6)
+    assert blocks.shape == (24, 2 * 20 + k // 2)  # 4.7 bits a weight here, 4.625 in whole super-blocks
+    wide = kernels.unpack("q4", blocks, k, torch.empty(24, k))
+    assert torch.allclose(wide, w, rtol=1e-6, atol=1e-7)
 
 
 def test_q8_blocks_round_each_weight_to_its_blocks_step(kernels) -> None:
@@ -48,7 +55,7 @@ def test_q8_blocks_round_each_weight_to_its_blocks_step(kernels) -> None:
 
 @pytest.mark.parametrize("kind", ["q8", "q4"])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
-@pytest.mark.parametrize("k", [96, 256, 2048])  # 3 blocks (fewer than the 8 read at once), 8, 64
+@pytest.mark.parametrize("k", [192, 256, 2048])  # 6 blocks (fewer than the 8 read at once), 8, 64
 def test_products_equal_float32_arithmetic_on_the_same_weights(kernels, kind, rows, k) -> None:
     torch.manual_seed(3)
     w = torch.randn(72, k) * 0.05
@@ -58,7 +65,7 @@ def test_products_equal_float32_arithmetic_on_the_same_weights(kernels, kind, ro
     got = kernels.matmul(kind, blocks, k, x)
     want = x @ wide.t()
     assert got.shape == (rows, 72)
-    # activations are rounded to int8 per 32 (as llama.cpp's Q8_0/Q8_1): ~0.5% of the product
+    # activations are rounded to int8 per 32 for q8 (as llama.cpp's Q8_0), per 256 for q4 (Q8_K)
     error = (got - want).norm() / want.norm()
     assert error < 0.012, error
     for i in range(rows):  # each row is its own product, whatever its neighbours in the batch
@@ -107,8 +114,8 @@ def test_the_wrappers_refuse_what_c_would_misread(kernels) -> None:
     blocks = kernels.pack("q4", torch.randn(8, 64))
     with pytest.raises(ValueError, match="rows of 64"):
         kernels.matmul("q4", blocks, 64, torch.randn(2, 32))
-    with pytest.raises(ValueError, match="whole blocks"):
-        kernels.matmul("q4", blocks, 40, torch.randn(2, 40))
+    with pytest.raises(ValueError, match="multiple of 64"):
+        kernels.matmul("q4", blocks, 96, torch.randn(2, 96))
     with pytest.raises(ValueError, match="uint8 rows"):
         kernels.matmul("q8", blocks, 64, torch.randn(2, 64))  # q4 blocks read as q8
     with pytest.raises(ValueError, match="multiple of 32"):

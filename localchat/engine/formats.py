@@ -49,7 +49,7 @@ MIN_GAIN = 1.15  # leave float32 only when another format decodes clearly faster
 # bf16 weights 0.996x, int8 0.989x, q8 0.994x (equal, within the rounding), int4 1.074x (a real
 # loss): `auto` may take these; q4 (cosine 0.978 on MiniLM's trained weights) from FOUR_BIT_FROM.
 EQUAL_QUALITY = ("fp32", "bf16", "int8", "q8")
-BYTES_PER_WEIGHT = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5, "q8": 34 / 32, "q4": 20 / 32}
+BYTES_PER_WEIGHT = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5, "q8": 34 / 32, "q4": 148 / 256}
 # From ~1B parameters (4 GiB of float32 linear weights) `auto` may also take q4: a 4-bit format is
 # what such models are run in (llama.cpp's Q4_K_M), and q4 decodes ~1.7x faster than q8 here.
 FOUR_BIT_FROM = 4 * 2**30
@@ -211,9 +211,9 @@ class BlockLinear(WeightOnlyLinear):
         out = self.scratch.take(torch.Size((self.out_features, self.in_features)))
         return self.kernels.unpack(self.format, self.blocks, self.in_features, out)
 
-    @staticmethod
-    def fits(linear: nn.Linear) -> bool:
-        return linear.in_features % native.BLOCK == 0
+    @classmethod
+    def fits(cls, linear: nn.Linear) -> bool:
+        return native.fits(cls.format, linear.in_features)
 
 
 class SharedInput:
@@ -293,7 +293,7 @@ FORMATS = ("fp32", *KINDS)
 def fits(kind: type[WeightOnlyLinear], linear: nn.Linear) -> bool:
     """Can `linear` take this format (shape, and the compiled kernels for q8 and q4)?"""
     if issubclass(kind, BlockLinear):
-        return BlockLinear.fits(linear) and native.kernels() is not None
+        return kind.fits(linear) and native.kernels() is not None
     return kind is not Int4Linear or Int4Linear.fits(linear)
 
 
@@ -371,6 +371,8 @@ def convert(model: nn.Module, fmt: str) -> int:
             # the output layer takes q8 under q4, as llama.cpp's Q4_K_M keeps it at 6 bits: it
             # alone made the bundled model's perplexity 1.085x fp32 in q4, against 1.004x with it in q8
             own = Q8Linear if kind is Q4Linear and child is output else kind
+            if own is Q4Linear and eligible(child) and not fits(own, child):
+                own = Q8Linear  # rows of 32 but not 64 weights: q4's blocks come in pairs
             if not eligible(child) or not fits(own, child):
                 continue
             setattr(parent, name, own(child, scratch))

@@ -31,7 +31,22 @@ SOURCE = Path(__file__).with_name("quant_kernels.c")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
 BLOCK = 32  # weights per block (QK in the C source)
 KINDS = {"q8": 8, "q4": 4}
-BLOCK_BYTES = {"q8": 34, "q4": 20}  # bytes per 32 weights (lc_row_bytes)
+# q8: 34 bytes per block of 32; q4: super-blocks of 8 blocks, 20 bytes of scales each, and half a
+# byte a weight (the last super-block may be short: rows of a multiple of 64)
+ROW_MULTIPLE = {"q8": BLOCK, "q4": 2 * BLOCK}
+
+
+def row_bytes(kind: str, k: int) -> int:
+    """Bytes of one packed row of k weights (lc_row_bytes in the C source)."""
+    if kind == "q4":
+        return -(-k // 256) * 20 + k // 2
+    return k // BLOCK * 34
+
+
+def fits(kind: str, k: int) -> bool:
+    """Can rows of k weights take this kind?"""
+    return k > 0 and k % ROW_MULTIPLE[kind] == 0
+
 
 _lock = threading.Lock()
 _loaded: dict[str, Kernels | None] = {}
@@ -139,17 +154,20 @@ class Kernels:
         lib.lc_matmul.restype = ctypes.c_int
         lib.lc_row_bytes.argtypes = [ctypes.c_int, i64]
         lib.lc_row_bytes.restype = ctypes.c_int
-        for kind, size in BLOCK_BYTES.items():
-            if lib.lc_row_bytes(KINDS[kind], BLOCK) != size:
-                raise KernelError(f"the built kernels' {kind} block is not {size} bytes")
+        for kind in KINDS:
+            for k in (64, 256, 960):
+                if lib.lc_row_bytes(KINDS[kind], k) != row_bytes(kind, k):
+                    raise KernelError(f"the built kernels' {kind} rows of {k} are not {row_bytes(kind, k)} bytes")
 
     def pack(self, kind: str, weight: torch.Tensor) -> torch.Tensor:
-        """Blocks (uint8, one row of bytes per output row) for an n x k weight, k % 32 == 0."""
+        """Blocks (uint8, one row of bytes per output row) for an n x k weight (fits(kind, k))."""
         w = weight.detach().to(device="cpu", dtype=torch.float32).contiguous()
-        if w.dim() != 2 or w.shape[1] % BLOCK:
-            raise ValueError(f"{kind} weights need 2 dimensions and rows of a multiple of {BLOCK}: {tuple(w.shape)}")
+        if w.dim() != 2 or not fits(kind, w.shape[1]):
+            raise ValueError(
+                f"{kind} weights need 2 dimensions and rows of a multiple of {ROW_MULTIPLE[kind]}: {tuple(w.shape)}"
+            )
         n, k = w.shape
-        out = torch.empty(n, k // BLOCK * BLOCK_BYTES[kind], dtype=torch.uint8)
+        out = torch.empty(n, row_bytes(kind, k), dtype=torch.uint8)
         self.lib.lc_pack(KINDS[kind], w.data_ptr(), n, k, out.data_ptr())
         return out
 
@@ -176,8 +194,8 @@ class Kernels:
     @staticmethod
     def _check(kind: str, blocks: torch.Tensor, k: int) -> None:
         """What C would read past the end of, or misread, is refused here."""
-        if k <= 0 or k % BLOCK:
-            raise ValueError(f"rows of {k} weights are not whole blocks of {BLOCK}")
-        width = k // BLOCK * BLOCK_BYTES[kind]
+        if not fits(kind, k):
+            raise ValueError(f"rows of {k} weights are not a multiple of {ROW_MULTIPLE[kind]}")
+        width = row_bytes(kind, k)
         if blocks.dtype != torch.uint8 or blocks.dim() != 2 or blocks.shape[1] != width or not blocks.is_contiguous():
             raise ValueError(f"{kind} blocks for rows of {k} must be contiguous uint8 rows of {width} bytes")

@@ -6,12 +6,16 @@
  * kernels read 1.06 (q8) or 0.625 (q4) bytes a weight and multiply in int8 with AVX2, as
  * llama.cpp does, where torch's int8 and int4 CPU kernels reached ~9 GB/s on an AVX2 CPU.
  *
- * A row of k weights is nb = k / 32 blocks, stored as arrays so that 8 blocks' scales load at once:
- *   q8: d[nb] (fp16), then q[nb][32] (int8)                    w = d * q
- *   q4: d[nb] (fp16), m[nb] (fp16), then q[nb][16] (2 x u4)    w = d * q + m
- *       (byte j of a block holds q[j] in its low nibble and q[j + 16] in its high one)
- * Activations become int8 per 32 (scale = max|a| / 127) for the product, like llama.cpp's Q8_0
- * and Q8_1; sums are taken in int32 per block and in float32 across blocks.
+ * q8: a row of k weights is nb = k / 32 blocks, stored as arrays so that 8 blocks' scales load
+ *   at once: d[nb] (fp16), then q[nb][32] (int8); w = d * q (GGUF's Q8_0 per block). Activations
+ *   become int8 per 32 (scale = max|a| / 127, as Q8_0); sums are int32 per block, float across.
+ * q4: a row is super-blocks of 8 blocks of 32 (256 weights; the last may hold fewer, k % 64 == 0),
+ *   each 20 + 128 bytes (4.625 bits a weight), the scheme of llama.cpp's Q4_K with 8-bit scales:
+ *     d, dmin (fp16), sc[8] (u8), mn[8] (i8), q[4][32] (byte t of pair p: block 2p's q[t] in the
+ *     low nibble, block 2p+1's in the high one);      w = (d * sc[j]) * q + (dmin * mn[j])
+ *   Activations become int8 per 256 with each block's sum (llama.cpp's Q8_K), so a super-block's
+ *   8 products are summed in int32, scales and all, and turned into float once: a third fewer
+ *   instructions per weight than a float scale per block (Q4_1's), which bounded the one-row speed.
  *
  * Built at first use by localchat/engine/native.py (gcc or cc, -O3 -mavx2 -mfma -mf16c -fopenmp)
  * and loaded with ctypes; nothing here knows about Python or torch. Threads: OpenMP over output
@@ -24,9 +28,14 @@
 #include <string.h>
 
 #define QK 32
+#define SUPER 8    /* q4: blocks per super-block */
+#define SB_HEAD 20 /* q4: a super-block's d, dmin, sc[8], mn[8] */
+#define SB_BYTES (SB_HEAD + SUPER * QK / 2)
 
 
-int lc_row_bytes(int kind, int64_t k) { return (int)(kind == 4 ? k / QK * 20 : k / QK * 34); }
+int lc_row_bytes(int kind, int64_t k) {
+    return (int)(kind == 4 ? (k + SUPER * QK - 1) / (SUPER * QK) * SB_HEAD + k / 2 : k / QK * 34);
+}
 
 static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 
@@ -126,29 +135,45 @@ static void fit_q4(const float *v, float *d_out, float *m_out) {
     }
 }
 
+/* A block's 32 levels round((v - m) / d) in 0..15, as 32 bytes in order. */
+static inline __m256i q4_levels(const float *v, float d, float m) {
+    __m256 inv = _mm256_set1_ps(d > 0.f ? 1.f / d : 0.f), vm = _mm256_set1_ps(m);
+    __m256i i[4];
+    for (int j = 0; j < 4; j++) {
+        __m256 t = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(v + 8 * j), vm), inv),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        i[j] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), _mm256_set1_ps(15.f)));
+    }
+    __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+    return _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* Each block's own fit (fit_q4), then its scale and minimum as 8-bit multiples of the
+ * super-block's d and dmin, and its levels for the scale and minimum so stored. */
 static void pack_row_q4(const float *x, uint8_t *row, int64_t nb) {
-    uint16_t *ds = (uint16_t *)row, *ms = ds + nb;
-    uint8_t *qs = row + 4 * nb;
-    for (int64_t b = 0; b < nb; b++) {
-        const float *v = x + b * QK;
-        float d, m;
-        fit_q4(v, &d, &m);
-        ds[b] = float_to_half(d);
-        ms[b] = float_to_half(m);
-        d = half_to_float(ds[b]), m = half_to_float(ms[b]);
-        __m256 inv = _mm256_set1_ps(d > 0.f ? 1.f / d : 0.f), vm = _mm256_set1_ps(m);
-        __m256i i[4];
-        for (int j = 0; j < 4; j++) {
-            __m256 t = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(v + 8 * j), vm), inv),
-                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            i[j] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), _mm256_set1_ps(15.f)));
+    for (int64_t s0 = 0; s0 < nb; s0 += SUPER) {
+        int count = (int)(nb - s0 < SUPER ? nb - s0 : SUPER);
+        uint8_t *sb = row + s0 / SUPER * SB_BYTES, *sc = sb + 4, *qs = sb + SB_HEAD;
+        int8_t *mn = (int8_t *)(sb + 12);
+        float d[SUPER], m[SUPER], dmax = 0.f, mmax = 0.f;
+        for (int j = 0; j < count; j++) {
+            fit_q4(x + (s0 + j) * QK, &d[j], &m[j]);
+            dmax = fmaxf(dmax, d[j]), mmax = fmaxf(mmax, fabsf(m[j]));
         }
-        /* q[0..15] to the low nibbles, q[16..31] to the high ones */
-        __m256i lo16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(i[0], i[1]), 0xD8);
-        __m256i hi16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(i[2], i[3]), 0xD8);
-        __m256i bytes = _mm256_or_si256(lo16, _mm256_slli_epi16(hi16, 4)); /* 16 x u16, each < 256 */
-        __m128i packed = _mm_packus_epi16(_mm256_castsi256_si128(bytes), _mm256_extracti128_si256(bytes, 1));
-        _mm_storeu_si128((__m128i *)(qs + b * 16), packed);
+        uint16_t hd = float_to_half(dmax / 255.f), hm = float_to_half(mmax / 127.f);
+        memcpy(sb, &hd, 2), memcpy(sb + 2, &hm, 2);
+        float D = half_to_float(hd), M = half_to_float(hm);
+        memset(sc, 0, 2 * SUPER);
+        __m256i levels[SUPER];
+        for (int j = 0; j < count; j++) {
+            int si = D > 0.f ? (int)lrintf(d[j] / D) : 0, mi = M > 0.f ? (int)lrintf(m[j] / M) : 0;
+            sc[j] = (uint8_t)(si < 0 ? 0 : si > 255 ? 255 : (si == 0 && d[j] > 0.f) ? 1 : si);
+            mn[j] = (int8_t)(mi < -127 ? -127 : mi > 127 ? 127 : mi);
+            levels[j] = q4_levels(x + (s0 + j) * QK, D * sc[j], M * mn[j]);
+        }
+        for (int p = 0; 2 * p < count; p++) /* k % 64 == 0: blocks come in pairs */
+            _mm256_storeu_si256((__m256i *)(qs + 32 * p),
+                                _mm256_or_si256(levels[2 * p], _mm256_slli_epi16(levels[2 * p + 1], 4)));
     }
 }
 
@@ -174,17 +199,18 @@ void lc_unpack(int kind, const uint8_t *blocks, int64_t n, int64_t k, float *out
         const uint16_t *ds = (const uint16_t *)row;
         float *o = out + r * k;
         for (int64_t b = 0; b < nb; b++, o += QK) {
-            __m256 d = _mm256_set1_ps(half_to_float(ds[b]));
+            __m256 d = kind == 4 ? _mm256_setzero_ps() : _mm256_set1_ps(half_to_float(ds[b]));
             if (kind == 4) {
-                __m256 m = _mm256_set1_ps(half_to_float(ds[nb + b]));
-                __m128i raw = _mm_loadu_si128((const __m128i *)(row + 4 * nb + b * 16));
-                __m128i mask = _mm_set1_epi8(0x0F);
-                __m128i parts[2] = {_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask)};
-                for (int h = 0; h < 2; h++) {
-                    __m256i a = _mm256_cvtepu8_epi32(parts[h]);
-                    __m256i c = _mm256_cvtepu8_epi32(_mm_srli_si128(parts[h], 8));
-                    _mm256_storeu_ps(o + 16 * h, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), d, m));
-                    _mm256_storeu_ps(o + 16 * h + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(c), d, m));
+                const uint8_t *sb = row + b / SUPER * SB_BYTES;
+                int j = (int)(b % SUPER);
+                d = _mm256_set1_ps(half_to_float(*(const uint16_t *)sb) * sb[4 + j]);
+                __m256 m = _mm256_set1_ps(half_to_float(*(const uint16_t *)(sb + 2)) * ((const int8_t *)sb)[12 + j]);
+                const uint8_t *q = sb + SB_HEAD + 32 * (j / 2);
+                int shift = 4 * (j & 1);
+                for (int t = 0; t < QK; t += 8) {
+                    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + t)));
+                    v = _mm256_and_si256(_mm256_srli_epi32(v, shift), _mm256_set1_epi32(0x0F));
+                    _mm256_storeu_ps(o + t, _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), d, m));
                 }
             } else {
                 const int8_t *q = (const int8_t *)(row + 2 * nb) + b * QK;
@@ -294,26 +320,132 @@ static inline __attribute__((always_inline)) void dot_rows(int kind, const uint8
     for (int i = 0; i < R; i++) out[i] = hsum8(_mm256_add_ps(_mm256_add_ps(acc[i][0], acc[i][1]), off[i]));
 }
 
-static void dot(int kind, const uint8_t *row, const act *a, int rows, int64_t nb, float *out) {
-    if (kind == 4) {
-        switch (rows) {
-            case 1: dot_rows(4, row, a, 1, nb, out); break;
-            case 2: dot_rows(4, row, a, 2, nb, out); break;
-            case 3: dot_rows(4, row, a, 3, nb, out); break;
-            default: dot_rows(4, row, a, 4, nb, out); break;
+/* q4: R rows of activations (int8 per super-block: a.q, scale a.d[super-block], each block's sum
+ * a.s as int16 in b16) times one weight row. Per pair of blocks: one 32-byte load, two nibble masks,
+ * and per row two maddubs and two madd whose multiplier is the block's 8-bit scale. */
+typedef struct {
+    const int8_t *q;
+    const float *d;    /* per super-block */
+    const int16_t *s;  /* per block, 8 per super-block (zeros past the row's end) */
+} act4;
+
+static inline __attribute__((always_inline)) void dot_q4_rows(const uint8_t *row, const act4 *a, int R, int64_t nb,
+                                                              float *out) {
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    __m256 acc[MAX_ROWS];
+    float mins[MAX_ROWS];
+    for (int i = 0; i < R; i++) acc[i] = _mm256_setzero_ps(), mins[i] = 0.f;
+    for (int64_t s0 = 0; s0 < nb; s0 += SUPER) {
+        const uint8_t *sb = row + s0 / SUPER * SB_BYTES, *qs = sb + SB_HEAD;
+        int pairs = (int)((nb - s0 < SUPER ? nb - s0 : SUPER) / 2);
+        float D = half_to_float(*(const uint16_t *)sb), M = half_to_float(*(const uint16_t *)(sb + 2));
+        __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(sb + 4))));
+        __m128i mn16 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(sb + 12)));
+        __m256i sum[MAX_ROWS];
+        for (int i = 0; i < R; i++) sum[i] = _mm256_setzero_si256();
+        for (int p = 0; p < pairs; p++) {
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * p));
+            __m256i q0 = _mm256_and_si256(raw, low), q1 = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+            /* every int16 lane takes block j's scale: bytes 2j and 2j + 1 of each half */
+            __m256i s0v = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * p))));
+            __m256i s1v = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * p + 1))));
+            for (int i = 0; i < R; i++) {
+                const int8_t *x = a[i].q + (s0 + 2 * p) * QK;
+                __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q0, _mm256_load_si256((const __m256i *)x)), s0v);
+                __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, _mm256_load_si256((const __m256i *)(x + QK))), s1v);
+                sum[i] = _mm256_add_epi32(sum[i], _mm256_add_epi32(p0, p1));
+            }
         }
-    } else {
-        switch (rows) {
-            case 1: dot_rows(8, row, a, 1, nb, out); break;
-            case 2: dot_rows(8, row, a, 2, nb, out); break;
-            case 3: dot_rows(8, row, a, 3, nb, out); break;
-            default: dot_rows(8, row, a, 4, nb, out); break;
+        for (int i = 0; i < R; i++) {
+            float ad = a[i].d[s0 / SUPER];
+            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(D * ad), _mm256_cvtepi32_ps(sum[i]), acc[i]);
+            __m128i m = _mm_madd_epi16(mn16, _mm_loadu_si128((const __m128i *)(a[i].s + s0)));
+            m = _mm_add_epi32(m, _mm_shuffle_epi32(m, 0x4E));
+            m = _mm_add_epi32(m, _mm_shuffle_epi32(m, 0xB1));
+            mins[i] += M * ad * (float)_mm_cvtsi128_si32(m);
         }
+    }
+    for (int i = 0; i < R; i++) out[i] = hsum8(acc[i]) + mins[i];
+}
+
+/* per super-block of up to 256: scale = max|x| / 127, q = round(x / scale), and each block's sum
+ * of q (llama.cpp's Q8_K) */
+static void quantize_activations_q4(const float *x, int64_t nb, int8_t *q, float *d, int16_t *s) {
+    const __m256 no_sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    for (int64_t s0 = 0; s0 < nb; s0 += SUPER) {
+        int count = (int)(nb - s0 < SUPER ? nb - s0 : SUPER);
+        __m256 amax = _mm256_setzero_ps();
+        for (int64_t t = s0 * QK; t < (s0 + count) * QK; t += 8)
+            amax = _mm256_max_ps(amax, _mm256_and_ps(_mm256_loadu_ps(x + t), no_sign));
+        float scale = hmax(amax) / 127.f;
+        __m256 inv = _mm256_set1_ps(scale > 0.f ? 1.f / scale : 0.f);
+        d[s0 / SUPER] = scale;
+        for (int j = 0; j < SUPER; j++) {
+            if (j >= count) {
+                s[s0 + j] = 0;
+                continue;
+            }
+            const float *v = x + (s0 + j) * QK;
+            __m256i i[4];
+            for (int t = 0; t < 4; t++)
+                i[t] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(v + 8 * t), inv),
+                                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            s[s0 + j] = (int16_t)hsum_i32(_mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3])));
+            __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+            packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_store_si256((__m256i *)(q + (s0 + j) * QK), packed);
+        }
+    }
+}
+
+static void dot_q4(const uint8_t *row, const act4 *a, int rows, int64_t nb, float *out) {
+    switch (rows) {
+        case 1: dot_q4_rows(row, a, 1, nb, out); break;
+        case 2: dot_q4_rows(row, a, 2, nb, out); break;
+        case 3: dot_q4_rows(row, a, 3, nb, out); break;
+        default: dot_q4_rows(row, a, 4, nb, out); break;
+    }
+}
+
+static int matmul_q4(const uint8_t *blocks, int64_t n, int64_t k, const float *x, int64_t m, float *y) {
+    int64_t nb = k / QK, supers = (nb + SUPER - 1) / SUPER, stride = lc_row_bytes(4, k);
+    int8_t *q = (int8_t *)aligned_alloc(32, (size_t)(m * nb * QK));
+    float *ds = (float *)malloc(sizeof(float) * (size_t)(m * supers));
+    int16_t *sums = (int16_t *)malloc(sizeof(int16_t) * (size_t)(m * supers * SUPER));
+    act4 *rows_a = (act4 *)malloc(sizeof(act4) * (size_t)m);
+    if (!q || !ds || !sums || !rows_a) {
+        free(q), free(ds), free(sums), free(rows_a);
+        return -1;
+    }
+    for (int64_t i = 0; i < m; i++) {
+        quantize_activations_q4(x + i * k, nb, q + i * nb * QK, ds + i * supers, sums + i * supers * SUPER);
+        rows_a[i] = (act4){q + i * nb * QK, ds + i * supers, sums + i * supers * SUPER};
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < n; r++) {
+        for (int64_t i0 = 0; i0 < m; i0 += MAX_ROWS) {
+            int rows = (int)(m - i0 < MAX_ROWS ? m - i0 : MAX_ROWS);
+            float out[MAX_ROWS];
+            dot_q4(blocks + r * stride, rows_a + i0, rows, nb, out);
+            for (int i = 0; i < rows; i++) y[(i0 + i) * n + r] = out[i];
+        }
+    }
+    free(q), free(ds), free(sums), free(rows_a);
+    return 0;
+}
+
+static void dot(const uint8_t *row, const act *a, int rows, int64_t nb, float *out) {
+    switch (rows) {
+        case 1: dot_rows(8, row, a, 1, nb, out); break;
+        case 2: dot_rows(8, row, a, 2, nb, out); break;
+        case 3: dot_rows(8, row, a, 3, nb, out); break;
+        default: dot_rows(8, row, a, 4, nb, out); break;
     }
 }
 
 /* y (m x n) = x (m x k) times the weights (n x k) transposed; returns 0, or -1 when out of memory */
 int lc_matmul(int kind, const uint8_t *blocks, int64_t n, int64_t k, const float *x, int64_t m, float *y) {
+    if (kind == 4) return matmul_q4(blocks, n, k, x, m, y);
     int64_t nb = k / QK, padded = (nb + 7) / 8 * 8, stride = lc_row_bytes(kind, k);
     int8_t *q = (int8_t *)aligned_alloc(32, (size_t)(m * nb * QK));
     float *ds = (float *)calloc((size_t)(2 * m * padded), sizeof(float));
@@ -332,7 +464,7 @@ int lc_matmul(int kind, const uint8_t *blocks, int64_t n, int64_t k, const float
         for (int64_t i0 = 0; i0 < m; i0 += MAX_ROWS) {
             int rows = (int)(m - i0 < MAX_ROWS ? m - i0 : MAX_ROWS);
             float out[MAX_ROWS];
-            dot(kind, blocks + r * stride, rows_a + i0, rows, nb, out);
+            dot(blocks + r * stride, rows_a + i0, rows, nb, out);
             for (int i = 0; i < rows; i++) y[(i0 + i) * n + r] = out[i];
         }
     }
