@@ -225,9 +225,9 @@ void lc_unpack(int kind, const uint8_t *blocks, int64_t n, int64_t k, float *out
 
 /* ---- products for a few rows (decoding) ---- */
 
-typedef struct {         /* one row of activations, quantized per block of 32 */
-    const int8_t *q;     /* nb * 32, 32-byte aligned */
-    const float *d, *s;  /* nb (padded with zeros to a multiple of 8): scale, scale * sum(q) */
+typedef struct {     /* q8: one row of activations, quantized per block of 32 */
+    const int8_t *q; /* nb * 32, 32-byte aligned */
+    const float *d;  /* nb (padded with zeros to a multiple of 8): each block's scale */
 } act;
 
 static inline int hsum_i32(__m256i v) {
@@ -237,28 +237,30 @@ static inline int hsum_i32(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-/* per block of 32: scale = max|x| / 127, q = round(x / scale) (as llama.cpp's Q8_0, vectorized) */
-static void quantize_activations(const float *x, int64_t nb, int8_t *q, float *d, float *s) {
+static inline float absmax(const float *x, int64_t count) {
     const __m256 no_sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 amax = _mm256_setzero_ps();
+    for (int64_t t = 0; t < count; t += 8) amax = _mm256_max_ps(amax, _mm256_and_ps(_mm256_loadu_ps(x + t), no_sign));
+    return hmax(amax);
+}
+
+/* 32 activations as int8 round(v / scale) into q (32-byte aligned); returns their sum */
+static inline int quantize_block(const float *v, float scale, int8_t *q) {
+    __m256 inv = _mm256_set1_ps(scale > 0.f ? 1.f / scale : 0.f);
+    __m256i i[4];
+    for (int j = 0; j < 4; j++)
+        i[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(v + 8 * j), inv),
+                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+    _mm256_store_si256((__m256i *)q, _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    return hsum_i32(_mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3])));
+}
+
+/* q8: per block of 32, scale = max|x| / 127 (as llama.cpp's Q8_0) */
+static void quantize_activations(const float *x, int64_t nb, int8_t *q, float *d) {
     for (int64_t b = 0; b < nb; b++) {
-        const float *v = x + b * QK;
-        __m256 f[4];
-        __m256 amax = _mm256_setzero_ps();
-        for (int j = 0; j < 4; j++) {
-            f[j] = _mm256_loadu_ps(v + 8 * j);
-            amax = _mm256_max_ps(amax, _mm256_and_ps(f[j], no_sign));
-        }
-        float scale = hmax(amax) / 127.f;
-        __m256 inv = _mm256_set1_ps(scale > 0.f ? 1.f / scale : 0.f);
-        __m256i i[4];
-        for (int j = 0; j < 4; j++)
-            i[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(f[j], inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        int sum = hsum_i32(_mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3])));
-        __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
-        packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_store_si256((__m256i *)(q + b * QK), packed);
-        d[b] = scale;
-        s[b] = scale * (float)sum;
+        d[b] = absmax(x + b * QK, QK) / 127.f;
+        quantize_block(x + b * QK, d[b], q + b * QK);
     }
 }
 
@@ -271,53 +273,37 @@ static inline __m256 load_halves(const uint16_t *h, int64_t count) {
 
 #define MAX_ROWS 4 /* activation rows multiplied per pass over a weight row (it stays in L1) */
 
-/* One block of weights times one block of activations, as 8 int32 sums (q: the weights' 32
- * values as bytes: u4 for q4, |q| for q8; sign: q8's signs, applied to the activations). */
-static inline __m256i block_sums(int kind, __m256i q, __m256i sign, const int8_t *x) {
-    __m256i a = _mm256_load_si256((const __m256i *)x);
-    if (kind != 4) a = _mm256_sign_epi8(a, sign);
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), _mm256_set1_epi16(1));
-}
-
-static inline __m256i weight_bytes(int kind, const uint8_t *row, int64_t nb, int64_t b, __m256i *sign) {
-    if (kind == 4) {
-        __m128i raw = _mm_loadu_si128((const __m128i *)(row + 4 * nb + b * 16));
-        return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
-    }
+/* One q8 block of weights times one block of activations, as 8 int32 sums: |q| times the
+ * activations with q's signs (maddubs takes one unsigned operand). */
+static inline __m256i block_sums(const uint8_t *row, int64_t nb, int64_t b, const int8_t *x) {
     __m256i q = _mm256_loadu_si256((const __m256i *)(row + 2 * nb + b * QK));
-    *sign = q;
-    return _mm256_sign_epi8(q, q); /* |q|; the activations take q's sign */
+    __m256i a = _mm256_sign_epi8(_mm256_load_si256((const __m256i *)x), q);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q, q), a), _mm256_set1_epi16(1));
 }
 
 /* R is a constant at each call site, so each count gets its own unrolled loop with registers.
  * One row takes two accumulators (even and odd blocks): one alone made every block wait for the
  * previous block's multiply-add (its latency), which bounded a single row's speed (17.7 -> 23.3 GB/s). */
-static inline __attribute__((always_inline)) void dot_rows(int kind, const uint8_t *row, const act *a, int R,
-                                                           int64_t nb, float *out) {
+static inline __attribute__((always_inline)) void dot_rows(const uint8_t *row, const act *a, int R, int64_t nb,
+                                                           float *out) {
     const uint16_t *wd = (const uint16_t *)row;
-    __m256 acc[MAX_ROWS][2], off[MAX_ROWS];
+    __m256 acc[MAX_ROWS][2];
     float scale[MAX_ROWS][8] __attribute__((aligned(32)));
-    for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = off[i] = _mm256_setzero_ps();
+    for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     for (int64_t b0 = 0; b0 < nb; b0 += 8) {
         int64_t count = nb - b0 < 8 ? nb - b0 : 8;
         __m256 d8 = load_halves(wd + b0, count);
-        __m256 m8 = kind == 4 ? load_halves(wd + nb + b0, count) : _mm256_setzero_ps();
-        for (int i = 0; i < R; i++) {
-            _mm256_store_ps(scale[i], _mm256_mul_ps(d8, _mm256_loadu_ps(a[i].d + b0)));
-            if (kind == 4) off[i] = _mm256_fmadd_ps(m8, _mm256_loadu_ps(a[i].s + b0), off[i]);
-        }
+        for (int i = 0; i < R; i++) _mm256_store_ps(scale[i], _mm256_mul_ps(d8, _mm256_loadu_ps(a[i].d + b0)));
         for (int64_t j = 0; j < count; j++) {
             int64_t b = b0 + j;
-            __m256i sign = _mm256_setzero_si256();
-            __m256i q = weight_bytes(kind, row, nb, b, &sign);
             for (int i = 0; i < R; i++) {
-                __m256 p = _mm256_cvtepi32_ps(block_sums(kind, q, sign, a[i].q + b * QK));
+                __m256 p = _mm256_cvtepi32_ps(block_sums(row, nb, b, a[i].q + b * QK));
                 int slot = R == 1 ? (int)(j & 1) : 0; /* several rows already make independent chains */
                 acc[i][slot] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scale[i][j]), p, acc[i][slot]);
             }
         }
     }
-    for (int i = 0; i < R; i++) out[i] = hsum8(_mm256_add_ps(_mm256_add_ps(acc[i][0], acc[i][1]), off[i]));
+    for (int i = 0; i < R; i++) out[i] = hsum8(_mm256_add_ps(acc[i][0], acc[i][1]));
 }
 
 /* q4: R rows of activations (int8 per super-block: a.q, scale a.d[super-block], each block's sum
@@ -368,33 +354,13 @@ static inline __attribute__((always_inline)) void dot_q4_rows(const uint8_t *row
     for (int i = 0; i < R; i++) out[i] = hsum8(acc[i]) + mins[i];
 }
 
-/* per super-block of up to 256: scale = max|x| / 127, q = round(x / scale), and each block's sum
- * of q (llama.cpp's Q8_K) */
+/* q4: per super-block of up to 256, scale = max|x| / 127, and each block's sum of q (llama.cpp's Q8_K) */
 static void quantize_activations_q4(const float *x, int64_t nb, int8_t *q, float *d, int16_t *s) {
-    const __m256 no_sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
     for (int64_t s0 = 0; s0 < nb; s0 += SUPER) {
         int count = (int)(nb - s0 < SUPER ? nb - s0 : SUPER);
-        __m256 amax = _mm256_setzero_ps();
-        for (int64_t t = s0 * QK; t < (s0 + count) * QK; t += 8)
-            amax = _mm256_max_ps(amax, _mm256_and_ps(_mm256_loadu_ps(x + t), no_sign));
-        float scale = hmax(amax) / 127.f;
-        __m256 inv = _mm256_set1_ps(scale > 0.f ? 1.f / scale : 0.f);
-        d[s0 / SUPER] = scale;
-        for (int j = 0; j < SUPER; j++) {
-            if (j >= count) {
-                s[s0 + j] = 0;
-                continue;
-            }
-            const float *v = x + (s0 + j) * QK;
-            __m256i i[4];
-            for (int t = 0; t < 4; t++)
-                i[t] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(v + 8 * t), inv),
-                                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-            s[s0 + j] = (int16_t)hsum_i32(_mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3])));
-            __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
-            packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-            _mm256_store_si256((__m256i *)(q + (s0 + j) * QK), packed);
-        }
+        float scale = d[s0 / SUPER] = absmax(x + s0 * QK, count * QK) / 127.f;
+        for (int j = 0; j < SUPER; j++)
+            s[s0 + j] = j < count ? (int16_t)quantize_block(x + (s0 + j) * QK, scale, q + (s0 + j) * QK) : 0;
     }
 }
 
@@ -436,10 +402,10 @@ static int matmul_q4(const uint8_t *blocks, int64_t n, int64_t k, const float *x
 
 static void dot(const uint8_t *row, const act *a, int rows, int64_t nb, float *out) {
     switch (rows) {
-        case 1: dot_rows(8, row, a, 1, nb, out); break;
-        case 2: dot_rows(8, row, a, 2, nb, out); break;
-        case 3: dot_rows(8, row, a, 3, nb, out); break;
-        default: dot_rows(8, row, a, 4, nb, out); break;
+        case 1: dot_rows(row, a, 1, nb, out); break;
+        case 2: dot_rows(row, a, 2, nb, out); break;
+        case 3: dot_rows(row, a, 3, nb, out); break;
+        default: dot_rows(row, a, 4, nb, out); break;
     }
 }
 
@@ -448,16 +414,15 @@ int lc_matmul(int kind, const uint8_t *blocks, int64_t n, int64_t k, const float
     if (kind == 4) return matmul_q4(blocks, n, k, x, m, y);
     int64_t nb = k / QK, padded = (nb + 7) / 8 * 8, stride = lc_row_bytes(kind, k);
     int8_t *q = (int8_t *)aligned_alloc(32, (size_t)(m * nb * QK));
-    float *ds = (float *)calloc((size_t)(2 * m * padded), sizeof(float));
+    float *ds = (float *)calloc((size_t)(m * padded), sizeof(float));
     act *rows_a = (act *)malloc(sizeof(act) * (size_t)m);
     if (!q || !ds || !rows_a) {
         free(q), free(ds), free(rows_a);
         return -1;
     }
     for (int64_t i = 0; i < m; i++) {
-        float *d = ds + 2 * i * padded;
-        quantize_activations(x + i * k, nb, q + i * nb * QK, d, d + padded);
-        rows_a[i] = (act){q + i * nb * QK, d, d + padded};
+        quantize_activations(x + i * k, nb, q + i * nb * QK, ds + i * padded);
+        rows_a[i] = (act){q + i * nb * QK, ds + i * padded};
     }
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < n; r++) {
