@@ -1,10 +1,11 @@
 /* Block-quantized weights for CPU decoding: the products localchat's q8 and q4 formats use.
  *
- * Owns: packing float32 weights into blocks of 32 along each row (the layout of GGUF's Q8_0 and
- * Q4_1), multiplying a few rows of activations by them, and widening them back to float32 for a
- * prompt's matrix product. Decoding a 1-8B model reads every weight once per token; these
- * kernels read 1.06 (q8) or 0.625 (q4) bytes a weight and multiply in int8 with AVX2, as
- * llama.cpp does, where torch's int8 and int4 CPU kernels reached ~9 GB/s on an AVX2 CPU.
+ * Owns: packing float32 weights into blocks of 32 along each row (q8: GGUF's Q8_0 layout; q4:
+ * super-blocks of 8 blocks, llama.cpp's Q4_K scheme), multiplying a few rows of activations by
+ * them, and widening them back to float32 for a prompt's matrix product. Decoding a 1-8B model
+ * reads every weight once per token; these kernels read 1.06 (q8) or 0.58 (q4) bytes a weight and
+ * multiply in int8 with AVX2, as llama.cpp does, where torch's int8 and int4 CPU kernels reached
+ * ~9 GB/s on an AVX2 CPU.
  *
  * q8: a row of k weights is nb = k / 32 blocks, stored as arrays so that 8 blocks' scales load
  *   at once: d[nb] (fp16), then q[nb][32] (int8); w = d * q (GGUF's Q8_0 per block). Activations
