@@ -24,11 +24,11 @@ LONG = (
 
 @pytest.fixture()
 def rows_per_step(smol_backend) -> Iterator[list[int]]:
-    """How many replies each forward pass of the model carried."""
+    """How many replies each forward pass of the model carried (prompts through the model's forward,
+    decode steps through engine.decoder: both look up their tokens in the input embeddings)."""
     rows: list[int] = []
-    model = smol_backend._current.model
-    hook = model.register_forward_pre_hook(lambda _m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]),
-                                           with_kwargs=True)  # fmt: skip
+    embeddings = smol_backend._current.model.get_input_embeddings()
+    hook = embeddings.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
     yield rows
     hook.remove()
 
