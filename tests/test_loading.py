@@ -170,6 +170,36 @@ def test_gguf_reads_puts_numpy_back_and_skips_an_untested_gguf(monkeypatch, capl
     assert "outside 0..0.1" in caplog.text
 
 
+def test_a_load_parses_each_gguf_once(tmp_path: Path) -> None:
+    import inspect
+
+    import gguf
+    import numpy as np
+    from transformers import modeling_gguf_pytorch_utils
+
+    from localchat.engine import patches
+
+    # transformers looks the reader up on the gguf module at every call: what the sharing swaps
+    assert "from gguf import GGUFReader" in inspect.getsource(modeling_gguf_pytorch_utils.load_gguf_checkpoint)
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_uint32("llama.block_count", 2)
+    writer.add_tensor("token_embd.weight", np.arange(32, dtype=np.float32).reshape(4, 8))
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file()
+    writer.close()
+    stock = gguf.GGUFReader
+    with patches.shared_gguf_reads():
+        with patches.gguf_reads(path.name):
+            first = gguf.GGUFReader(path)
+        with patches.gguf_reads(path.name), patches.gguf_reads(path.name):  # scopes nest
+            again = gguf.GGUFReader(str(tmp_path / "." / "tiny.gguf"))
+        assert again is first and first.fields["llama.block_count"].contents() == 2
+        assert np.array_equal(first.tensors[0].data.reshape(-1), np.arange(32))
+    assert gguf.GGUFReader is stock
+    with patches.gguf_reads(path.name):
+        assert gguf.GGUFReader(path) is not gguf.GGUFReader(path)  # no load scope: nothing is kept
+
+
 def test_save_pretrained_still_refuses_a_model_by_its_hf_quantizer(tiny_model: Path, tmp_path: Path) -> None:
     import inspect
 

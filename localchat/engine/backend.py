@@ -26,6 +26,7 @@ from localchat.engine.fit import FitReport
 from localchat.engine.formats import trim_heap
 from localchat.engine.generate import ContextOverflow, Decoded, fit_to_window, prompt_ids, text_ids
 from localchat.engine.loading import Loaded, LoadError, choose_quantization, fit_report, load_model, pick_device
+from localchat.engine.patches import shared_gguf_reads
 from localchat.engine.prefix import PrefixCache
 from localchat.engine.scheduler import Busy, InferenceWorker
 from localchat.hardware import Hardware, detect
@@ -126,12 +127,13 @@ class TransformersBackend:
             with self._materialize_lock:
                 real = replace(options, model=models.materialize(options.model, self.data_dir))
             report = None
-            if real.quantization == "auto":  # the model being replaced gives its memory back
-                current = self._current
-                free = detect().free_bytes(pick_device(real.device)) + (current.info.memory_bytes if current else 0)
-                report = fit_report(real, self.cache_root, free)
-                real = choose_quantization(real, self.cache_root, report=report)
-            new = load_model(real, self.cache_root)
+            with shared_gguf_reads():  # the estimate and the load parse a GGUF once
+                if real.quantization == "auto":  # the model being replaced gives its memory back
+                    current = self._current
+                    free = detect().free_bytes(pick_device(real.device)) + (current.info.memory_bytes if current else 0)
+                    report = fit_report(real, self.cache_root, free)
+                    real = choose_quantization(real, self.cache_root, report=report)
+                new = load_model(real, self.cache_root)
             batch = self._new_batch(new)  # before the swap: if this fails, the old model stays
         except LoadError as exc:
             _free_memory()  # e.g. the CUDA blocks of a half-loaded model that ran out of memory

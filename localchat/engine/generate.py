@@ -40,8 +40,9 @@ def facts(tokenizer: Any) -> TokenizerFacts:
     if found is None:
         added = getattr(tokenizer, "added_tokens_decoder", {}).values()
         controls = sorted({t.content for t in added if getattr(t, "special", False) and t.content}, key=len)
-        vocab = [t for t in tokenizer.get_vocab() if t not in controls]
-        longest = max((len(t.encode("utf-8", "surrogatepass")) for t in vocab), default=1)
+        special = set(controls)  # Gemma 3: 6k special tokens and 262k others (a list took 30 s)
+        longest = max((len(t.encode("utf-8", "surrogatepass")) for t in tokenizer.get_vocab() if t not in special),
+                      default=1)  # fmt: skip
         # A normalizer may shrink text before it is split (NFKC: a 4-byte letter becomes 1 byte).
         backend = getattr(tokenizer, "backend_tokenizer", None)
         shrink = 1 if backend is not None and backend.normalizer is None else 4

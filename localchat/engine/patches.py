@@ -1,7 +1,8 @@
 """Every change localchat makes to a library's internals, each guarded by the versions it was
 written and tested for.
 
-Owns: the GGUF reader's faster file map (a speed-up: skipped, with a warning, on an untested gguf)
+Owns: the GGUF reader's faster file map, and one parse of a GGUF per load (speed-ups: skipped,
+with a warning, on an untested gguf)
 and clearing transformers' GGUF quantizer marker so a dequantized model can be saved (needed for
 the dequantized-GGUF cache: applied on any version, with a warning outside the tested range).
 Invariant: a patch changes only what it names, undoes itself where it is scoped (gguf_reads), and
@@ -11,6 +12,7 @@ tests/test_loading.py fails when upstream renames or drops the thing patched.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,20 +67,51 @@ class _PlainArrays:
         return self._numpy.memmap(*args, **kwargs).view(self._numpy.ndarray)
 
 
-_reader_swap = threading.Lock()  # one swap of gguf's numpy at a time (a lock, not state)
+_reader_swap = threading.RLock()  # one swap of gguf's numpy at a time; a load's scopes nest
+_shared: dict[tuple[str, str], Any] | None = None  # path, mode -> GGUFReader, while shared_gguf_reads is open
+
+
+@contextmanager
+def shared_gguf_reads() -> Iterator[None]:
+    """Around a whole model load: every GGUFReader of one file made inside it is the same object,
+    so the file is parsed once. A first load parses it four times otherwise (fit estimate,
+    tokenizer, model config, weights): 4 x 8 s for Gemma 3's 262k-token vocabulary on a 2-core
+    CPU. The readers (and their views of the file map) go when the outermost scope closes."""
+    global _shared
+    with _reader_swap:
+        if _shared is not None:
+            yield
+            return
+        _shared = {}
+        try:
+            yield
+        finally:
+            _shared = None
+
+
+def _sharing(stock: Any) -> Any:
+    def reader(path: Any, mode: str = "r") -> Any:
+        if _shared is None:
+            return stock(path, mode)
+        key = (os.path.realpath(path), mode)
+        if key not in _shared:
+            _shared[key] = stock(path, mode)
+        return _shared[key]
+
+    return reader
 
 
 @contextmanager
 def gguf_reads(gguf_file: str | None) -> Iterator[None]:
     """Around from_pretrained calls that may read a GGUF (none when gguf_file is None): read it
-    2.5x faster. gguf's reader slices its np.memmap once per field and per vocabulary entry, and
-    every memmap slice runs Python code (__getitem__, __array_finalize__); slices of a plain
-    ndarray view of the same map do not. The bytes, and the mapping, are the same. A 262k-token
-    vocabulary (Gemma 3) takes 20 -> 8 s per read on a 2-core CPU, and a first load reads a GGUF
-    four times (fit estimate, tokenizer, model config, weights)."""
+    2.5x faster, and once per shared_gguf_reads scope. gguf's reader slices its np.memmap once per
+    field and per vocabulary entry, and every memmap slice runs Python code (__getitem__,
+    __array_finalize__); slices of a plain ndarray view of the same map do not. The bytes, and the
+    mapping, are the same. A 262k-token vocabulary (Gemma 3) takes 20 -> 8 s per read on a 2-core CPU."""
     reader = None
     if gguf_file is not None:
         try:
+            import gguf
             import gguf.gguf_reader as reader
         except ImportError:  # transformers says what is missing when it needs gguf
             pass
@@ -86,12 +119,15 @@ def gguf_reads(gguf_file: str | None) -> Iterator[None]:
         yield
         return
     with _reader_swap:
-        stock = reader.np
-        reader.np = _PlainArrays(stock)
+        if isinstance(reader.np, _PlainArrays):  # an enclosing scope already swapped it
+            yield
+            return
+        stock, stock_reader = reader.np, gguf.GGUFReader
+        reader.np, gguf.GGUFReader = _PlainArrays(stock), _sharing(stock_reader)
         try:
             yield
         finally:
-            reader.np = stock
+            reader.np, gguf.GGUFReader = stock, stock_reader
 
 
 def allow_saving_dequantized(model: Any) -> None:
