@@ -272,6 +272,11 @@ static inline __m256 load_halves(const uint16_t *h, int64_t count) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)tmp));
 }
 
+/* Bytes ahead of the weights being read that each kernel asks the cache for (rows are contiguous,
+ * so this runs into the next rows). The hardware prefetcher alone kept a decode step at ~65% of the
+ * read bandwidth; 2-4 KB ahead made one row 15-25% faster in interleaved runs, 1 KB less so. */
+#define PREFETCH 2048
+
 #define MAX_ROWS 4 /* activation rows multiplied per pass over a weight row (it stays in L1) */
 
 /* One q8 block of weights times one block of activations, as 8 int32 sums: |q| times the
@@ -297,6 +302,7 @@ static inline __attribute__((always_inline)) void dot_rows(const uint8_t *row, c
         for (int i = 0; i < R; i++) _mm256_store_ps(scale[i], _mm256_mul_ps(d8, _mm256_loadu_ps(a[i].d + b0)));
         for (int64_t j = 0; j < count; j++) {
             int64_t b = b0 + j;
+            if (j & 1) _mm_prefetch((const char *)(row + 2 * nb + b * QK + PREFETCH), _MM_HINT_T0);
             for (int i = 0; i < R; i++) {
                 __m256 p = _mm256_cvtepi32_ps(block_sums(row, nb, b, a[i].q + b * QK));
                 int slot = R == 1 ? (int)(j & 1) : 0; /* several rows already make independent chains */
@@ -332,6 +338,7 @@ static inline __attribute__((always_inline)) void dot_q4_rows(const uint8_t *row
         for (int i = 0; i < R; i++) sum[i] = _mm256_setzero_si256();
         for (int p = 0; p < pairs; p++) {
             __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * p));
+            if (p & 1) _mm_prefetch((const char *)(qs + 32 * p + PREFETCH), _MM_HINT_T0);
             __m256i q0 = _mm256_and_si256(raw, low), q1 = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
             /* every int16 lane takes block j's scale: bytes 2j and 2j + 1 of each half */
             __m256i s0v = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * p))));
