@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -195,6 +196,16 @@ def test_a_load_parses_each_gguf_once(tmp_path: Path) -> None:
             again = gguf.GGUFReader(str(tmp_path / "." / "tiny.gguf"))
         assert again is first and first.fields["llama.block_count"].contents() == 2
         assert np.array_equal(first.tensors[0].data.reshape(-1), np.arange(32))
+
+        def read_elsewhere() -> None:  # another thread (a fit estimate for the settings panel)
+            with patches.gguf_reads(path.name):
+                elsewhere.append(gguf.GGUFReader(path))
+
+        elsewhere: list = []
+        thread = threading.Thread(target=read_elsewhere, daemon=True)
+        thread.start(), thread.join(timeout=30)
+        assert not thread.is_alive()  # the load's scope holds no lock
+        assert elsewhere[0] is not first and elsewhere[0].fields["llama.block_count"].contents() == 2
     assert gguf.GGUFReader is stock
     with patches.gguf_reads(path.name):
         assert gguf.GGUFReader(path) is not gguf.GGUFReader(path)  # no load scope: nothing is kept

@@ -67,36 +67,36 @@ class _PlainArrays:
         return self._numpy.memmap(*args, **kwargs).view(self._numpy.ndarray)
 
 
-_reader_swap = threading.RLock()  # one swap of gguf's numpy at a time; a load's scopes nest
-_shared: dict[tuple[str, str], Any] | None = None  # path, mode -> GGUFReader, while shared_gguf_reads is open
+_reader_swap = threading.RLock()  # one swap of gguf's numpy at a time (a lock, not state)
+_loads = threading.local()  # .readers: path, mode -> GGUFReader, while this thread's load is open
 
 
 @contextmanager
 def shared_gguf_reads() -> Iterator[None]:
-    """Around a whole model load: every GGUFReader of one file made inside it is the same object,
-    so the file is parsed once. A first load parses it four times otherwise (fit estimate,
-    tokenizer, model config, weights): 4 x 8 s for Gemma 3's 262k-token vocabulary on a 2-core
-    CPU. The readers (and their views of the file map) go when the outermost scope closes."""
-    global _shared
-    with _reader_swap:
-        if _shared is not None:
-            yield
-            return
-        _shared = {}
-        try:
-            yield
-        finally:
-            _shared = None
+    """Around a whole model load: every GGUFReader of one file made on this thread inside it is the
+    same object, so the file is parsed once. A first load parses it four times otherwise (fit
+    estimate, tokenizer, model config, weights): 4 x 8 s for Gemma 3's 262k-token vocabulary on a
+    2-core CPU. The readers (and their views of the file map) go when the outermost scope closes;
+    other threads neither wait for the load nor see its readers."""
+    if getattr(_loads, "readers", None) is not None:
+        yield
+        return
+    _loads.readers = {}
+    try:
+        yield
+    finally:
+        _loads.readers = None
 
 
 def _sharing(stock: Any) -> Any:
     def reader(path: Any, mode: str = "r") -> Any:
-        if _shared is None:
+        readers = getattr(_loads, "readers", None)
+        if readers is None:
             return stock(path, mode)
         key = (os.path.realpath(path), mode)
-        if key not in _shared:
-            _shared[key] = stock(path, mode)
-        return _shared[key]
+        if key not in readers:
+            readers[key] = stock(path, mode)
+        return readers[key]
 
     return reader
 
