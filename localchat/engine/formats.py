@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from localchat.engine import native
-from localchat.engine.kernels import NarrowLinear, narrow_product, sample
+from localchat.engine.kernels import SAMPLE_BYTES, NarrowLinear, narrow_product, sample
 
 log = logging.getLogger(__name__)
 
@@ -413,7 +413,7 @@ def measure(weights: list[torch.Tensor], formats: Sequence[str], tries: int = 5)
     and the narrow product, as engine.kernels would choose)."""
     layers = {fmt: [] for fmt in formats if fmt != "fp32"}
     for w in weights:
-        linear = nn.Linear(w.shape[1], w.shape[0], bias=False)
+        linear = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")  # no random init to replace
         linear.weight = nn.Parameter(w, requires_grad=False)
         for fmt in layers:
             if fits(KINDS[fmt], linear):
@@ -437,7 +437,10 @@ def choose(model: nn.Module, allowed: Sequence[str] = EQUAL_QUALITY) -> Choice |
     layers = [m for m in model.modules() if eligible(m)]
     if not layers:
         return None
-    seconds = measure([w.float() for w in sample(layers)], [f for f in FORMATS if f in available(allowed)])
+    # the largest is often the output layer: at 1.7B 400 MB as float32, that each format converted
+    # whole (4 x 1.6 s at load); its first rows, up to SAMPLE_BYTES, have its shape and speed per byte
+    weights = [w[: max(1, SAMPLE_BYTES // (4 * w.shape[1]))].float() for w in sample(layers)]
+    seconds = measure(weights, [f for f in FORMATS if f in available(allowed)])
     # float32 is always timed (the note's baseline), but is a candidate only where allowed
     candidates = {f: s for f, s in seconds.items() if f in allowed} or seconds
     fastest = min(candidates.values())
