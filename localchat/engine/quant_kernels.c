@@ -226,9 +226,10 @@ void lc_unpack(int kind, const uint8_t *blocks, int64_t n, int64_t k, float *out
 
 /* ---- products for a few rows (decoding) ---- */
 
-typedef struct {     /* q8: one row of activations, quantized per block of 32 */
-    const int8_t *q; /* nb * 32, 32-byte aligned */
-    const float *d;  /* nb (padded with zeros to a multiple of 8): each block's scale */
+typedef struct {       /* one row of activations, quantized for one kind of weights */
+    const int8_t *q;   /* nb * 32, 32-byte aligned */
+    const float *d;    /* q8: each block's scale, nb padded with zeros to a multiple of 8; q4: per super-block */
+    const int16_t *s;  /* q4: each block's sum, 8 per super-block (zeros past the row's end); q8: NULL */
 } act;
 
 static inline int hsum_i32(__m256i v) {
@@ -316,13 +317,7 @@ static inline __attribute__((always_inline)) void dot_rows(const uint8_t *row, c
 /* q4: R rows of activations (int8 per super-block: a.q, scale a.d[super-block], each block's sum
  * a.s as int16 in b16) times one weight row. Per pair of blocks: one 32-byte load, two nibble masks,
  * and per row two maddubs and two madd whose multiplier is the block's 8-bit scale. */
-typedef struct {
-    const int8_t *q;
-    const float *d;    /* per super-block */
-    const int16_t *s;  /* per block, 8 per super-block (zeros past the row's end) */
-} act4;
-
-static inline __attribute__((always_inline)) void dot_q4_rows(const uint8_t *row, const act4 *a, int R, int64_t nb,
+static inline __attribute__((always_inline)) void dot_q4_rows(const uint8_t *row, const act *a, int R, int64_t nb,
                                                               float *out) {
     const __m256i low = _mm256_set1_epi8(0x0F);
     __m256 acc[MAX_ROWS];
@@ -372,75 +367,50 @@ static void quantize_activations_q4(const float *x, int64_t nb, int8_t *q, float
     }
 }
 
-static void dot_q4(const uint8_t *row, const act4 *a, int rows, int64_t nb, float *out) {
+/* each row count gets its own unrolled copy of each kernel */
+#define DOT(R) (kind == 4 ? dot_q4_rows(row, a, R, nb, out) : dot_rows(row, a, R, nb, out))
+static void dot(int kind, const uint8_t *row, const act *a, int rows, int64_t nb, float *out) {
     switch (rows) {
-        case 1: dot_q4_rows(row, a, 1, nb, out); break;
-        case 2: dot_q4_rows(row, a, 2, nb, out); break;
-        case 3: dot_q4_rows(row, a, 3, nb, out); break;
-        default: dot_q4_rows(row, a, 4, nb, out); break;
+        case 1: DOT(1); break;
+        case 2: DOT(2); break;
+        case 3: DOT(3); break;
+        default: DOT(4); break;
     }
 }
+#undef DOT
 
-static int matmul_q4(const uint8_t *blocks, int64_t n, int64_t k, const float *x, int64_t m, float *y) {
-    int64_t nb = k / QK, supers = (nb + SUPER - 1) / SUPER, stride = lc_row_bytes(4, k);
+/* y (m x n) = x (m x k) times the weights (n x k) transposed; returns 0, or -1 when out of memory */
+int lc_matmul(int kind, const uint8_t *blocks, int64_t n, int64_t k, const float *x, int64_t m, float *y) {
+    int64_t nb = k / QK, stride = lc_row_bytes(kind, k);
+    int64_t scales = kind == 4 ? (nb + SUPER - 1) / SUPER : (nb + 7) / 8 * 8;  /* per row */
+    int64_t sums_per_row = kind == 4 ? scales * SUPER : 0;
     int8_t *q = (int8_t *)aligned_alloc(32, (size_t)(m * nb * QK));
-    float *ds = (float *)malloc(sizeof(float) * (size_t)(m * supers));
-    int16_t *sums = (int16_t *)malloc(sizeof(int16_t) * (size_t)(m * supers * SUPER));
-    act4 *rows_a = (act4 *)malloc(sizeof(act4) * (size_t)m);
-    if (!q || !ds || !sums || !rows_a) {
+    float *ds = (float *)calloc((size_t)(m * scales), sizeof(float));
+    int16_t *sums = sums_per_row ? (int16_t *)malloc(sizeof(int16_t) * (size_t)(m * sums_per_row)) : NULL;
+    act *rows_a = (act *)malloc(sizeof(act) * (size_t)m);
+    if (!q || !ds || (sums_per_row && !sums) || !rows_a) {
         free(q), free(ds), free(sums), free(rows_a);
         return -1;
     }
     for (int64_t i = 0; i < m; i++) {
-        quantize_activations_q4(x + i * k, nb, q + i * nb * QK, ds + i * supers, sums + i * supers * SUPER);
-        rows_a[i] = (act4){q + i * nb * QK, ds + i * supers, sums + i * supers * SUPER};
+        int8_t *qi = q + i * nb * QK;
+        float *di = ds + i * scales;
+        int16_t *si = sums ? sums + i * sums_per_row : NULL;
+        if (kind == 4)
+            quantize_activations_q4(x + i * k, nb, qi, di, si);
+        else
+            quantize_activations(x + i * k, nb, qi, di);
+        rows_a[i] = (act){qi, di, si};
     }
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < n; r++) {
         for (int64_t i0 = 0; i0 < m; i0 += MAX_ROWS) {
             int rows = (int)(m - i0 < MAX_ROWS ? m - i0 : MAX_ROWS);
             float out[MAX_ROWS];
-            dot_q4(blocks + r * stride, rows_a + i0, rows, nb, out);
+            dot(kind, blocks + r * stride, rows_a + i0, rows, nb, out);
             for (int i = 0; i < rows; i++) y[(i0 + i) * n + r] = out[i];
         }
     }
     free(q), free(ds), free(sums), free(rows_a);
-    return 0;
-}
-
-static void dot(const uint8_t *row, const act *a, int rows, int64_t nb, float *out) {
-    switch (rows) {
-        case 1: dot_rows(row, a, 1, nb, out); break;
-        case 2: dot_rows(row, a, 2, nb, out); break;
-        case 3: dot_rows(row, a, 3, nb, out); break;
-        default: dot_rows(row, a, 4, nb, out); break;
-    }
-}
-
-/* y (m x n) = x (m x k) times the weights (n x k) transposed; returns 0, or -1 when out of memory */
-int lc_matmul(int kind, const uint8_t *blocks, int64_t n, int64_t k, const float *x, int64_t m, float *y) {
-    if (kind == 4) return matmul_q4(blocks, n, k, x, m, y);
-    int64_t nb = k / QK, padded = (nb + 7) / 8 * 8, stride = lc_row_bytes(kind, k);
-    int8_t *q = (int8_t *)aligned_alloc(32, (size_t)(m * nb * QK));
-    float *ds = (float *)calloc((size_t)(m * padded), sizeof(float));
-    act *rows_a = (act *)malloc(sizeof(act) * (size_t)m);
-    if (!q || !ds || !rows_a) {
-        free(q), free(ds), free(rows_a);
-        return -1;
-    }
-    for (int64_t i = 0; i < m; i++) {
-        quantize_activations(x + i * k, nb, q + i * nb * QK, ds + i * padded);
-        rows_a[i] = (act){q + i * nb * QK, ds + i * padded};
-    }
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < n; r++) {
-        for (int64_t i0 = 0; i0 < m; i0 += MAX_ROWS) {
-            int rows = (int)(m - i0 < MAX_ROWS ? m - i0 : MAX_ROWS);
-            float out[MAX_ROWS];
-            dot(blocks + r * stride, rows_a + i0, rows, nb, out);
-            for (int i = 0; i < rows; i++) y[(i0 + i) * n + r] = out[i];
-        }
-    }
-    free(q), free(ds), free(rows_a);
     return 0;
 }
