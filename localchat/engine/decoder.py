@@ -70,12 +70,6 @@ def _grouped(members: list[nn.Module]) -> Any:
     return None
 
 
-def _product(group: Any, x: torch.Tensor) -> torch.Tensor:
-    """One kernel call for a group of sibling layers: [rows, sum of their widths]."""
-    first = group.members[0]
-    return first.kernels.matmul(first.format, group.blocks, first.in_features, x)
-
-
 def why_not(model: Any) -> str | None:
     """Why this decode step cannot run `model` (None: it can)."""
     config = getattr(model, "config", None)
@@ -163,7 +157,7 @@ class Decoder:
         for layer, past in zip(self.layers, cache.layers, strict=True):
             x = _norm(h, layer.norm1, layer.eps1)
             if layer.qkv is not None:
-                qkv = _product(layer.qkv, x)
+                qkv = layer.qkv.product(x)
                 if layer.qkv_bias is not None:
                     qkv = qkv + layer.qkv_bias
                 qk = _rotate(qkv[:, : (hq + hk) * d].view(rows, hq + hk, d), cos, sin)
@@ -178,7 +172,7 @@ class Decoder:
             h = h + layer.o(a)
             x = _norm(h, layer.norm2, layer.eps2)
             if layer.gate_up is not None:
-                gu = _product(layer.gate_up, x)
+                gu = layer.gate_up.product(x)
                 g, u = gu[:, : layer.gate.out_features], gu[:, layer.gate.out_features :]
             else:
                 g, u = layer.gate(x), layer.up(x)

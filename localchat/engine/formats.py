@@ -240,6 +240,11 @@ class SharedInput:
         self._parts: dict[int, torch.Tensor] = {}
         self._unused = 0
 
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """One kernel call for every member: [rows, the members' widths side by side]."""
+        first = self.members[0]
+        return first.kernels.matmul(first.format, self.blocks, first.in_features, _rows(x))
+
     def take(self, member: BlockLinear, x: torch.Tensor) -> torch.Tensor:
         if self._input is not x or id(member) not in self._parts:
             if self._parts:
@@ -248,7 +253,7 @@ class SharedInput:
                     self.enabled, self._input, self._parts = False, None, {}
                     log.info("grouped products off for %s: its layers take different inputs", member)
                     return member.kernels.matmul(member.format, member.blocks, member.in_features, _rows(x))
-            out = member.kernels.matmul(member.format, self.blocks, member.in_features, _rows(x))
+            out = self.product(x)
             self._input, self._parts, start = x, {}, 0
             for m in self.members:
                 self._parts[id(m)] = out[:, start : start + m.out_features]
